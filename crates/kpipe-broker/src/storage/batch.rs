@@ -1,0 +1,260 @@
+//! Record batch v2 headers as they sit on the wire and on disk.
+//!
+//! The broker stores batches byte for byte as producers sent them; it only ever
+//! rewrites the fields the Kafka format leaves to the broker (base offset and
+//! partition leader epoch, neither covered by the CRC) and, for topics with
+//! `message.timestamp.type=LogAppendTime`, the max timestamp plus the CRC.
+
+/// Bytes in a v2 batch header, up to and including the record count.
+pub const HEADER_LEN: usize = 61;
+/// Bytes before the batch length field ends: base offset (8) + length (4).
+pub const LOG_OVERHEAD: usize = 12;
+
+const BASE_OFFSET: usize = 0;
+const BATCH_LENGTH: usize = 8;
+const LEADER_EPOCH: usize = 12;
+const MAGIC: usize = 16;
+const CRC: usize = 17;
+const ATTRIBUTES: usize = 21;
+const LAST_OFFSET_DELTA: usize = 23;
+const BASE_TIMESTAMP: usize = 27;
+const MAX_TIMESTAMP: usize = 35;
+const PRODUCER_ID: usize = 43;
+const PRODUCER_EPOCH: usize = 51;
+const BASE_SEQUENCE: usize = 53;
+const RECORD_COUNT: usize = 57;
+
+const TIMESTAMP_TYPE_BIT: i16 = 0x08;
+const TRANSACTIONAL_BIT: i16 = 0x10;
+const CONTROL_BIT: i16 = 0x20;
+
+fn i16_at(b: &[u8], at: usize) -> i16 {
+    i16::from_be_bytes([b[at], b[at + 1]])
+}
+fn i32_at(b: &[u8], at: usize) -> i32 {
+    i32::from_be_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+fn i64_at(b: &[u8], at: usize) -> i64 {
+    i64::from_be_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// Why a produced record set was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BatchError {
+    #[error("record set is truncated")]
+    Truncated,
+    #[error("record batch magic {0} is not supported; only v2 batches are")]
+    UnsupportedMagic(i8),
+    #[error("record batch CRC does not match its contents")]
+    CrcMismatch,
+    #[error("record batch header is inconsistent")]
+    Malformed,
+}
+
+/// Total length of the batch starting at `buf`, if its length field is readable.
+pub fn framed_len(buf: &[u8]) -> Option<usize> {
+    if buf.len() < LOG_OVERHEAD {
+        return None;
+    }
+    let len = i32_at(buf, BATCH_LENGTH);
+    (len >= 0).then(|| LOG_OVERHEAD + len as usize)
+}
+
+/// A borrowed view of one complete, validated-length batch.
+#[derive(Clone, Copy)]
+pub struct Batch<'a>(&'a [u8]);
+
+impl<'a> Batch<'a> {
+    /// Reads only the header at the start of `buf`; the view's [`Batch::bytes`]
+    /// is the header alone, while [`Batch::len`] is the whole batch's length.
+    pub fn parse_header(buf: &'a [u8]) -> Result<Self, BatchError> {
+        let len = framed_len(buf).ok_or(BatchError::Truncated)?;
+        if len < HEADER_LEN {
+            return Err(BatchError::Malformed);
+        }
+        if buf.len() < HEADER_LEN {
+            return Err(BatchError::Truncated);
+        }
+        let magic = buf[MAGIC] as i8;
+        if magic != 2 {
+            return Err(BatchError::UnsupportedMagic(magic));
+        }
+        let batch = Batch(&buf[..HEADER_LEN]);
+        if batch.record_count() < 0 || batch.last_offset_delta() < 0 {
+            return Err(BatchError::Malformed);
+        }
+        Ok(batch)
+    }
+
+    /// Reads the whole batch at the start of `buf` without checking its CRC.
+    pub fn parse(buf: &'a [u8]) -> Result<Self, BatchError> {
+        let len = Self::parse_header(buf)?.len();
+        if buf.len() < len {
+            return Err(BatchError::Truncated);
+        }
+        Ok(Batch(&buf[..len]))
+    }
+
+    /// Like [`Batch::parse`], and verifies the CRC-32C over attributes..end.
+    pub fn parse_checked(buf: &'a [u8]) -> Result<Self, BatchError> {
+        let batch = Self::parse(buf)?;
+        if crc32c::crc32c(&batch.0[ATTRIBUTES..]) != i32_at(batch.0, CRC) as u32 {
+            return Err(BatchError::CrcMismatch);
+        }
+        Ok(batch)
+    }
+
+    pub fn bytes(&self) -> &'a [u8] {
+        self.0
+    }
+    /// Length of the whole batch, from its length field.
+    pub fn len(&self) -> usize {
+        framed_len(self.0).expect("checked when parsed")
+    }
+    pub fn base_offset(&self) -> i64 {
+        i64_at(self.0, BASE_OFFSET)
+    }
+    pub fn last_offset_delta(&self) -> i32 {
+        i32_at(self.0, LAST_OFFSET_DELTA)
+    }
+    pub fn last_offset(&self) -> i64 {
+        self.base_offset() + self.last_offset_delta() as i64
+    }
+    pub fn next_offset(&self) -> i64 {
+        self.last_offset() + 1
+    }
+    pub fn attributes(&self) -> i16 {
+        i16_at(self.0, ATTRIBUTES)
+    }
+    pub fn is_transactional(&self) -> bool {
+        self.attributes() & TRANSACTIONAL_BIT != 0
+    }
+    pub fn is_control(&self) -> bool {
+        self.attributes() & CONTROL_BIT != 0
+    }
+    pub fn base_timestamp(&self) -> i64 {
+        i64_at(self.0, BASE_TIMESTAMP)
+    }
+    pub fn max_timestamp(&self) -> i64 {
+        i64_at(self.0, MAX_TIMESTAMP)
+    }
+    pub fn producer_id(&self) -> i64 {
+        i64_at(self.0, PRODUCER_ID)
+    }
+    pub fn producer_epoch(&self) -> i16 {
+        i16_at(self.0, PRODUCER_EPOCH)
+    }
+    pub fn base_sequence(&self) -> i32 {
+        i32_at(self.0, BASE_SEQUENCE)
+    }
+    /// Sequence of the batch's last record, wrapping as Kafka's sequences do.
+    pub fn last_sequence(&self) -> i32 {
+        let seq = self.base_sequence() as i64 + self.last_offset_delta() as i64;
+        (seq % (i32::MAX as i64 + 1)) as i32
+    }
+    pub fn record_count(&self) -> i32 {
+        i32_at(self.0, RECORD_COUNT)
+    }
+}
+
+/// Splits a produced record set into batches, verifying each one's CRC.
+pub fn split_checked(mut buf: &[u8]) -> Result<Vec<Batch<'_>>, BatchError> {
+    let mut batches = Vec::new();
+    while !buf.is_empty() {
+        let batch = Batch::parse_checked(buf)?;
+        buf = &buf[batch.len()..];
+        batches.push(batch);
+    }
+    Ok(batches)
+}
+
+/// Stamps the broker-owned fields of an owned batch before it is appended.
+pub fn assign(batch: &mut [u8], base_offset: i64, log_append_time: Option<i64>) {
+    batch[BASE_OFFSET..BASE_OFFSET + 8].copy_from_slice(&base_offset.to_be_bytes());
+    batch[LEADER_EPOCH..LEADER_EPOCH + 4].copy_from_slice(&0i32.to_be_bytes());
+    if let Some(now) = log_append_time {
+        let attributes = i16_at(batch, ATTRIBUTES) | TIMESTAMP_TYPE_BIT;
+        batch[ATTRIBUTES..ATTRIBUTES + 2].copy_from_slice(&attributes.to_be_bytes());
+        batch[MAX_TIMESTAMP..MAX_TIMESTAMP + 8].copy_from_slice(&now.to_be_bytes());
+        let crc = crc32c::crc32c(&batch[ATTRIBUTES..]);
+        batch[CRC..CRC + 4].copy_from_slice(&crc.to_be_bytes());
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use bytes::BytesMut;
+    use kafka_protocol::protocol::StrBytes;
+    use kafka_protocol::records::{
+        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    };
+
+    /// Encodes `n` records with values `v0..v{n-1}` as one v2 batch.
+    pub fn encode(n: usize, compression: Compression, timestamp: i64) -> Vec<u8> {
+        let records: Vec<Record> = (0..n)
+            .map(|i| Record {
+                transactional: false,
+                control: false,
+                partition_leader_epoch: 0,
+                producer_id: -1,
+                producer_epoch: -1,
+                timestamp_type: TimestampType::Creation,
+                offset: i as i64,
+                sequence: -1,
+                timestamp: timestamp + i as i64,
+                key: Some(format!("k{i}").into()),
+                value: Some(format!("v{i}").into()),
+                headers: [(StrBytes::from_static_str("h"), Some("x".into()))]
+                    .into_iter()
+                    .collect(),
+                delete_horizon: false,
+            })
+            .collect();
+        let mut buf = BytesMut::new();
+        let options = RecordEncodeOptions {
+            version: 2,
+            compression,
+        };
+        RecordBatchEncoder::encode(&mut buf, &records, &options).unwrap();
+        buf.to_vec()
+    }
+
+    #[test]
+    fn parses_and_checks_crc() {
+        let buf = encode(3, Compression::None, 1000);
+        let batch = Batch::parse_checked(&buf).unwrap();
+        assert_eq!(batch.record_count(), 3);
+        assert_eq!(batch.last_offset_delta(), 2);
+        assert_eq!(batch.max_timestamp(), 1002);
+        let mut corrupt = buf.clone();
+        let last = corrupt.len() - 1;
+        corrupt[last] ^= 0xff;
+        assert_eq!(
+            Batch::parse_checked(&corrupt).err(),
+            Some(BatchError::CrcMismatch)
+        );
+        assert_eq!(Batch::parse(&buf[..30]).err(), Some(BatchError::Truncated));
+    }
+
+    #[test]
+    fn assign_keeps_crc_valid() {
+        let mut buf = encode(2, Compression::Gzip, 5);
+        assign(&mut buf, 42, None);
+        assert_eq!(Batch::parse_checked(&buf).unwrap().base_offset(), 42);
+        assign(&mut buf, 7, Some(99));
+        let batch = Batch::parse_checked(&buf).unwrap();
+        assert_eq!((batch.base_offset(), batch.max_timestamp()), (7, 99));
+    }
+
+    #[test]
+    fn splits_concatenated_batches() {
+        let mut buf = encode(2, Compression::None, 0);
+        buf.extend(encode(5, Compression::Lz4, 0));
+        let batches = split_checked(&buf).unwrap();
+        assert_eq!(
+            batches.iter().map(|b| b.record_count()).collect::<Vec<_>>(),
+            vec![2, 5]
+        );
+    }
+}

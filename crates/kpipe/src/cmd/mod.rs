@@ -1,0 +1,3 @@
+//! One module per command: argument definitions and the call into a library crate.
+
+pub mod broker;

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The project's test command (README: `scripts/test.sh`; CI: .ci/run).
+# Installs, only when missing, what the end-to-end tests drive against the
+# embedded broker — Debian's kcat, a venv with the Python Kafka clients,
+# cargo-nextest — then runs the whole workspace's tests. Extra arguments go to
+# `cargo nextest run` (e.g. a test-name filter). Works as root on fresh Debian 12.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"
+
+apt_updated=0
+apt_install() {
+    if [ "$apt_updated" = 0 ]; then
+        DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null
+        apt_updated=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >/dev/null
+}
+
+command -v kcat >/dev/null || apt_install kcat
+command -v python3 >/dev/null || apt_install python3
+
+PY="$REPO/.venv/bin/python"
+if [ ! -x "$PY" ]; then
+    # Debian's own python3 needs python3-venv for ensurepip.
+    python3 -m venv "$REPO/.venv" 2>/dev/null || {
+        rm -rf "$REPO/.venv"
+        apt_install python3-venv
+        python3 -m venv "$REPO/.venv"
+    }
+fi
+if ! "$PY" -c 'import confluent_kafka, kafka' 2>/dev/null; then
+    "$PY" -m pip install -q --disable-pip-version-check "confluent-kafka>=2.3" "kafka-python>=3"
+fi
+
+cargo nextest --version >/dev/null 2>&1 || cargo install -q cargo-nextest --locked
+
+export KPIPE_PYTHON="$PY"
+exec cargo nextest run --workspace --no-fail-fast "$@"
