@@ -378,7 +378,8 @@ mod tests {
         assert_eq!(
             registry
                 .create("keep", 1, BTreeMap::new())
-                .unwrap_err()
+                .err()
+                .unwrap()
                 .code,
             ResponseError::TopicAlreadyExists.code()
         );

@@ -238,87 +238,89 @@ pub fn create_partitions(ctx: &Context, req: CreatePartitionsRequest) -> CreateP
 
 pub fn describe_configs(ctx: &Context, req: DescribeConfigsRequest) -> DescribeConfigsResponse {
     let shared = ctx.shared;
-    let results =
-        req.resources
-            .into_iter()
-            .map(|resource| {
-                let result = DescribeConfigsResult::default()
-                    .with_resource_type(resource.resource_type)
-                    .with_resource_name(resource.resource_name.clone());
-                let name = resource.resource_name.to_string();
-                let entries: Vec<(String, String, i8, ConfigType, bool)> =
-                    match resource.resource_type {
-                        RESOURCE_TOPIC => match shared.topics.get(&name) {
-                            Some(topic) => topic_configs(&topic)
-                                .into_iter()
-                                .map(|(n, v, s, k)| (n.to_string(), v, s, k, false))
-                                .collect(),
-                            None => {
-                                let e = unknown_topic(&name);
-                                return result
-                                    .with_error_code(e.code)
-                                    .with_error_message(e.message());
-                            }
-                        },
-                        RESOURCE_BROKER if name.is_empty() || name == "0" => shared
-                            .config
-                            .describe()
-                            .into_iter()
-                            .map(|(n, v, set)| {
-                                let kind = if v.parse::<i64>().is_ok() {
-                                    ConfigType::Long
-                                } else {
-                                    ConfigType::String
-                                };
-                                (
-                                    n,
-                                    v,
-                                    if set {
-                                        SOURCE_STATIC_BROKER
-                                    } else {
-                                        SOURCE_DEFAULT
-                                    },
-                                    kind,
-                                    true,
-                                )
-                            })
-                            .collect(),
-                        other => return result
-                            .with_error_code(ResponseError::InvalidRequest.code())
-                            .with_error_message(Some(str_bytes(format!(
-                                "resource {name:?} of type {other} is not described by this broker"
-                            )))),
-                    };
-                let wanted: Option<Vec<String>> = resource
-                    .configuration_keys
-                    .map(|keys| keys.iter().map(|k| k.to_string()).collect());
-                let configs = entries
+    let results = req
+        .resources
+        .into_iter()
+        .map(|resource| {
+            let result = DescribeConfigsResult::default()
+                .with_resource_type(resource.resource_type)
+                .with_resource_name(resource.resource_name.clone());
+            let name = resource.resource_name.to_string();
+            let entries: Vec<(String, String, i8, ConfigType, bool)> = match resource.resource_type
+            {
+                RESOURCE_TOPIC => match shared.topics.get(&name) {
+                    Some(topic) => topic_configs(&topic)
+                        .into_iter()
+                        .map(|(n, v, s, k)| (n.to_string(), v, s, k, false))
+                        .collect(),
+                    None => {
+                        let e = unknown_topic(&name);
+                        return result
+                            .with_error_code(e.code)
+                            .with_error_message(e.message());
+                    }
+                },
+                RESOURCE_BROKER if name.is_empty() || name == "0" => shared
+                    .config
+                    .describe()
                     .into_iter()
-                    .filter(|e| wanted.as_ref().is_none_or(|w| w.contains(&e.0)))
-                    .map(|(name, value, source, kind, read_only)| {
-                        let entry = DescribeConfigsResourceResult::default()
+                    .map(|(n, v, set)| {
+                        let kind = if v.parse::<i64>().is_ok() {
+                            ConfigType::Long
+                        } else {
+                            ConfigType::String
+                        };
+                        (
+                            n,
+                            v,
+                            if set {
+                                SOURCE_STATIC_BROKER
+                            } else {
+                                SOURCE_DEFAULT
+                            },
+                            kind,
+                            true,
+                        )
+                    })
+                    .collect(),
+                other => {
+                    return result
+                        .with_error_code(ResponseError::InvalidRequest.code())
+                        .with_error_message(Some(str_bytes(format!(
+                            "resource {name:?} of type {other} is not described by this broker"
+                        ))))
+                }
+            };
+            let wanted: Option<Vec<String>> = resource
+                .configuration_keys
+                .map(|keys| keys.iter().map(|k| k.to_string()).collect());
+            let configs = entries
+                .into_iter()
+                .filter(|e| wanted.as_ref().is_none_or(|w| w.contains(&e.0)))
+                .map(|(name, value, source, kind, read_only)| {
+                    let entry = DescribeConfigsResourceResult::default()
+                        .with_name(str_bytes(&name))
+                        .with_value(Some(str_bytes(&value)))
+                        .with_read_only(read_only)
+                        .with_config_source(source);
+                    let entry = if req.include_synonyms {
+                        entry.with_synonyms(vec![DescribeConfigsSynonym::default()
                             .with_name(str_bytes(&name))
                             .with_value(Some(str_bytes(&value)))
-                            .with_read_only(read_only)
-                            .with_config_source(source);
-                        let entry = if req.include_synonyms {
-                            entry.with_synonyms(vec![DescribeConfigsSynonym::default()
-                                .with_name(str_bytes(&name))
-                                .with_value(Some(str_bytes(&value)))
-                                .with_source(source)])
-                        } else {
-                            entry
-                        };
-                        if ctx.version >= 3 {
-                            entry.with_config_type(kind as i8)
-                        } else {
-                            entry
-                        }
-                    })
-                    .collect();
-                result.with_configs(configs)
-            })
-            .collect();
+                            .with_source(source)])
+                    } else {
+                        entry
+                    };
+                    if ctx.version >= 3 {
+                        entry.with_config_type(kind as i8)
+                    } else {
+                        entry
+                    }
+                })
+                .collect();
+            result.with_configs(configs)
+        })
+        .collect();
     DescribeConfigsResponse::default().with_results(results)
 }
 

@@ -201,7 +201,7 @@ pub(crate) mod tests {
                 producer_epoch: -1,
                 timestamp_type: TimestampType::Creation,
                 offset: i as i64,
-                sequence: -1,
+                sequence: i as i32,
                 timestamp: timestamp + i as i64,
                 key: Some(format!("k{i}").into()),
                 value: Some(format!("v{i}").into()),

@@ -1,0 +1,177 @@
+//! Runs `kpipe broker` as a child process on a free loopback port, with its own
+//! data directory, so tests can restart it, SIGTERM it or kill -9 it.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+
+pub struct BrokerProcess {
+    child: Option<Child>,
+    pub bootstrap: String,
+    data: PathBuf,
+    extra: Vec<String>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl BrokerProcess {
+    pub fn start() -> BrokerProcess {
+        Self::start_with(&[])
+    }
+
+    pub fn start_with(extra: &[&str]) -> BrokerProcess {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let data = dir.path().join("data");
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let (child, bootstrap) = spawn(&data, "127.0.0.1:0", &extra);
+        BrokerProcess {
+            child: Some(child),
+            bootstrap,
+            data,
+            extra,
+            _dir: Some(dir),
+        }
+    }
+
+    /// Starts again on the same port and data directory, as a restarted server would.
+    pub fn restart(&mut self) {
+        assert!(
+            self.child.is_none(),
+            "stop or kill the broker before restarting it"
+        );
+        let (child, bootstrap) = spawn(&self.data, &self.bootstrap, &self.extra);
+        assert_eq!(bootstrap, self.bootstrap);
+        self.child = Some(child);
+    }
+
+    /// SIGTERM and wait: the graceful shutdown path.
+    pub fn stop(&mut self) {
+        let mut child = self.child.take().expect("broker running");
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        wait_bounded(&mut child, Duration::from_secs(20));
+    }
+
+    /// SIGKILL: the crash path.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("broker running");
+        child.kill().expect("SIGKILL");
+        let _ = child.wait();
+    }
+
+    pub fn admin(&self) -> AdminClient<DefaultClientContext> {
+        ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .create()
+            .expect("admin client")
+    }
+
+    pub fn create_topic(&self, name: &str, partitions: i32, configs: &[(&str, &str)]) {
+        let admin = self.admin();
+        let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+        for (k, v) in configs {
+            topic = topic.set(k, v);
+        }
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        let results = block_on(admin.create_topics([&topic], &options)).expect("create topics");
+        for result in results {
+            result.unwrap_or_else(|(topic, e)| panic!("creating {topic}: {e}"));
+        }
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn spawn(data: &Path, listen: &str, extra: &[String]) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kpipe"))
+        .args(["broker", "--listen", listen, "--data"])
+        .arg(data)
+        .args(extra)
+        .env("KPIPE_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn kpipe broker");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(addr) = line.strip_prefix("kpipe broker listening on ") {
+                let _ = tx.send(addr.trim().to_string());
+            }
+        }
+    });
+    match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(bootstrap) => (child, bootstrap),
+        Err(_) => {
+            let _ = child.kill();
+            panic!("kpipe broker did not report its address within 30 s");
+        }
+    }
+}
+
+fn wait_bounded(child: &mut Child, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            assert!(status.success(), "broker exited with {status}");
+            return;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("broker did not stop within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(future)
+}
+
+/// Polls `condition` until it holds or `limit` passes; the answer is whether it held.
+pub fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    condition()
+}
+
+/// Runs `f` on a thread and fails the test if it does not finish in time; used to
+/// close rdkafka consumers, whose shutdown can otherwise hang a test forever.
+pub fn bounded<T: Send + 'static>(
+    limit: Duration,
+    what: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(limit)
+        .unwrap_or_else(|_| panic!("{what} did not finish within {limit:?}"))
+}
