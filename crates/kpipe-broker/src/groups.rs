@@ -156,7 +156,7 @@ impl Group {
             .members
             .iter()
             .all(|m| self.join_waiters.contains_key(&m.id));
-        if !force && !(all_joined && Instant::now() >= self.join_not_before) {
+        if !(force || all_joined && Instant::now() >= self.join_not_before) {
             return;
         }
         let waiters = &self.join_waiters;

@@ -158,3 +158,49 @@ fn kcat_metadata_produce_consume_and_group() {
     );
     assert_eq!(lines(&kcat(b, &group, None)), vec!["late1", "late2"]);
 }
+
+#[test]
+fn a_member_killed_with_sigkill_is_expired_after_its_session_timeout() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let broker = BrokerProcess::start();
+    broker.create_topic("lease", 2, &[]);
+    let mut member = Command::new("kcat")
+        .args(["-b", &broker.bootstrap, "-G", "lease-group", "-q"])
+        .args([
+            "-X",
+            "session.timeout.ms=2000",
+            "-X",
+            "heartbeat.interval.ms=200",
+            "lease",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("kcat");
+    let survivor: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &broker.bootstrap)
+        .set("group.id", "lease-group")
+        .set("session.timeout.ms", "6000")
+        .create()
+        .expect("consumer");
+    survivor.subscribe(&["lease"]).unwrap();
+    let owned = |c: &BaseConsumer| c.assignment().map(|a| a.count()).unwrap_or(0);
+    let shared = crate::harness::eventually(Duration::from_secs(30), || {
+        survivor.poll(Duration::from_millis(50));
+        owned(&survivor) == 1
+    });
+    assert!(
+        shared,
+        "kcat and the rdkafka consumer never split the two partitions"
+    );
+    member.kill().expect("SIGKILL kcat");
+    let _ = member.wait();
+    let took_over = crate::harness::eventually(Duration::from_secs(30), || {
+        survivor.poll(Duration::from_millis(50));
+        owned(&survivor) == 2
+    });
+    assert!(took_over, "the dead member was never expired");
+    crate::harness::bounded(Duration::from_secs(20), "closing a consumer", move || {
+        drop(survivor)
+    });
+}

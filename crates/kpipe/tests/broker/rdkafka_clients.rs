@@ -344,7 +344,7 @@ fn kill_9_during_acks_all_production_loses_nothing_acknowledged() {
         }
     }
     broker.kill9();
-    let _ = bounded(
+    bounded(
         Duration::from_secs(20),
         "flushing the producer",
         move || {
@@ -469,4 +469,39 @@ fn unknown_topics_are_not_created_by_default() {
         .expect("metadata");
     assert_eq!(metadata.topics()[0].partitions().len(), 2);
     close(asker);
+}
+
+#[test]
+fn delete_records_moves_the_log_start_and_survives_restart() {
+    let mut broker = BrokerProcess::start();
+    broker.create_topic("trim", 1, &[]);
+    let producer = producer(&broker.bootstrap, &[]);
+    for i in 0..50 {
+        block_on(producer.send(
+            FutureRecord::to("trim").key("k").payload(&format!("{i}")),
+            Duration::from_secs(10),
+        ))
+        .expect("sent");
+    }
+    let mut upto = TopicPartitionList::new();
+    upto.add_partition_offset("trim", 0, Offset::Offset(30))
+        .unwrap();
+    let options =
+        rdkafka::admin::AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let result = block_on(broker.admin().delete_records(&upto, &options)).expect("delete records");
+    assert_eq!(result.elements()[0].offset(), Offset::Offset(30));
+    broker.stop();
+    broker.restart();
+    let consumer = consumer(&broker.bootstrap, "after-trim", &[]);
+    assert_eq!(
+        consumer
+            .fetch_watermarks("trim", 0, Duration::from_secs(10))
+            .expect("watermarks"),
+        (30, 50)
+    );
+    consumer.subscribe(&["trim"]).unwrap();
+    let got = drain(&consumer, 20, WAIT);
+    assert_eq!(got.first().map(|m| m.1), Some(30));
+    assert_eq!(got.len(), 20);
+    close(consumer);
 }
