@@ -155,8 +155,9 @@ fn open_rw(path: &Path) -> io::Result<File> {
 }
 
 impl Segment {
-    fn create(dir: &Path, base_offset: i64) -> io::Result<Segment> {
-        let segment = Segment {
+    /// Opens (creating when missing) the three files of the segment at `base_offset`.
+    fn open_files(dir: &Path, base_offset: i64) -> io::Result<Segment> {
+        Ok(Segment {
             base_offset,
             next_offset: base_offset,
             size: 0,
@@ -168,7 +169,11 @@ impl Segment {
             index: Vec::new(),
             time_index: Vec::new(),
             bytes_since_index: 0,
-        };
+        })
+    }
+
+    fn create(dir: &Path, base_offset: i64) -> io::Result<Segment> {
+        let segment = Self::open_files(dir, base_offset)?;
         super::sync_dir(dir)?;
         Ok(segment)
     }
@@ -182,19 +187,7 @@ impl Segment {
         rescan: bool,
         producers: &mut HashMap<i64, ProducerState>,
     ) -> io::Result<Segment> {
-        let mut segment = Segment {
-            base_offset,
-            next_offset: base_offset,
-            size: 0,
-            max_timestamp: -1,
-            created_ms: now_ms(),
-            log: Arc::new(open_rw(&segment_path(dir, base_offset, "log"))?),
-            index_file: open_rw(&segment_path(dir, base_offset, "index"))?,
-            time_index_file: open_rw(&segment_path(dir, base_offset, "timeindex"))?,
-            index: Vec::new(),
-            time_index: Vec::new(),
-            bytes_since_index: 0,
-        };
+        let mut segment = Self::open_files(dir, base_offset)?;
         if let Ok(modified) = segment.log.metadata().and_then(|m| m.modified()) {
             segment.created_ms = modified
                 .duration_since(UNIX_EPOCH)
@@ -270,24 +263,33 @@ impl Segment {
         }
     }
 
+    /// Rescans the segment batch by batch (memory stays at one batch, whatever
+    /// the segment's size), verifying CRCs, cutting a torn or corrupt tail and
+    /// rewriting the indexes.
     fn rebuild(
         &mut self,
         file_len: u64,
         mut producers: Option<&mut HashMap<i64, ProducerState>>,
     ) -> io::Result<()> {
-        let data = {
-            let mut data = vec![0u8; file_len as usize];
-            self.log.read_exact_at(&mut data, 0)?;
-            data
-        };
         self.index.clear();
         self.time_index.clear();
         self.index_file.set_len(0)?;
         self.time_index_file.set_len(0)?;
-        let mut pos = 0usize;
+        let mut pos = 0u64;
         let mut entries = IndexBuffers::default();
-        while pos < data.len() {
-            let Ok(b) = Batch::parse_checked(&data[pos..]) else {
+        let mut buf = Vec::new();
+        while pos + batch::LOG_OVERHEAD as u64 <= file_len {
+            let mut length_field = [0u8; batch::LOG_OVERHEAD];
+            self.log.read_exact_at(&mut length_field, pos)?;
+            let Some(len) = batch::framed_len(&length_field) else {
+                break;
+            };
+            if len < HEADER_LEN || pos + len as u64 > file_len {
+                break;
+            }
+            buf.resize(len, 0);
+            self.log.read_exact_at(&mut buf, pos)?;
+            let Ok(b) = Batch::parse_checked(&buf) else {
                 break;
             };
             if b.base_offset() < self.next_offset {
@@ -296,20 +298,20 @@ impl Segment {
             if let Some(producers) = producers.as_deref_mut() {
                 track_producer(producers, &b);
             }
-            self.note_batch(&b, pos as u64, 0, &mut entries);
-            pos += b.len();
+            self.note_batch(&b, pos, 0, &mut entries);
+            pos += len as u64;
         }
-        if (pos as u64) < file_len {
+        if pos < file_len {
             tracing::warn!(
                 segment = self.base_offset,
                 kept = pos,
-                dropped = file_len - pos as u64,
+                dropped = file_len - pos,
                 "truncating torn or corrupt log tail"
             );
-            self.log.set_len(pos as u64)?;
+            self.log.set_len(pos)?;
             self.log.sync_all()?;
         }
-        self.size = pos as u64;
+        self.size = pos;
         entries.write(self)?;
         Ok(())
     }
