@@ -73,6 +73,17 @@ struct Member {
     last_seen: Instant,
 }
 
+impl Member {
+    /// The member's metadata for the group's chosen protocol.
+    fn metadata_for(&self, protocol: &str) -> Bytes {
+        self.protocols
+            .iter()
+            .find(|p| p.0 == protocol)
+            .map(|p| p.1.clone())
+            .unwrap_or_default()
+    }
+}
+
 struct Group {
     state: State,
     protocol_type: String,
@@ -187,12 +198,7 @@ impl Group {
             .members
             .iter()
             .map(|m| {
-                let metadata = m
-                    .protocols
-                    .iter()
-                    .find(|p| p.0 == protocol)
-                    .map(|p| p.1.clone())
-                    .unwrap_or_default();
+                let metadata = m.metadata_for(&protocol);
                 JoinGroupResponseMember::default()
                     .with_member_id(str_bytes(&m.id))
                     .with_group_instance_id(m.instance_id.as_deref().map(str_bytes))
@@ -602,12 +608,7 @@ impl GroupCoordinator {
                     .members
                     .iter()
                     .map(|m| {
-                        let metadata = m
-                            .protocols
-                            .iter()
-                            .find(|p| p.0 == protocol)
-                            .map(|p| p.1.clone())
-                            .unwrap_or_default();
+                        let metadata = m.metadata_for(&protocol);
                         DescribedGroupMember::default()
                             .with_member_id(str_bytes(&m.id))
                             .with_group_instance_id(m.instance_id.as_deref().map(str_bytes))

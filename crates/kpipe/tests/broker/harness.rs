@@ -68,6 +68,10 @@ impl BrokerProcess {
         let _ = child.wait();
     }
 
+    pub fn data_dir(&self) -> &Path {
+        &self.data
+    }
+
     pub fn admin(&self) -> AdminClient<DefaultClientContext> {
         ClientConfig::new()
             .set("bootstrap.servers", &self.bootstrap)

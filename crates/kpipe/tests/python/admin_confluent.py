@@ -149,6 +149,17 @@ def run(bootstrap):
         if end > 0:
             check(by_time[p] == 0, f"for_timestamp on partition {p} gave {by_time[p]}, want 0")
 
+    step = "describe_cluster"
+    cluster = admin.describe_cluster(request_timeout=T).result(timeout=T)
+    check(cluster.cluster_id, "describe_cluster returned no cluster id")
+    check([n.id for n in cluster.nodes] == [0], f"describe_cluster nodes: {cluster.nodes}")
+    check(cluster.controller is not None and cluster.controller.id == 0, f"controller: {cluster.controller}")
+
+    step = "delete_records"
+    low = admin.delete_records([TopicPartition(topic, 0, 1)], request_timeout=T)
+    got = {tp.partition: f.result(timeout=T) for tp, f in low.items()}
+    check(got[0].low_watermark == 1, f"delete_records low watermark {got[0].low_watermark}, want 1")
+
     step = "delete_topics"
     done(admin.delete_topics([topic], operation_timeout=T, request_timeout=T))
     deadline = time.monotonic() + T
