@@ -28,6 +28,10 @@ const TIME_INDEX_ENTRY: usize = 12;
 /// Batches remembered per producer for duplicate detection, as in Kafka.
 const PRODUCER_BATCH_MEMORY: usize = 5;
 const LOG_START_FILE: &str = "log-start-offset";
+/// Idempotent producers' state as of the start of the active segment, written
+/// when a segment rolls, so duplicates are still caught after a restart even when
+/// a producer's last batches sit in older segments.
+const PRODUCER_SNAPSHOT_FILE: &str = "producer-state.json";
 
 /// The settings of a topic that shape its log; read on every call so that
 /// altered topic configs apply at once.
@@ -98,7 +102,7 @@ pub struct Slice {
     pub records: Bytes,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct ProducerState {
     epoch: i16,
     /// (first sequence, last sequence, base offset) of the latest batches.
@@ -419,6 +423,10 @@ fn track_producer(producers: &mut HashMap<i64, ProducerState>, b: &Batch) {
             recent: VecDeque::new(),
         };
     }
+    // Recovery may rescan batches the snapshot already holds.
+    if state.recent.back().is_some_and(|r| r.2 >= b.base_offset()) {
+        return;
+    }
     state.remember(b.base_sequence(), b.last_sequence(), b.base_offset());
 }
 
@@ -442,7 +450,10 @@ impl PartitionLog {
             })
             .collect();
         bases.sort_unstable();
-        let mut producers = HashMap::new();
+        let mut producers: HashMap<i64, ProducerState> = fs::read(dir.join(PRODUCER_SNAPSHOT_FILE))
+            .ok()
+            .and_then(|json| serde_json::from_slice(&json).ok())
+            .unwrap_or_default();
         let mut segments = Vec::with_capacity(bases.len().max(1));
         for (i, base) in bases.iter().enumerate() {
             segments.push(Segment::open(
@@ -650,6 +661,8 @@ impl PartitionLog {
         active.log.sync_all()?;
         active.index_file.sync_all()?;
         active.time_index_file.sync_all()?;
+        let snapshot = serde_json::to_vec(&self.producers).map_err(io::Error::other)?;
+        write_atomic(&self.dir.join(PRODUCER_SNAPSHOT_FILE), &snapshot)?;
         let next = Segment::create(&self.dir, active.next_offset)?;
         self.segments.push(next);
         Ok(())
@@ -712,7 +725,14 @@ impl PartitionLog {
 
     /// The largest timestamp in the log and the offset of the record that has it.
     pub fn max_timestamp_offset(&self) -> io::Result<Option<(i64, i64)>> {
-        let Some(segment) = self.segments.iter().rev().find(|s| s.size > 0) else {
+        // `rev` so that, of equal maxima, the earliest segment wins.
+        let Some(segment) = self
+            .segments
+            .iter()
+            .rev()
+            .filter(|s| s.size > 0)
+            .max_by_key(|s| s.max_timestamp)
+        else {
             return Ok(None);
         };
         self.offset_for_timestamp(segment.max_timestamp)
