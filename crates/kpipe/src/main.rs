@@ -7,14 +7,32 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// Kafka pipelines in one binary: an embedded broker, and (as they land) topic
-/// tools, generators, a Parquet lake sink, ClickHouse and streaming SQL.
+/// Kafka pipelines in one binary: an embedded Kafka-compatible broker, topic and
+/// group tools, console produce/consume and the seeds' event generators.
+///
+/// Client commands talk to -b HOST:PORT (env KPIPE_BOOTSTRAP, default
+/// 127.0.0.1:9092): `kpipe broker` or any real Kafka cluster. -X key=value passes
+/// any librdkafka setting, as kcat does; KPIPE_KAFKA_SASL_PASSWORD and friends
+/// carry secrets from the environment.
+///
+/// Quick start:
+///   kpipe broker --data ./kpipe-data &
+///   kpipe gen music --count 100000
+///   kpipe consume music_events --from-beginning --max 3
 #[derive(Parser)]
-#[command(name = "kpipe", version, about, long_about = None, propagate_version = true)]
+#[command(
+    name = "kpipe",
+    version,
+    about,
+    verbatim_doc_comment,
+    propagate_version = true
+)]
 struct Cli {
-    /// Log filter, as RUST_LOG (for example `info` or `kpipe_broker=debug`).
+    /// Log filter, as RUST_LOG (for example `info` or `kpipe_broker=debug,librdkafka=debug`).
     #[arg(long, global = true, env = "KPIPE_LOG", default_value = "info")]
     log: String,
+    #[command(flatten)]
+    kafka: cmd::KafkaArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -22,6 +40,11 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     Broker(cmd::broker::BrokerArgs),
+    Topic(cmd::topic::TopicArgs),
+    Produce(cmd::produce::ProduceArgs),
+    Consume(cmd::consume::ConsumeArgs),
+    Group(cmd::group::GroupArgs),
+    Gen(cmd::gen::GenArgs),
 }
 
 fn main() -> ExitCode {
@@ -34,6 +57,11 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Broker(args) => cmd::broker::run(args),
+        Command::Topic(args) => cmd::topic::run(args, &cli.kafka),
+        Command::Produce(args) => cmd::produce::run(args, &cli.kafka),
+        Command::Consume(args) => cmd::consume::run(args, &cli.kafka),
+        Command::Group(args) => cmd::group::run(args, &cli.kafka),
+        Command::Gen(args) => cmd::gen::run(args, &cli.kafka),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

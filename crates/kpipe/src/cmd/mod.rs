@@ -1,3 +1,129 @@
 //! One module per command: argument definitions and the call into a library crate.
+//! Pieces every client command shares (connection flags, tables, progress,
+//! Ctrl-C) live here.
 
 pub mod broker;
+pub mod consume;
+pub mod gen;
+pub mod group;
+pub mod produce;
+pub mod topic;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use clap::Args;
+use comfy_table::{presets::UTF8_FULL_CONDENSED, ContentArrangement, Table};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use kpipe_kafka::client::{parse_override, ClientOptions};
+
+pub const DEFAULT_BOOTSTRAP: &str = "127.0.0.1:9092";
+
+/// Where the Kafka cluster is, for every client command.
+#[derive(Args, Clone, Debug)]
+pub struct KafkaArgs {
+    /// Bootstrap servers, HOST:PORT[,HOST:PORT...] [default: 127.0.0.1:9092]
+    #[arg(
+        short = 'b',
+        long = "bootstrap",
+        env = "KPIPE_BOOTSTRAP",
+        global = true
+    )]
+    pub bootstrap: Option<String>,
+    /// A librdkafka setting, repeatable, as kcat's -X: `-X security.protocol=SASL_SSL
+    /// -X sasl.mechanism=SCRAM-SHA-512 -X sasl.username=me`. Put secrets in the
+    /// environment instead: KPIPE_KAFKA_SASL_PASSWORD=... becomes sasl.password.
+    #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = parse_override, global = true)]
+    pub settings: Vec<(String, String)>,
+}
+
+impl KafkaArgs {
+    pub fn options(&self) -> ClientOptions {
+        self.options_or(None)
+    }
+
+    /// Options with `fallback` as the bootstrap when neither -b nor KPIPE_BOOTSTRAP is set.
+    pub fn options_or(&self, fallback: Option<&str>) -> ClientOptions {
+        let bootstrap = self
+            .bootstrap
+            .as_deref()
+            .or(fallback)
+            .unwrap_or(DEFAULT_BOOTSTRAP);
+        let mut options = ClientOptions::new(bootstrap);
+        options.overrides = self.settings.clone();
+        options.with_env()
+    }
+}
+
+pub fn table(header: &[&str], rows: impl IntoIterator<Item = Vec<String>>) -> Table {
+    let mut table = Table::new();
+    table
+        .load_style(UTF8_FULL_CONDENSED)
+        .set_content_arrangement(ContentArrangement::Dynamic)
+        .set_header(header);
+    for row in rows {
+        table.add_row(row);
+    }
+    table
+}
+
+/// A progress bar on stderr when it is a terminal; nothing in a pipe.
+pub fn progress(total: Option<u64>, unit: &str) -> ProgressBar {
+    let bar = match total {
+        Some(n) => ProgressBar::with_draw_target(Some(n), ProgressDrawTarget::stderr()).with_style(
+            ProgressStyle::with_template(&format!(
+                "{{bar:40}} {{pos}}/{{len}} {unit} ({{per_sec}}, {{eta}} left)"
+            ))
+            .expect("valid template"),
+        ),
+        None => ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()).with_style(
+            ProgressStyle::with_template(&format!("{{spinner}} {{pos}} {unit} ({{per_sec}})"))
+                .expect("valid template"),
+        ),
+    };
+    bar.set_draw_target(ProgressDrawTarget::stderr_with_hz(5));
+    bar
+}
+
+/// A flag raised by Ctrl-C or SIGTERM so long commands can finish cleanly; a
+/// second Ctrl-C exits at once.
+pub fn stop_flag() -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    std::thread::spawn(move || {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        runtime.block_on(async {
+            let mut terminate =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            let term = async {
+                match terminate.as_mut() {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term => {}
+            }
+            flag.store(true, Ordering::Relaxed);
+            let _ = tokio::signal::ctrl_c().await;
+            std::process::exit(130);
+        });
+    });
+    stop
+}
+
+/// Runs an async library call from a synchronous command.
+pub fn block_on<F: std::future::Future>(future: F) -> anyhow::Result<F::Output> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(future))
+}

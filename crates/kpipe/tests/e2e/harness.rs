@@ -179,3 +179,65 @@ pub fn bounded<T: Send + 'static>(
     rx.recv_timeout(limit)
         .unwrap_or_else(|_| panic!("{what} did not finish within {limit:?}"))
 }
+
+/// The result of one `kpipe` run.
+pub struct Run {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    /// Asserts success and returns stdout.
+    pub fn out(self) -> String {
+        assert!(self.ok, "kpipe failed: {}", self.stderr);
+        self.stdout
+    }
+    pub fn lines(&self) -> Vec<String> {
+        self.stdout.lines().map(str::to_string).collect()
+    }
+}
+
+impl BrokerProcess {
+    /// A `kpipe` command aimed at this broker (via KPIPE_BOOTSTRAP).
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_kpipe"));
+        command
+            .args(args)
+            .env("KPIPE_BOOTSTRAP", &self.bootstrap)
+            .env("KPIPE_LOG", "warn");
+        command
+    }
+
+    /// Runs `kpipe ARGS` with `stdin` and a 60 s limit.
+    pub fn kpipe(&self, args: &[&str], stdin: &str) -> Run {
+        use std::io::Write;
+        let mut child = self
+            .command(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn kpipe");
+        let mut input = child.stdin.take().expect("stdin");
+        let stdin = stdin.to_string();
+        let writer = std::thread::spawn(move || {
+            let _ = input.write_all(stdin.as_bytes());
+        });
+        let pid = child.id();
+        let (done, finished) = mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            if finished.recv_timeout(Duration::from_secs(60)).is_err() {
+                let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+            }
+        });
+        let output = child.wait_with_output().expect("kpipe output");
+        let _ = done.send(());
+        let _ = writer.join();
+        Run {
+            ok: output.status.success(),
+            stdout: String::from_utf8_lossy(&output.stdout).to_string(),
+            stderr: String::from_utf8_lossy(&output.stderr).to_string(),
+        }
+    }
+}
