@@ -5,31 +5,14 @@
 # binary is on PATH, measures it the same way in the same run (memory storage),
 # so the numbers are comparable on this machine.
 # Usage: bench/broker.sh [MESSAGES=1000000] [SIZE=200]
-# Needs kcat and the venv made by scripts/test.sh (for topic creation).
+# Needs kcat.
 set -euo pipefail
 
 N="${1:-1000000}"
 SIZE="${2:-200}"
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-PY="$REPO/.venv/bin/python"
 KCAT_TIMEOUT=900
-
-die() { echo "bench: $*" >&2; exit 1; }
-command -v kcat >/dev/null || die "kcat not found (apt-get install kcat, or run scripts/test.sh)"
-"$PY" -c 'import confluent_kafka' 2>/dev/null || die "$PY with confluent_kafka missing: run scripts/test.sh once"
-
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$REPO"
-cargo build --release -q -p kpipe
-KPIPE="${CARGO_TARGET_DIR:-$REPO/target}/release/kpipe"
-
-WORK="$(mktemp -d)"
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
 
 # The message file is made once per (N, SIZE) and kept in bench/out/ (git-ignored).
 mkdir -p bench/out
@@ -49,26 +32,8 @@ EOF
     mv "$MSGS.tmp" "$MSGS"
 fi
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-now() { date +%s.%N; }
-
-wait_port() {  # wait_port PORT PID: up to 30 s for the broker to accept connections
-    for _ in $(seq 300); do
-        kill -0 "$2" 2>/dev/null || die "broker exited early; log: $(tail -5 "$WORK"/*.log)"
-        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-        sleep 0.1
-    done
-    die "broker did not listen on port $1 within 30 s"
-}
-
 create_topic() {  # create_topic BOOTSTRAP
-    "$PY" - "$1" <<'EOF'
-import sys
-from confluent_kafka.admin import AdminClient, NewTopic
-admin = AdminClient({"bootstrap.servers": sys.argv[1]})
-for f in admin.create_topics([NewTopic("bench", 3, 1)], request_timeout=15).values():
-    f.result(timeout=20)
-EOF
+    "$KPIPE" topic create bench --partitions 3 -b "$1" >/dev/null
 }
 
 ROWS=()
@@ -90,7 +55,7 @@ measure() {  # measure NAME PORT PID
     ROWS+=("$(row "$name" consume "$t0" "$t1")")
 
     local hwm
-    hwm="$(awk '/^VmHWM:/ {printf "%.1f", $2 / 1024}' "/proc/$pid/status")"
+    hwm="$(peak_rss_mb "$pid")"
     ROWS+=("$(printf '%-8s %-8s %12s %10s %10s' "$name" "peak RSS" "" "" "$hwm")")
     kill "$pid" 2>/dev/null || true  # stop it so the next system has the machine to itself
     wait "$pid" 2>/dev/null || true
@@ -103,13 +68,7 @@ row() {  # row NAME DIRECTION T0 T1
     }'
 }
 
-# kpipe
-PORT="$(free_port)"
-mkdir -p "$WORK/kpipe-data"
-"$KPIPE" broker --listen "127.0.0.1:$PORT" --data "$WORK/kpipe-data" >"$WORK/kpipe.log" 2>&1 &
-PID=$!
-PIDS+=("$PID")
-wait_port "$PORT" "$PID"
+start_kpipe_broker
 measure kpipe "$PORT" "$PID"
 
 # tansu, for comparison, when installed
