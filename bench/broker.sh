@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Throughput benchmark of the embedded broker (not a test): produces MESSAGES
-# messages of SIZE bytes with kcat (acks=all) into a 3-partition topic, reads
-# them back, and prints msgs/s, MB/s and the broker's peak RSS. If a `tansu`
-# binary is on PATH, measures it the same way in the same run (memory storage),
-# so the numbers are comparable on this machine.
+# messages of SIZE bytes (acks=all) into a 3-partition topic with kcat (Debian's,
+# librdkafka 2.0.2) and with kpipe's own client (librdkafka 2.12), reads them
+# back, and prints msgs/s, MB/s and the broker's peak RSS. If a `tansu` binary
+# is on PATH, measures it the same way in the same run (memory storage), so the
+# numbers are comparable on this machine.
 # Usage: bench/broker.sh [MESSAGES=1000000] [SIZE=200]
 # Needs kcat.
 set -euo pipefail
@@ -32,46 +33,63 @@ EOF
     mv "$MSGS.tmp" "$MSGS"
 fi
 
-create_topic() {  # create_topic BOOTSTRAP
-    "$KPIPE" topic create bench --partitions 3 -b "$1" >/dev/null
-}
-
 ROWS=()
-measure() {  # measure NAME PORT PID
-    local name="$1" b="127.0.0.1:$2" pid="$3" t0 t1 got
-    create_topic "$b" || die "$name: could not create topic 'bench'"
+row() {  # row SYSTEM CLIENT DIRECTION T0 T1
+    awk -v sys="$1" -v client="$2" -v dir="$3" -v t0="$4" -v t1="$5" -v n="$N" -v size="$SIZE" 'BEGIN {
+        s = t1 - t0; if (s <= 0) s = 1e-9
+        printf "%-7s %-7s %-8s %12.0f %10.1f", sys, client, dir, n / s, n * size / s / 1e6
+    }'
+}
+failed_row() { printf '%-7s %-7s %-8s %12s %10s' "$1" "$2" "$3" failed "-"; }
 
-    t0="$(now)"
-    timeout "$KCAT_TIMEOUT" kcat -P -q -b "$b" -t bench -X acks=all -X linger.ms=5 \
-        -X batch.num.messages=10000 -l "$MSGS" || die "$name: kcat produce failed or timed out"
-    t1="$(now)"
-    ROWS+=("$(row "$name" produce "$t0" "$t1")")
-
-    t0="$(now)"
-    got="$(timeout "$KCAT_TIMEOUT" kcat -C -q -b "$b" -t bench -o beginning -e -c "$N" | wc -l)" \
-        || die "$name: kcat consume failed or timed out"
-    t1="$(now)"
-    [ "$got" -eq "$N" ] || echo "bench: $name: consumed $got of $N messages" >&2
-    ROWS+=("$(row "$name" consume "$t0" "$t1")")
-
-    local hwm
-    hwm="$(peak_rss_mb "$pid")"
-    ROWS+=("$(printf '%-8s %-8s %12s %10s %10s' "$name" "peak RSS" "" "" "$hwm")")
-    kill "$pid" 2>/dev/null || true  # stop it so the next system has the machine to itself
-    wait "$pid" 2>/dev/null || true
+produce() {  # produce CLIENT BOOTSTRAP TOPIC
+    case "$1" in
+        kcat) timeout "$KCAT_TIMEOUT" kcat -P -q -b "$2" -t "$3" -X acks=all -l "$MSGS" ;;
+        kpipe) timeout "$KCAT_TIMEOUT" "$KPIPE" produce "$3" -b "$2" -X acks=all <"$MSGS" 2>/dev/null ;;
+    esac
 }
 
-row() {  # row NAME DIRECTION T0 T1
-    awk -v name="$1" -v dir="$2" -v t0="$3" -v t1="$4" -v n="$N" -v size="$SIZE" 'BEGIN {
-        s = t1 - t0; if (s <= 0) s = 1e-9
-        printf "%-8s %-8s %12.0f %10.1f %10s", name, dir, n / s, n * size / s / 1e6, ""
-    }'
+consume() {  # consume CLIENT BOOTSTRAP TOPIC: prints how many messages came back
+    case "$1" in
+        kcat) timeout "$KCAT_TIMEOUT" kcat -C -q -b "$2" -t "$3" -o beginning -e -c "$N" | wc -l ;;
+        kpipe) timeout "$KCAT_TIMEOUT" "$KPIPE" consume "$3" -b "$2" --from-beginning --max "$N" --timeout-ms 10000 2>/dev/null | wc -l ;;
+    esac
+}
+
+# measure SYSTEM PORT PID: both clients (kcat = librdkafka 2.0.2, kpipe = 2.12)
+# produce N messages into their own 3-partition topic and read them back.
+measure() {
+    local sys="$1" b="127.0.0.1:$2" pid="$3" client t0 t1 got
+    for client in kcat kpipe; do
+        if ! "$KPIPE" topic create "bench-$client" --partitions 3 -b "$b" >/dev/null 2>"$WORK/create.err"; then
+            ROWS+=("$(failed_row "$sys" "$client" produce)  (topic: $(head -c 120 "$WORK/create.err"))")
+            continue
+        fi
+        t0="$(now)"
+        if ! produce "$client" "$b" "bench-$client"; then
+            ROWS+=("$(failed_row "$sys" "$client" produce)")
+            continue
+        fi
+        t1="$(now)"
+        ROWS+=("$(row "$sys" "$client" produce "$t0" "$t1")")
+        t0="$(now)"
+        got="$(consume "$client" "$b" "bench-$client" || true)"
+        t1="$(now)"
+        if [ "${got:-0}" -eq "$N" ]; then
+            ROWS+=("$(row "$sys" "$client" consume "$t0" "$t1")")
+        else
+            ROWS+=("$(failed_row "$sys" "$client" consume)  (got ${got:-0} of $N)")
+        fi
+    done
+    ROWS+=("$(printf '%-7s %-7s %-8s %12s %10s   peak RSS %s MB' "$sys" "" "" "" "" "$(peak_rss_mb "$pid")")")
+    stop_broker "$pid"  # so the next system has the machine to itself
 }
 
 start_kpipe_broker
 measure kpipe "$PORT" "$PID"
 
-# tansu, for comparison, when installed
+# tansu, for comparison, when installed (https://tansu.io; memory storage needs
+# its `dynostore` feature: cargo install tansu --features dynostore)
 if command -v tansu >/dev/null; then
     PORT="$(free_port)"
     LISTENER_URL="tcp://127.0.0.1:$PORT" ADVERTISED_LISTENER_URL="tcp://127.0.0.1:$PORT" \
@@ -84,6 +102,6 @@ else
     echo "tansu not found on PATH" >&2
 fi
 
-echo "$N messages of $SIZE bytes, 3 partitions, kcat acks=all"
-printf '%-8s %-8s %12s %10s %10s\n' system direction msgs/s MB/s "RSS MB"
+echo "$N messages of $SIZE bytes, 3 partitions, acks=all; kpipe broker with --fsync always"
+printf '%-7s %-7s %-8s %12s %10s\n' system client direction msgs/s MB/s
 printf '%s\n' "${ROWS[@]}"
