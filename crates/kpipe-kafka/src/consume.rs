@@ -139,7 +139,12 @@ pub fn consume(
         }
     }
     let mut report = ConsumeReport::default();
-    let mut unflushed: Vec<(i32, i64)> = Vec::new();
+    let mut pending = Unflushed {
+        consumer: &consumer,
+        topic: &request.topic,
+        store: request.group.is_some(),
+        offsets: Vec::new(),
+    };
     let mut last_message = Instant::now();
     let result = (|| -> Result<()> {
         while !stop.load(Ordering::Relaxed) && request.max.is_none_or(|max| report.messages < max) {
@@ -150,26 +155,16 @@ pub fn consume(
                         return Ok(()); // the reader went away
                     }
                     report.messages += 1;
-                    unflushed.push((message.partition(), message.offset()));
-                    if unflushed.len() >= 1000 {
-                        flush_and_store(
-                            &consumer,
-                            &request.topic,
-                            out,
-                            &mut unflushed,
-                            request.group.is_some(),
-                        )?;
+                    pending
+                        .offsets
+                        .push((message.partition(), message.offset()));
+                    if pending.offsets.len() >= 1000 {
+                        pending.flush(out);
                     }
                 }
                 Some(Err(e)) => return Err(anyhow!("consuming {} failed: {e}", request.topic)),
                 None => {
-                    flush_and_store(
-                        &consumer,
-                        &request.topic,
-                        out,
-                        &mut unflushed,
-                        request.group.is_some(),
-                    )?;
+                    pending.flush(out);
                     if request
                         .idle_timeout
                         .is_some_and(|t| last_message.elapsed() >= t)
@@ -181,13 +176,7 @@ pub fn consume(
         }
         Ok(())
     })();
-    let flushed = flush_and_store(
-        &consumer,
-        &request.topic,
-        out,
-        &mut unflushed,
-        request.group.is_some(),
-    );
+    pending.flush(out);
     if request.group.is_some() {
         // Commit what was printed; "no offset" just means nothing new was read.
         match consumer.commit_consumer_state(CommitMode::Sync) {
@@ -200,32 +189,31 @@ pub fn consume(
         consumer.unsubscribe();
     }
     result?;
-    flushed?;
     Ok(report)
 }
 
-fn flush_and_store(
-    consumer: &BaseConsumer<QuietContext>,
-    topic: &str,
-    out: &mut impl Write,
-    unflushed: &mut Vec<(i32, i64)>,
+/// Messages written but not yet flushed to the reader: their offsets are stored
+/// for the next commit only once the output is flushed.
+struct Unflushed<'a> {
+    consumer: &'a BaseConsumer<QuietContext>,
+    topic: &'a str,
     store: bool,
-) -> Result<()> {
-    if unflushed.is_empty() {
-        return Ok(());
-    }
-    if out.flush().is_err() {
-        unflushed.clear();
-        return Ok(());
-    }
-    if store {
-        for &(partition, offset) in unflushed.iter() {
-            // Fails only for a partition revoked meanwhile: its new owner re-reads it.
-            if let Err(e) = consumer.store_offset(topic, partition, offset) {
-                tracing::debug!(partition, offset, "offset not stored: {e}");
+    offsets: Vec<(i32, i64)>,
+}
+
+impl Unflushed<'_> {
+    fn flush(&mut self, out: &mut impl Write) {
+        if self.offsets.is_empty() {
+            return;
+        }
+        if out.flush().is_ok() && self.store {
+            for &(partition, offset) in &self.offsets {
+                // Fails only for a partition revoked meanwhile: its new owner re-reads it.
+                if let Err(e) = self.consumer.store_offset(self.topic, partition, offset) {
+                    tracing::debug!(partition, offset, "offset not stored: {e}");
+                }
             }
         }
+        self.offsets.clear();
     }
-    unflushed.clear();
-    Ok(())
 }
