@@ -125,7 +125,7 @@ impl Broker {
         let mut tasks = JoinSet::new();
         tasks.spawn(accept_loop(listener, shared.clone(), stopped.clone()));
         tasks.spawn(housekeeping(shared.clone(), stopped));
-        tracing::info!(%local_addr, data = %shared.config.data_dir.display(), fsync = %shared.config.fsync, "broker started");
+        tracing::debug!(%local_addr, data = %shared.config.data_dir.display(), fsync = %shared.config.fsync, "broker started");
         Ok(Broker {
             shared,
             local_addr,
@@ -158,7 +158,7 @@ impl Broker {
         }
         let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || shared.sync_all()).await?;
-        tracing::info!("broker stopped");
+        tracing::debug!("broker stopped");
         Ok(())
     }
 }

@@ -136,6 +136,21 @@ impl Producer {
         self.sent
     }
 
+    /// Waits until everything sent so far is acknowledged; fails if anything was not.
+    pub fn flush(&mut self, timeout: Duration) -> Result<()> {
+        let flushed = self.inner.flush(timeout);
+        let failed = self.inner.context().failed.load(Ordering::Relaxed);
+        if failed > 0 {
+            bail!("{failed} of {} messages were not delivered", self.sent);
+        }
+        flushed.map_err(|e| {
+            anyhow!(
+                "{} messages still unacknowledged after {timeout:?}: {e}",
+                self.inner.in_flight_count()
+            )
+        })
+    }
+
     /// Waits for every queued message to be acknowledged or to fail.
     pub fn finish(self, timeout: Duration) -> Result<Delivery> {
         let flushed = self.inner.flush(timeout);

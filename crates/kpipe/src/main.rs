@@ -16,9 +16,11 @@ use clap::{Parser, Subcommand};
 /// carry secrets from the environment.
 ///
 /// Quick start:
+///   kpipe demo                                   # the whole seed 02 pipeline, in-process
 ///   kpipe broker --data ./kpipe-data &
 ///   kpipe gen music --count 100000
-///   kpipe consume music_events --from-beginning --max 3
+///   kpipe sink lake --topic music_events --to ./lake --until-end
+///   kpipe query "SELECT count(*) FROM music_events"
 #[derive(Parser)]
 #[command(
     name = "kpipe",
@@ -45,6 +47,10 @@ enum Command {
     Consume(cmd::consume::ConsumeArgs),
     Group(cmd::group::GroupArgs),
     Gen(cmd::gen::GenArgs),
+    Sink(cmd::sink::SinkArgs),
+    Lake(cmd::lake::LakeArgs),
+    Query(cmd::query::QueryArgs),
+    Demo(cmd::demo::DemoArgs),
 }
 
 fn main() -> ExitCode {
@@ -62,6 +68,10 @@ fn main() -> ExitCode {
         Command::Consume(args) => cmd::consume::run(args, &cli.kafka),
         Command::Group(args) => cmd::group::run(args, &cli.kafka),
         Command::Gen(args) => cmd::gen::run(args, &cli.kafka),
+        Command::Sink(args) => cmd::sink::run(args, &cli.kafka),
+        Command::Lake(args) => cmd::lake::run(args, &cli.kafka),
+        Command::Query(args) => cmd::query::run(args),
+        Command::Demo(args) => cmd::demo::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -4,9 +4,13 @@
 
 pub mod broker;
 pub mod consume;
+pub mod demo;
 pub mod gen;
 pub mod group;
+pub mod lake;
 pub mod produce;
+pub mod query;
+pub mod sink;
 pub mod topic;
 
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,0 +1,430 @@
+//! JSON messages → columns, flattened the way `pandas.json_normalize` does
+//! (`{"event_param":{"user_id":…}}` becomes the column `event_param.user_id`).
+//!
+//! Messages are streamed straight into typed column builders by a serde
+//! visitor, without building a `serde_json::Value` per message. Types are inferred
+//! from the rows of one file and widen on conflict: Int64 + Float64 → Float64;
+//! anything mixed with text or booleans → Utf8 (the JSON text of the value).
+//! Arrays are kept as their JSON text. Nothing is rejected for its type, so a
+//! file's schema depends only on the rows in it; readers widen across files the
+//! same way (see `kpipe-query`).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use arrow_array::ArrayRef;
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+
+/// One column's values so far, in the narrowest type that holds them all.
+#[derive(Debug, Clone, PartialEq)]
+enum Values {
+    Int(Vec<Option<i64>>),
+    Float(Vec<Option<f64>>),
+    Bool(Vec<Option<bool>>),
+    Text(Vec<Option<String>>),
+}
+
+impl Values {
+    fn pad(&mut self, len: usize) {
+        match self {
+            Values::Int(v) => v.resize(len, None),
+            Values::Float(v) => v.resize(len, None),
+            Values::Bool(v) => v.resize(len, None),
+            Values::Text(v) => v.resize(len, None),
+        }
+    }
+
+    fn truncate(&mut self, len: usize) {
+        match self {
+            Values::Int(v) => v.truncate(len),
+            Values::Float(v) => v.truncate(len),
+            Values::Bool(v) => v.truncate(len),
+            Values::Text(v) => v.truncate(len),
+        }
+    }
+
+    fn to_text(&self) -> Vec<Option<String>> {
+        match self {
+            Values::Int(v) => v.iter().map(|x| x.map(|n| n.to_string())).collect(),
+            Values::Float(v) => v.iter().map(|x| x.map(float_text)).collect(),
+            Values::Bool(v) => v.iter().map(|x| x.map(|b| b.to_string())).collect(),
+            Values::Text(v) => v.clone(),
+        }
+    }
+
+    fn into_array(self) -> ArrayRef {
+        match self {
+            Values::Int(v) => Arc::new(v.into_iter().collect::<arrow_array::Int64Array>()),
+            Values::Float(v) => Arc::new(v.into_iter().collect::<arrow_array::Float64Array>()),
+            Values::Bool(v) => Arc::new(v.into_iter().collect::<arrow_array::BooleanArray>()),
+            Values::Text(v) => Arc::new(v.into_iter().collect::<arrow_array::StringArray>()),
+        }
+    }
+}
+
+fn float_text(f: f64) -> String {
+    serde_json::Number::from_f64(f).map_or_else(|| "null".to_string(), |n| n.to_string())
+}
+
+/// A scalar as it came out of the JSON.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Scalar {
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    Text(String),
+}
+
+/// Columns of flattened rows; one builder per output file.
+#[derive(Debug, Default)]
+pub struct Columns {
+    names: Vec<String>,
+    values: Vec<Values>,
+    index: HashMap<String, usize>,
+    rows: usize,
+}
+
+impl Columns {
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Sets `name` in the row being built, widening the column when needed.
+    fn set(&mut self, name: &str, value: Scalar) {
+        let row = self.rows;
+        let i = match self.index.get(name) {
+            Some(&i) => i,
+            None => {
+                let i = self.values.len();
+                self.names.push(name.to_string());
+                self.values.push(match value {
+                    Scalar::Int(_) => Values::Int(Vec::new()),
+                    Scalar::Float(_) => Values::Float(Vec::new()),
+                    Scalar::Bool(_) => Values::Bool(Vec::new()),
+                    Scalar::Text(_) => Values::Text(Vec::new()),
+                });
+                self.index.insert(name.to_string(), i);
+                i
+            }
+        };
+        let column = &mut self.values[i];
+        // A repeated key in one object: the last value wins, as in json_normalize.
+        column.truncate(row);
+        column.pad(row);
+        match (&mut *column, value) {
+            (Values::Int(v), Scalar::Int(n)) => v.push(Some(n)),
+            (Values::Float(v), Scalar::Float(f)) => v.push(Some(f)),
+            (Values::Float(v), Scalar::Int(n)) => v.push(Some(n as f64)),
+            (Values::Bool(v), Scalar::Bool(b)) => v.push(Some(b)),
+            (Values::Int(v), Scalar::Float(f)) => {
+                let mut widened: Vec<Option<f64>> = v.iter().map(|x| x.map(|n| n as f64)).collect();
+                widened.push(Some(f));
+                *column = Values::Float(widened);
+            }
+            (Values::Text(v), other) => v.push(Some(scalar_text(other))),
+            (current, other) => {
+                let mut widened = current.to_text();
+                widened.push(Some(scalar_text(other)));
+                *column = Values::Text(widened);
+            }
+        }
+    }
+
+    fn end_row(&mut self) {
+        self.rows += 1;
+    }
+
+    /// Forgets the half-built row of a message that turned out to be malformed,
+    /// including columns that only it had started (`width` = columns before it).
+    fn discard_row(&mut self, width: usize) {
+        for name in self.names.drain(width..) {
+            self.index.remove(&name);
+        }
+        self.values.truncate(width);
+        for column in &mut self.values {
+            column.truncate(self.rows);
+        }
+    }
+
+    /// Takes back the last finished row (its message was rejected after parsing).
+    /// Columns only it had stay, empty, and are dropped when the file is written.
+    pub fn remove_last_row(&mut self) {
+        self.rows -= 1;
+        for column in &mut self.values {
+            column.truncate(self.rows);
+        }
+    }
+
+    /// The finished columns, in first-seen order, each `rows` long.
+    pub fn finish(self) -> Vec<(String, ArrayRef)> {
+        let rows = self.rows;
+        self.names
+            .into_iter()
+            .zip(self.values)
+            .map(|(name, mut values)| {
+                values.pad(rows);
+                (name, values.into_array())
+            })
+            .collect()
+    }
+}
+
+fn scalar_text(value: Scalar) -> String {
+    match value {
+        Scalar::Int(n) => n.to_string(),
+        Scalar::Float(f) => float_text(f),
+        Scalar::Bool(b) => b.to_string(),
+        Scalar::Text(s) => s,
+    }
+}
+
+/// Why a message could not become a row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowError(pub String);
+
+impl fmt::Display for RowError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Flattens one JSON object into `columns` as a new row. `capture` names a
+/// dotted field whose scalar value is returned (the event's time field).
+pub fn append_row(
+    columns: &mut Columns,
+    json: &[u8],
+    capture: Option<&str>,
+) -> Result<Option<Scalar>, RowError> {
+    let mut path = String::new();
+    let mut captured = None;
+    let width = columns.values.len();
+    let mut de = serde_json::Deserializer::from_slice(json);
+    let result = RowSeed {
+        columns,
+        path: &mut path,
+        capture,
+        captured: &mut captured,
+        top: true,
+    }
+    .deserialize(&mut de)
+    .and_then(|()| de.end());
+    match result {
+        Ok(()) => {
+            columns.end_row();
+            Ok(captured)
+        }
+        Err(e) => {
+            columns.discard_row(width);
+            Err(RowError(if e.to_string().contains("not a JSON object") {
+                "message is not a JSON object".to_string()
+            } else {
+                format!("message is not valid JSON: {e}")
+            }))
+        }
+    }
+}
+
+struct RowSeed<'a, 'b> {
+    columns: &'a mut Columns,
+    path: &'b mut String,
+    capture: Option<&'b str>,
+    captured: &'b mut Option<Scalar>,
+    /// The message itself, which must be an object (values inside may be anything).
+    top: bool,
+}
+
+impl<'de> DeserializeSeed<'de> for RowSeed<'_, '_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        let top = self.top;
+        deserializer.deserialize_any(ObjectVisitor { seed: self, top })
+    }
+}
+
+struct ObjectVisitor<'a, 'b> {
+    seed: RowSeed<'a, 'b>,
+    top: bool,
+}
+
+impl ObjectVisitor<'_, '_> {
+    fn leaf<E>(self, value: Scalar) -> Result<(), E>
+    where
+        E: serde::de::Error,
+    {
+        if self.top {
+            return Err(E::custom("not a JSON object"));
+        }
+        let RowSeed {
+            columns,
+            path,
+            capture,
+            captured,
+            ..
+        } = self.seed;
+        if capture == Some(path.as_str()) {
+            *captured = Some(value.clone());
+        }
+        columns.set(path, value);
+        Ok(())
+    }
+}
+
+impl<'de> Visitor<'de> for ObjectVisitor<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let RowSeed {
+            columns,
+            path,
+            capture,
+            captured,
+            ..
+        } = self.seed;
+        let parent = path.len();
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if parent > 0 {
+                path.push('.');
+            }
+            path.push_str(&key);
+            map.next_value_seed(RowSeed {
+                columns: &mut *columns,
+                path: &mut *path,
+                capture,
+                captured: &mut *captured,
+                top: false,
+            })?;
+            path.truncate(parent);
+        }
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element::<serde_json::Value>()? {
+            items.push(item);
+        }
+        self.leaf(Scalar::Text(serde_json::Value::Array(items).to_string()))
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<(), E> {
+        self.leaf(Scalar::Bool(v))
+    }
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<(), E> {
+        self.leaf(Scalar::Int(v))
+    }
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<(), E> {
+        match i64::try_from(v) {
+            Ok(n) => self.leaf(Scalar::Int(n)),
+            Err(_) => self.leaf(Scalar::Float(v as f64)),
+        }
+    }
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<(), E> {
+        self.leaf(Scalar::Float(v))
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<(), E> {
+        self.leaf(Scalar::Text(v.to_string()))
+    }
+    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<(), E> {
+        self.leaf(Scalar::Text(v))
+    }
+    /// A null leaves the cell empty (the column, if new, waits for a real value).
+    fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
+        if self.top {
+            return Err(E::custom("not a JSON object"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::{Float64Type, Int64Type};
+    use arrow_array::Array;
+
+    type Built = (
+        Vec<(String, ArrayRef)>,
+        Vec<Result<Option<Scalar>, RowError>>,
+    );
+
+    fn build(lines: &[&str]) -> Built {
+        let mut columns = Columns::default();
+        let results = lines
+            .iter()
+            .map(|l| append_row(&mut columns, l.as_bytes(), Some("event_timestamp.ts_ms")))
+            .collect();
+        (columns.finish(), results)
+    }
+
+    #[test]
+    fn flattens_nested_objects_with_dotted_names() {
+        let (columns, results) = build(&[
+            r#"{"event_param":{"event_type_id":1,"user_id":"u1"},"event_timestamp":{"ts":1,"ts_ms":1000}}"#,
+            r#"{"event_param":{"event_type_id":2,"user_id":"u2","extra":true},"event_timestamp":{"ts":2,"ts_ms":2000}}"#,
+        ]);
+        let names: Vec<&str> = columns.iter().map(|c| c.0.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "event_param.event_type_id",
+                "event_param.user_id",
+                "event_timestamp.ts",
+                "event_timestamp.ts_ms",
+                "event_param.extra"
+            ]
+        );
+        assert_eq!(results[1], Ok(Some(Scalar::Int(2000))));
+        let extra = columns[4].1.as_boolean();
+        assert!(extra.is_null(0) && extra.value(1));
+        assert_eq!(
+            columns[0].1.as_primitive::<Int64Type>().values().to_vec(),
+            vec![1, 2]
+        );
+    }
+
+    #[test]
+    fn types_widen_instead_of_failing() {
+        let (columns, _) = build(&[
+            r#"{"a":1,"b":1,"c":true}"#,
+            r#"{"a":1.5,"b":"x","c":2}"#,
+            r#"{"a":null,"d":[1,{"e":2}]}"#,
+        ]);
+        let a = columns[0].1.as_primitive::<Float64Type>();
+        assert_eq!((a.value(0), a.value(1), a.is_null(2)), (1.0, 1.5, true));
+        let b = columns[1].1.as_string::<i32>();
+        assert_eq!((b.value(0), b.value(1)), ("1", "x"));
+        let c = columns[2].1.as_string::<i32>();
+        assert_eq!((c.value(0), c.value(1)), ("true", "2"));
+        assert_eq!(columns[3].1.as_string::<i32>().value(2), r#"[1,{"e":2}]"#);
+    }
+
+    #[test]
+    fn bad_messages_leave_no_trace() {
+        let (columns, results) =
+            build(&[r#"{"a":1}"#, r#"{"a":2,"b":"#, "[1,2]", "42", r#"{"a":3}"#]);
+        assert!(results[1]
+            .as_ref()
+            .unwrap_err()
+            .0
+            .starts_with("message is not valid JSON"));
+        assert_eq!(
+            results[2].as_ref().unwrap_err().0,
+            "message is not a JSON object"
+        );
+        assert_eq!(
+            results[3].as_ref().unwrap_err().0,
+            "message is not a JSON object"
+        );
+        assert_eq!(columns.len(), 1, "the torn row's column b must not survive");
+        assert_eq!(
+            columns[0].1.as_primitive::<Int64Type>().values().to_vec(),
+            vec![1, 3]
+        );
+    }
+}
