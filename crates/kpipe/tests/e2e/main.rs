@@ -7,6 +7,7 @@ mod cli;
 mod console;
 mod harness;
 mod kcat;
+mod lake;
 mod python;
 mod rdkafka_clients;
 mod tools;
