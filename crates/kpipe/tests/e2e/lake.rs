@@ -266,7 +266,7 @@ fn bad_messages_go_to_the_dead_letter_topic_and_the_sink_goes_on() {
             .any(|e| e.starts_with("message is not valid JSON")),
         "{errors:?}"
     );
-    assert!(errors.iter().any(|e| *e == "message is not a JSON object"));
+    assert!(errors.contains(&"message is not a JSON object"));
     assert_eq!(
         errors
             .iter()
