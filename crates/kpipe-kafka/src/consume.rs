@@ -101,6 +101,9 @@ pub fn consume(
     let mut defaults = vec![
         ("auto.offset.reset", reset),
         ("enable.partition.eof", "false"),
+        // librdkafka's default pauses fetching for 1 s whenever the local queue
+        // is full, which idles a fast reader (see kpipe-lake's sink).
+        ("fetch.queue.backoff.ms", "10"),
     ];
     // librdkafka's assign() needs a group id even when the group is never joined;
     // without --group this one is never committed to, so no group appears.
