@@ -8,7 +8,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 /// Kafka pipelines in one binary: an embedded Kafka-compatible broker, topic and
-/// group tools, console produce/consume and the seeds' event generators.
+/// group tools, console produce/consume, the seeds' event generators, and an
+/// exactly-once Parquet lake on disk or S3 with SQL over it.
 ///
 /// Client commands talk to -b HOST:PORT (env KPIPE_BOOTSTRAP, default
 /// 127.0.0.1:9092): `kpipe broker` or any real Kafka cluster. -X key=value passes
