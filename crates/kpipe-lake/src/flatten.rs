@@ -83,6 +83,9 @@ pub struct Columns {
     values: Vec<Values>,
     index: HashMap<String, usize>,
     rows: usize,
+    /// Where the next field of a row is expected: messages of one topic list their
+    /// fields in the same order, so this usually spares the hash lookup.
+    cursor: usize,
 }
 
 impl Columns {
@@ -93,8 +96,9 @@ impl Columns {
     /// Sets `name` in the row being built, widening the column when needed.
     fn set(&mut self, name: &str, value: Scalar) {
         let row = self.rows;
-        let i = match self.index.get(name) {
-            Some(&i) => i,
+        let expected = self.names.get(self.cursor).is_some_and(|n| n == name).then_some(self.cursor);
+        let i = match expected.or_else(|| self.index.get(name).copied()) {
+            Some(i) => i,
             None => {
                 let i = self.values.len();
                 self.names.push(name.to_string());
@@ -108,6 +112,7 @@ impl Columns {
                 i
             }
         };
+        self.cursor = i + 1;
         let column = &mut self.values[i];
         // A repeated key in one object: the last value wins, as in json_normalize.
         column.truncate(row);
@@ -133,6 +138,7 @@ impl Columns {
 
     fn end_row(&mut self) {
         self.rows += 1;
+        self.cursor = 0;
     }
 
     /// Forgets the half-built row of a message that turned out to be malformed,
@@ -145,6 +151,7 @@ impl Columns {
         for column in &mut self.values {
             column.truncate(self.rows);
         }
+        self.cursor = 0;
     }
 
     /// Takes back the last finished row (its message was rejected after parsing).
