@@ -96,7 +96,11 @@ impl Columns {
     /// Sets `name` in the row being built, widening the column when needed.
     fn set(&mut self, name: &str, value: Scalar) {
         let row = self.rows;
-        let expected = self.names.get(self.cursor).is_some_and(|n| n == name).then_some(self.cursor);
+        let expected = self
+            .names
+            .get(self.cursor)
+            .is_some_and(|n| n == name)
+            .then_some(self.cursor);
         let i = match expected.or_else(|| self.index.get(name).copied()) {
             Some(i) => i,
             None => {
