@@ -305,6 +305,15 @@ impl Run {
         assert!(self.ok, "kpipe failed: {}", self.stderr);
         self.stdout
     }
+    /// Asserts the run failed and said `needle` on stderr.
+    pub fn fails_with(&self, needle: &str) {
+        assert!(
+            !self.ok && self.stderr.contains(needle),
+            "expected a failure saying {needle:?}, got: {}",
+            self.stderr
+        );
+    }
+
     pub fn lines(&self) -> Vec<String> {
         self.stdout.lines().map(str::to_string).collect()
     }

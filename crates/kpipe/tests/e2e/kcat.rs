@@ -73,41 +73,30 @@ fn kcat_metadata_produce_consume_and_group() {
         Some(&input),
     );
 
-    let all = kcat(
-        b,
-        &[
-            "-C",
-            "-t",
-            "kc",
-            "-o",
-            "beginning",
-            "-e",
-            "-q",
-            "-f",
-            "%k=%s\n",
-        ],
-        None,
-    );
+    let read_all = |format: &str| {
+        kcat(
+            b,
+            &[
+                "-C",
+                "-t",
+                "kc",
+                "-o",
+                "beginning",
+                "-e",
+                "-q",
+                "-f",
+                format,
+            ],
+            None,
+        )
+    };
+    let all = read_all("%k=%s\n");
     let mut expected: Vec<String> = (0..30).map(|i| format!("key{}=value{i}", i % 5)).collect();
     expected.sort();
     assert_eq!(lines(&all), expected);
 
     // Same key, same partition: each key's values come back in produce order.
-    let by_partition = kcat(
-        b,
-        &[
-            "-C",
-            "-t",
-            "kc",
-            "-o",
-            "beginning",
-            "-e",
-            "-q",
-            "-f",
-            "%p %k %s\n",
-        ],
-        None,
-    );
+    let by_partition = read_all("%p %k %s\n");
     let text = String::from_utf8_lossy(&by_partition.stdout).to_string();
     for key in 0..5 {
         let values: Vec<&str> = text
