@@ -256,7 +256,7 @@ fn without_empty_columns(batch: &RecordBatch) -> Result<RecordBatch> {
 
 fn encode(batch: &RecordBatch, codec: Codec) -> Result<Bytes> {
     let compression = match codec {
-        Codec::Zstd => Compression::ZSTD(ZstdLevel::try_new(3).expect("valid level")),
+        Codec::Zstd => Compression::ZSTD(ZstdLevel::try_new(1).expect("valid level")),
         Codec::Snappy => Compression::SNAPPY,
     };
     let properties = WriterProperties::builder()

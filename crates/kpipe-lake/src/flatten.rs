@@ -9,6 +9,7 @@
 //! file's schema depends only on the rows in it; readers widen across files the
 //! same way (see `kpipe-query`).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
@@ -22,7 +23,68 @@ enum Values {
     Int(Vec<Option<i64>>),
     Float(Vec<Option<f64>>),
     Bool(Vec<Option<bool>>),
-    Text(Vec<Option<String>>),
+    Text(TextValues),
+}
+
+/// Strings laid out as Arrow keeps them (one buffer, offsets, validity), so a
+/// value costs a copy and no allocation of its own.
+#[derive(Debug, Clone, PartialEq)]
+struct TextValues {
+    data: String,
+    /// `ends[i]` is where value `i` ends in `data`; `ends[0]` is 0.
+    ends: Vec<i32>,
+    valid: Vec<bool>,
+}
+
+impl Default for TextValues {
+    fn default() -> Self {
+        TextValues {
+            data: String::new(),
+            ends: vec![0],
+            valid: Vec::new(),
+        }
+    }
+}
+
+impl TextValues {
+    fn len(&self) -> usize {
+        self.valid.len()
+    }
+
+    fn push(&mut self, value: Option<&str>) {
+        if let Some(text) = value {
+            self.data.push_str(text);
+        }
+        // Offsets are i32 in Arrow's Utf8; the sink caps a flush well below 2 GiB.
+        self.ends.push(self.data.len() as i32);
+        self.valid.push(value.is_some());
+    }
+
+    fn pad(&mut self, len: usize) {
+        while self.len() < len {
+            self.push(None);
+        }
+    }
+
+    fn truncate(&mut self, len: usize) {
+        if len < self.len() {
+            self.data.truncate(self.ends[len] as usize);
+            self.ends.truncate(len + 1);
+            self.valid.truncate(len);
+        }
+    }
+
+    fn into_array(self) -> arrow_array::StringArray {
+        let nulls = self
+            .valid
+            .contains(&false)
+            .then(|| arrow_buffer::NullBuffer::from(self.valid));
+        arrow_array::StringArray::new(
+            arrow_buffer::OffsetBuffer::new(self.ends.into()),
+            self.data.into_bytes().into(),
+            nulls,
+        )
+    }
 }
 
 impl Values {
@@ -31,7 +93,7 @@ impl Values {
             Values::Int(v) => v.resize(len, None),
             Values::Float(v) => v.resize(len, None),
             Values::Bool(v) => v.resize(len, None),
-            Values::Text(v) => v.resize(len, None),
+            Values::Text(v) => v.pad(len),
         }
     }
 
@@ -44,13 +106,17 @@ impl Values {
         }
     }
 
-    fn to_text(&self) -> Vec<Option<String>> {
+    /// The same values as text (a column widening to Utf8).
+    fn to_text(&self) -> TextValues {
+        let mut text = TextValues::default();
+        let mut push = |value: Option<String>| text.push(value.as_deref());
         match self {
-            Values::Int(v) => v.iter().map(|x| x.map(|n| n.to_string())).collect(),
-            Values::Float(v) => v.iter().map(|x| x.map(float_text)).collect(),
-            Values::Bool(v) => v.iter().map(|x| x.map(|b| b.to_string())).collect(),
-            Values::Text(v) => v.clone(),
+            Values::Int(v) => v.iter().for_each(|x| push(x.map(|n| n.to_string()))),
+            Values::Float(v) => v.iter().for_each(|x| push(x.map(float_text))),
+            Values::Bool(v) => v.iter().for_each(|x| push(x.map(|b| b.to_string()))),
+            Values::Text(v) => return v.clone(),
         }
+        text
     }
 
     fn into_array(self) -> ArrayRef {
@@ -58,7 +124,7 @@ impl Values {
             Values::Int(v) => Arc::new(v.into_iter().collect::<arrow_array::Int64Array>()),
             Values::Float(v) => Arc::new(v.into_iter().collect::<arrow_array::Float64Array>()),
             Values::Bool(v) => Arc::new(v.into_iter().collect::<arrow_array::BooleanArray>()),
-            Values::Text(v) => Arc::new(v.into_iter().collect::<arrow_array::StringArray>()),
+            Values::Text(v) => Arc::new(v.into_array()),
         }
     }
 }
@@ -67,13 +133,24 @@ fn float_text(f: f64) -> String {
     serde_json::Number::from_f64(f).map_or_else(|| "null".to_string(), |n| n.to_string())
 }
 
-/// A scalar as it came out of the JSON.
+/// A scalar as it came out of the JSON (text borrowed from the message when it can be).
 #[derive(Debug, Clone, PartialEq)]
-pub enum Scalar {
+pub enum Scalar<'a> {
     Int(i64),
     Float(f64),
     Bool(bool),
-    Text(String),
+    Text(Cow<'a, str>),
+}
+
+impl Scalar<'_> {
+    fn into_owned(self) -> Scalar<'static> {
+        match self {
+            Scalar::Int(n) => Scalar::Int(n),
+            Scalar::Float(f) => Scalar::Float(f),
+            Scalar::Bool(b) => Scalar::Bool(b),
+            Scalar::Text(t) => Scalar::Text(Cow::Owned(t.into_owned())),
+        }
+    }
 }
 
 /// Columns of flattened rows; one builder per output file.
@@ -86,6 +163,8 @@ pub struct Columns {
     /// Where the next field of a row is expected: messages of one topic list their
     /// fields in the same order, so this usually spares the hash lookup.
     cursor: usize,
+    /// The column of the field `append_row` captures, once it exists.
+    capture_column: Option<usize>,
 }
 
 impl Columns {
@@ -93,9 +172,8 @@ impl Columns {
         self.rows
     }
 
-    /// Sets `name` in the row being built, widening the column when needed.
-    fn set(&mut self, name: &str, value: Scalar) {
-        let row = self.rows;
+    /// The column named `name`, created (typed after `value`) when it is new.
+    fn column(&mut self, name: &str, value: &Scalar<'_>, capture: Option<&str>) -> usize {
         let expected = self
             .names
             .get(self.cursor)
@@ -110,13 +188,22 @@ impl Columns {
                     Scalar::Int(_) => Values::Int(Vec::new()),
                     Scalar::Float(_) => Values::Float(Vec::new()),
                     Scalar::Bool(_) => Values::Bool(Vec::new()),
-                    Scalar::Text(_) => Values::Text(Vec::new()),
+                    Scalar::Text(_) => Values::Text(TextValues::default()),
                 });
                 self.index.insert(name.to_string(), i);
+                if capture == Some(name) {
+                    self.capture_column = Some(i);
+                }
                 i
             }
         };
         self.cursor = i + 1;
+        i
+    }
+
+    /// Sets column `i` in the row being built, widening the column when needed.
+    fn set(&mut self, i: usize, value: Scalar<'_>) {
+        let row = self.rows;
         let column = &mut self.values[i];
         // A repeated key in one object: the last value wins, as in json_normalize.
         column.truncate(row);
@@ -131,10 +218,11 @@ impl Columns {
                 widened.push(Some(f));
                 *column = Values::Float(widened);
             }
-            (Values::Text(v), other) => v.push(Some(scalar_text(other))),
+            (Values::Text(v), Scalar::Text(t)) => v.push(Some(&t)),
+            (Values::Text(v), other) => v.push(Some(&scalar_text(other))),
             (current, other) => {
                 let mut widened = current.to_text();
-                widened.push(Some(scalar_text(other)));
+                widened.push(Some(&scalar_text(other)));
                 *column = Values::Text(widened);
             }
         }
@@ -152,6 +240,9 @@ impl Columns {
             self.index.remove(&name);
         }
         self.values.truncate(width);
+        if self.capture_column.is_some_and(|i| i >= width) {
+            self.capture_column = None;
+        }
         for column in &mut self.values {
             column.truncate(self.rows);
         }
@@ -181,11 +272,11 @@ impl Columns {
     }
 }
 
-fn scalar_text(value: Scalar) -> String {
+fn scalar_text(value: Scalar<'_>) -> Cow<'_, str> {
     match value {
-        Scalar::Int(n) => n.to_string(),
-        Scalar::Float(f) => float_text(f),
-        Scalar::Bool(b) => b.to_string(),
+        Scalar::Int(n) => Cow::Owned(n.to_string()),
+        Scalar::Float(f) => Cow::Owned(float_text(f)),
+        Scalar::Bool(b) => Cow::Owned(b.to_string()),
         Scalar::Text(s) => s,
     }
 }
@@ -206,11 +297,15 @@ pub fn append_row(
     columns: &mut Columns,
     json: &[u8],
     capture: Option<&str>,
-) -> Result<Option<Scalar>, RowError> {
+) -> Result<Option<Scalar<'static>>, RowError> {
     let mut path = String::new();
     let mut captured = None;
     let width = columns.values.len();
-    let mut de = serde_json::Deserializer::from_slice(json);
+    // One vectorised UTF-8 check of the whole message is cheaper than serde_json's
+    // check of each string in it.
+    let json = simdutf8::basic::from_utf8(json)
+        .map_err(|_| RowError("message is not valid UTF-8".to_string()))?;
+    let mut de = serde_json::Deserializer::from_str(json);
     let result = RowSeed {
         columns,
         path: &mut path,
@@ -240,7 +335,7 @@ struct RowSeed<'a, 'b> {
     columns: &'a mut Columns,
     path: &'b mut String,
     capture: Option<&'b str>,
-    captured: &'b mut Option<Scalar>,
+    captured: &'b mut Option<Scalar<'static>>,
     /// The message itself, which must be an object (values inside may be anything).
     top: bool,
 }
@@ -259,7 +354,7 @@ struct ObjectVisitor<'a, 'b> {
 }
 
 impl ObjectVisitor<'_, '_> {
-    fn leaf<E>(self, value: Scalar) -> Result<(), E>
+    fn leaf<E>(self, value: Scalar<'_>) -> Result<(), E>
     where
         E: serde::de::Error,
     {
@@ -273,10 +368,11 @@ impl ObjectVisitor<'_, '_> {
             captured,
             ..
         } = self.seed;
-        if capture == Some(path.as_str()) {
-            *captured = Some(value.clone());
+        let i = columns.column(path, &value, capture);
+        if columns.capture_column == Some(i) {
+            *captured = Some(value.clone().into_owned());
         }
-        columns.set(path, value);
+        columns.set(i, value);
         Ok(())
     }
 }
@@ -319,7 +415,9 @@ impl<'de> Visitor<'de> for ObjectVisitor<'_, '_> {
         while let Some(item) = seq.next_element::<serde_json::Value>()? {
             items.push(item);
         }
-        self.leaf(Scalar::Text(serde_json::Value::Array(items).to_string()))
+        self.leaf(Scalar::Text(Cow::Owned(
+            serde_json::Value::Array(items).to_string(),
+        )))
     }
 
     fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<(), E> {
@@ -338,10 +436,10 @@ impl<'de> Visitor<'de> for ObjectVisitor<'_, '_> {
         self.leaf(Scalar::Float(v))
     }
     fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<(), E> {
-        self.leaf(Scalar::Text(v.to_string()))
+        self.leaf(Scalar::Text(Cow::Borrowed(v)))
     }
     fn visit_string<E: serde::de::Error>(self, v: String) -> Result<(), E> {
-        self.leaf(Scalar::Text(v))
+        self.leaf(Scalar::Text(Cow::Owned(v)))
     }
     /// A null leaves the cell empty (the column, if new, waits for a real value).
     fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
@@ -361,7 +459,7 @@ mod tests {
 
     type Built = (
         Vec<(String, ArrayRef)>,
-        Vec<Result<Option<Scalar>, RowError>>,
+        Vec<Result<Option<Scalar<'static>>, RowError>>,
     );
 
     fn build(lines: &[&str]) -> Built {
@@ -433,6 +531,11 @@ mod tests {
             "message is not a JSON object"
         );
         assert_eq!(columns.len(), 1, "the torn row's column b must not survive");
+        let mut more = Columns::default();
+        assert_eq!(
+            append_row(&mut more, b"{\"a\":\"\xff\"}", None),
+            Err(RowError("message is not valid UTF-8".into()))
+        );
         assert_eq!(
             columns[0].1.as_primitive::<Int64Type>().values().to_vec(),
             vec![1, 3]

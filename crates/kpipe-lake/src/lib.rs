@@ -10,5 +10,6 @@ pub mod file;
 pub mod flatten;
 pub mod sink;
 pub mod store;
+mod workers;
 
 pub use store::Lake;

@@ -1,0 +1,337 @@
+//! Parsing and file writing off the polling thread.
+//!
+//! The sink's main thread only polls Kafka and copies messages into chunks; a
+//! small pool of workers turns them into rows and, at a flush, into Parquet
+//! files in the lake. A partition always goes to the same worker, so its rows
+//! stay in offset order, and every job reaches a worker in the order the main
+//! thread sent it: a flush covers exactly the messages sent before it, and a
+//! revocation is acknowledged only after the worker has finished everything
+//! sent before it (including a flush that is still writing).
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use anyhow::{anyhow, Result};
+use futures_util::{StreamExt, TryStreamExt};
+use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
+
+use crate::file::{Codec, PartitionBuffer, PartitionBy, TimeSource};
+use crate::store::Lake;
+
+/// Messages handed to a worker at once (fewer hand-offs, same order).
+const CHUNK_MESSAGES: usize = 1000;
+const CHUNK_BYTES: usize = 512 << 10;
+
+/// Messages of one partition, copied out of librdkafka's buffers in one block.
+pub(crate) struct Chunk {
+    partition: i32,
+    bytes: Vec<u8>,
+    messages: Vec<Copied>,
+}
+
+struct Copied {
+    offset: i64,
+    timestamp: Option<i64>,
+    payload: Range<usize>,
+    key: Option<Range<usize>>,
+    headers: Option<OwnedHeaders>,
+}
+
+impl Chunk {
+    pub fn new(partition: i32) -> Chunk {
+        Chunk {
+            partition,
+            bytes: Vec::with_capacity(CHUNK_BYTES),
+            messages: Vec::with_capacity(CHUNK_MESSAGES),
+        }
+    }
+
+    /// Full: time to hand it to a worker.
+    pub fn is_full(&self) -> bool {
+        self.messages.len() >= CHUNK_MESSAGES || self.bytes.len() >= CHUNK_BYTES
+    }
+
+    pub fn push(&mut self, message: &BorrowedMessage<'_>) {
+        let payload = self.copy(message.payload().unwrap_or_default());
+        let key = message.key().map(|k| self.copy(k));
+        self.messages.push(Copied {
+            offset: message.offset(),
+            timestamp: message.timestamp().to_millis(),
+            payload,
+            key,
+            headers: message.headers().map(|h| h.detach()),
+        });
+    }
+
+    fn copy(&mut self, data: &[u8]) -> Range<usize> {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(data);
+        start..self.bytes.len()
+    }
+}
+
+/// What every worker needs: where and how to write, and the dead-letter topic.
+pub(crate) struct Shared {
+    pub topic: String,
+    pub lake: Lake,
+    pub runtime: tokio::runtime::Handle,
+    pub partition_by: PartitionBy,
+    pub time: TimeSource,
+    pub codec: Codec,
+    pub dead_letters: Mutex<DeadLetters>,
+}
+
+/// Messages that cannot become rows go to the dead-letter topic with the reason
+/// in a header (or, without one, are counted and skipped).
+pub(crate) struct DeadLetters {
+    pub producer: Option<kpipe_kafka::produce::Producer>,
+    pub topic: Option<String>,
+}
+
+impl DeadLetters {
+    fn send(
+        &mut self,
+        source_topic: &str,
+        partition: i32,
+        m: &Copied,
+        bytes: &[u8],
+        error: &str,
+    ) -> Result<()> {
+        let (Some(producer), Some(topic)) = (self.producer.as_mut(), self.topic.as_deref()) else {
+            tracing::warn!(
+                partition,
+                offset = m.offset,
+                "skipping bad message: {error}"
+            );
+            return Ok(());
+        };
+        let mut headers = m.headers.clone().unwrap_or_default();
+        let origin = [
+            ("kpipe.error", error.to_string()),
+            ("kpipe.topic", source_topic.to_string()),
+            ("kpipe.partition", partition.to_string()),
+            ("kpipe.offset", m.offset.to_string()),
+        ];
+        for (key, value) in &origin {
+            headers = headers.insert(Header {
+                key,
+                value: Some(value.as_bytes()),
+            });
+        }
+        producer.send(
+            topic,
+            m.key.clone().map(|k| &bytes[k]),
+            &bytes[m.payload.clone()],
+            Some(&headers),
+        )
+    }
+
+    /// Waits until every dead letter so far is acknowledged.
+    pub fn flush(&mut self) -> Result<()> {
+        if let Some(producer) = self.producer.as_mut() {
+            producer.flush(std::time::Duration::from_secs(60))?;
+        }
+        Ok(())
+    }
+}
+
+/// What a worker wrote for one flush.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Written {
+    pub rows: u64,
+    pub files: u64,
+    pub bytes: u64,
+    pub dead_lettered: u64,
+}
+
+pub(crate) struct Flushed {
+    pub epoch: u64,
+    pub result: Result<Written>,
+}
+
+enum Job {
+    Rows(Chunk),
+    Flush {
+        epoch: u64,
+    },
+    Revoke {
+        partitions: Vec<i32>,
+        done: SyncSender<()>,
+    },
+}
+
+/// The pool; dropping it lets the workers finish their queues and exit.
+pub(crate) struct Workers {
+    jobs: Vec<SyncSender<Job>>,
+    threads: Vec<JoinHandle<()>>,
+    flushed: Mutex<Receiver<Flushed>>,
+}
+
+/// Chunks a worker may have queued before the main thread waits for it.
+const QUEUED_CHUNKS: usize = 16;
+
+impl Workers {
+    pub fn start(count: usize, shared: Arc<Shared>) -> Result<Workers> {
+        let (flushed_tx, flushed) = mpsc::channel();
+        let mut jobs = Vec::new();
+        let mut threads = Vec::new();
+        for i in 0..count.max(1) {
+            let (tx, rx) = mpsc::sync_channel(QUEUED_CHUNKS);
+            let shared = shared.clone();
+            let flushed_tx = flushed_tx.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("lake-worker-{i}"))
+                    .spawn(move || work(&rx, &flushed_tx, &shared))?,
+            );
+            jobs.push(tx);
+        }
+        Ok(Workers {
+            jobs,
+            threads,
+            flushed: Mutex::new(flushed),
+        })
+    }
+
+    pub fn count(&self) -> usize {
+        self.jobs.len()
+    }
+
+    fn send(&self, worker: usize, job: Job) -> Result<()> {
+        self.jobs[worker]
+            .send(job)
+            .map_err(|_| anyhow!("a lake worker stopped unexpectedly"))
+    }
+
+    /// Queues a chunk for parsing (waits while that worker is far behind).
+    pub fn rows(&self, chunk: Chunk) -> Result<()> {
+        self.send(chunk.partition as usize % self.count(), Job::Rows(chunk))
+    }
+
+    /// Asks every worker to write what it has; each answers once with `epoch`.
+    pub fn flush(&self, epoch: u64) -> Result<()> {
+        (0..self.count()).try_for_each(|w| self.send(w, Job::Flush { epoch }))
+    }
+
+    /// Drops the rows of revoked partitions, after whatever the workers are doing.
+    pub fn revoke(&self, partitions: &[i32]) {
+        let (done_tx, done) = mpsc::sync_channel(self.count());
+        let mut asked = 0;
+        for w in 0..self.count() {
+            let job = Job::Revoke {
+                partitions: partitions.to_vec(),
+                done: done_tx.clone(),
+            };
+            asked += usize::from(self.send(w, job).is_ok());
+        }
+        drop(done_tx);
+        for _ in 0..asked {
+            if done.recv().is_err() {
+                break;
+            }
+        }
+    }
+
+    /// The next flush answer, waiting up to `timeout`.
+    pub fn next_flushed(&self, timeout: std::time::Duration) -> Result<Option<Flushed>> {
+        let flushed = self.flushed.lock().map_err(|_| anyhow!("poisoned"))?;
+        match flushed.recv_timeout(timeout) {
+            Ok(f) => Ok(Some(f)),
+            Err(mpsc::RecvTimeoutError::Timeout) => Ok(None),
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                Err(anyhow!("the lake workers stopped unexpectedly"))
+            }
+        }
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        self.jobs.clear();
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn work(jobs: &Receiver<Job>, flushed: &Sender<Flushed>, shared: &Shared) {
+    let mut buffers: BTreeMap<i32, PartitionBuffer> = BTreeMap::new();
+    let mut dead_lettered = 0u64;
+    // A dead letter that could not be sent fails the next flush, so nothing is committed past it.
+    let mut failure: Option<anyhow::Error> = None;
+    for job in jobs {
+        match job {
+            Job::Rows(chunk) => {
+                let buffer = buffers.entry(chunk.partition).or_default();
+                for m in &chunk.messages {
+                    let payload = &chunk.bytes[m.payload.clone()];
+                    if let Err(e) = buffer.push(payload, m.offset, m.timestamp, &shared.time) {
+                        dead_lettered += 1;
+                        let sent = shared
+                            .dead_letters
+                            .lock()
+                            .map_err(|_| anyhow!("poisoned"))
+                            .and_then(|mut d| {
+                                d.send(&shared.topic, chunk.partition, m, &chunk.bytes, &e.0)
+                            });
+                        if let Err(e) = sent {
+                            failure.get_or_insert(e);
+                        }
+                    }
+                }
+            }
+            Job::Flush { epoch } => {
+                let result = match failure.take() {
+                    Some(e) => Err(e),
+                    None => write(shared, std::mem::take(&mut buffers)).map(|mut w| {
+                        w.dead_lettered = std::mem::take(&mut dead_lettered);
+                        w
+                    }),
+                };
+                if flushed.send(Flushed { epoch, result }).is_err() {
+                    return;
+                }
+            }
+            Job::Revoke { partitions, done } => {
+                for p in partitions {
+                    buffers.remove(&p);
+                }
+                let _ = done.send(());
+            }
+        }
+    }
+}
+
+/// Encodes every buffered partition and writes its files, several uploads at a time.
+fn write(shared: &Shared, buffers: BTreeMap<i32, PartitionBuffer>) -> Result<Written> {
+    let mut files = Vec::new();
+    for (partition, buffer) in buffers {
+        files.extend(buffer.into_files(
+            &shared.topic,
+            partition,
+            shared.partition_by,
+            shared.codec,
+        )?);
+    }
+    let lake = &shared.lake;
+    let written: Vec<(usize, u64)> = shared.runtime.block_on(async {
+        futures_util::stream::iter(files)
+            .map(|(name, bytes, rows)| async move {
+                let size = bytes.len() as u64;
+                lake.put(&name.relative(), bytes).await?;
+                Ok::<_, anyhow::Error>((rows, size))
+            })
+            .buffer_unordered(8)
+            .try_collect()
+            .await
+    })?;
+    Ok(Written {
+        rows: written.iter().map(|w| w.0 as u64).sum(),
+        files: written.len() as u64,
+        bytes: written.iter().map(|w| w.1).sum(),
+        dead_lettered: 0,
+    })
+}
