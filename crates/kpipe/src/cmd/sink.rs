@@ -54,7 +54,7 @@ pub struct LakeSinkArgs {
     /// Flush after this many rows.
     #[arg(long, default_value_t = 100_000)]
     flush_rows: usize,
-    /// Flush after this many megabytes of messages.
+    /// Flush after this many megabytes of messages (at most 1024).
     #[arg(long, default_value_t = 64)]
     flush_mb: usize,
     /// Flush at least this often, e.g. 10s, 500ms, 2m.
@@ -101,8 +101,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 pub fn run(args: SinkArgs, kafka: &KafkaArgs) -> Result<()> {
     let SinkCommand::Lake(args) = args.command;
-    if args.flush_rows == 0 || args.flush_mb == 0 {
-        bail!("--flush-rows and --flush-mb must be at least 1");
+    if args.flush_rows == 0 || !(1..=1024).contains(&args.flush_mb) {
+        bail!("--flush-rows must be at least 1 and --flush-mb between 1 and 1024");
     }
     let lake = Lake::open(&args.to)?;
     let options = SinkOptions {
