@@ -156,6 +156,19 @@ impl ClientOptions {
             _ => bail!("topic {topic} does not exist on {}", self.bootstrap),
         }
     }
+
+    /// Messages a topic holds now (end minus start offsets), or None when it does not exist.
+    pub fn topic_messages(&self, client: &BaseConsumer<QuietContext>, topic: &str) -> Result<Option<u64>> {
+        let Ok(partitions) = self.require_topic(client, topic) else {
+            return Ok(None);
+        };
+        let mut total = 0u64;
+        for p in 0..partitions as i32 {
+            let (low, high) = client.fetch_watermarks(topic, p, CONNECT_TIMEOUT)?;
+            total += (high - low).max(0) as u64;
+        }
+        Ok(Some(total))
+    }
 }
 
 /// A client context that keeps librdkafka's errors for our messages instead of

@@ -7,5 +7,6 @@ pub mod client;
 pub mod consume;
 pub mod groups;
 pub mod produce;
+pub mod sink;
 
 pub use client::ClientOptions;

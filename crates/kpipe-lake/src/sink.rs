@@ -17,16 +17,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Result};
-use kpipe_kafka::client::{ClientOptions, QuietContext, CONNECT_TIMEOUT};
-use kpipe_kafka::produce::Producer;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use kpipe_kafka::client::{ClientOptions, QuietContext};
+use kpipe_kafka::sink::{commit_written, end_offsets, is_transient, reached, DeadLetters};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::ClientContext;
 
 use crate::file::{Codec, PartitionBy, TimeSource};
 use crate::store::Lake;
-use crate::workers::{Chunk, DeadLetters, Shared, Workers, Written};
+use crate::workers::{Chunk, Shared, Workers, Written};
 
 #[derive(Debug, Clone)]
 pub struct SinkOptions {
@@ -127,26 +127,9 @@ pub fn run(
     if options.create_bucket {
         runtime.block_on(lake.ensure_bucket())?;
     }
-    let mut dead_letters = DeadLetters {
-        producer: None,
-        topic: options.dlq_topic.clone(),
-    };
-    if let Some(dlq) = &options.dlq_topic {
-        kafka.require_topic(&probe, dlq)?;
-        dead_letters.producer = Some(Producer::connect(kafka)?);
-    }
-    // Where --until-end stops: the end of every partition as it is now.
+    let dead_letters = DeadLetters::connect(kafka, &probe, options.dlq_topic.as_deref())?;
     let targets: HashMap<i32, i64> = if options.until_end {
-        (0..partitions as i32)
-            .map(|p| {
-                Ok((
-                    p,
-                    probe
-                        .fetch_watermarks(&options.topic, p, CONNECT_TIMEOUT)?
-                        .1,
-                ))
-            })
-            .collect::<Result<_>>()?
+        end_offsets(&probe, &options.topic, partitions)?
     } else {
         HashMap::new()
     };
@@ -205,7 +188,7 @@ pub fn run(
             .lock()
             .map_err(|_| anyhow!("poisoned"))?
             .flush()?;
-        commit_offsets(&consumer, &options.topic, &flight.offsets)?;
+        commit_written(&consumer, &options.topic, &flight.offsets)?;
         report.flushes += 1;
         report.files += flight.written.files;
         report.rows += flight.written.rows;
@@ -338,70 +321,3 @@ fn collect(
     Ok(None)
 }
 
-fn commit_offsets(
-    consumer: &BaseConsumer<SinkContext>,
-    topic: &str,
-    next: &BTreeMap<i32, i64>,
-) -> Result<()> {
-    if next.is_empty() {
-        return Ok(());
-    }
-    let mut offsets = TopicPartitionList::new();
-    for (partition, offset) in next {
-        offsets.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
-    }
-    match consumer.commit(&offsets, CommitMode::Sync) {
-        Ok(()) => Ok(()),
-        // The partitions moved to another member, which rewrites the same files.
-        Err(KafkaError::ConsumerCommit(code)) if is_rebalance(code) => {
-            tracing::info!(
-                "offsets not committed ({code}); the partitions' new owner rewrites these files"
-            );
-            Ok(())
-        }
-        Err(e) => bail!(
-            "files are in the lake but committing offsets failed ({e}); a restart rewrites them"
-        ),
-    }
-}
-
-fn is_rebalance(code: rdkafka::types::RDKafkaErrorCode) -> bool {
-    use rdkafka::types::RDKafkaErrorCode as C;
-    matches!(
-        code,
-        C::RebalanceInProgress | C::IllegalGeneration | C::UnknownMemberId
-    )
-}
-
-fn is_transient(code: rdkafka::types::RDKafkaErrorCode) -> bool {
-    use rdkafka::types::RDKafkaErrorCode as C;
-    matches!(
-        code,
-        C::BrokerTransportFailure | C::AllBrokersDown | C::OperationTimedOut | C::NotCoordinator
-    )
-}
-
-/// With --until-end: every assigned partition's position has reached its target.
-fn reached(
-    consumer: &BaseConsumer<SinkContext>,
-    positions: &BTreeMap<i32, i64>,
-    targets: &HashMap<i32, i64>,
-) -> Result<bool> {
-    let assignment = consumer.assignment()?;
-    if assignment.count() == 0 {
-        return Ok(false);
-    }
-    let committed = consumer.committed(CONNECT_TIMEOUT).ok();
-    for e in assignment.elements() {
-        let target = targets.get(&e.partition()).copied().unwrap_or(0);
-        let done_in_memory = positions.get(&e.partition()).is_some_and(|n| *n >= target);
-        let done_before = committed
-            .as_ref()
-            .and_then(|c| c.find_partition(e.topic(), e.partition()))
-            .is_some_and(|c| matches!(c.offset(), Offset::Offset(o) if o >= target));
-        if !(done_in_memory || done_before || target == 0) {
-            return Ok(false);
-        }
-    }
-    Ok(true)
-}

@@ -16,7 +16,8 @@ use std::thread::JoinHandle;
 
 use anyhow::{anyhow, Result};
 use futures_util::{StreamExt, TryStreamExt};
-use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
+use kpipe_kafka::sink::{DeadLetters, Origin};
+use rdkafka::message::{BorrowedMessage, Message, OwnedHeaders};
 
 use crate::file::{Codec, PartitionBuffer, PartitionBy, TimeSource};
 use crate::store::Lake;
@@ -82,60 +83,6 @@ pub(crate) struct Shared {
     pub time: TimeSource,
     pub codec: Codec,
     pub dead_letters: Mutex<DeadLetters>,
-}
-
-/// Messages that cannot become rows go to the dead-letter topic with the reason
-/// in a header (or, without one, are counted and skipped).
-pub(crate) struct DeadLetters {
-    pub producer: Option<kpipe_kafka::produce::Producer>,
-    pub topic: Option<String>,
-}
-
-impl DeadLetters {
-    fn send(
-        &mut self,
-        source_topic: &str,
-        partition: i32,
-        m: &Copied,
-        bytes: &[u8],
-        error: &str,
-    ) -> Result<()> {
-        let (Some(producer), Some(topic)) = (self.producer.as_mut(), self.topic.as_deref()) else {
-            tracing::warn!(
-                partition,
-                offset = m.offset,
-                "skipping bad message: {error}"
-            );
-            return Ok(());
-        };
-        let mut headers = m.headers.clone().unwrap_or_default();
-        let origin = [
-            ("kpipe.error", error.to_string()),
-            ("kpipe.topic", source_topic.to_string()),
-            ("kpipe.partition", partition.to_string()),
-            ("kpipe.offset", m.offset.to_string()),
-        ];
-        for (key, value) in &origin {
-            headers = headers.insert(Header {
-                key,
-                value: Some(value.as_bytes()),
-            });
-        }
-        producer.send(
-            topic,
-            m.key.clone().map(|k| &bytes[k]),
-            &bytes[m.payload.clone()],
-            Some(&headers),
-        )
-    }
-
-    /// Waits until every dead letter so far is acknowledged.
-    pub fn flush(&mut self) -> Result<()> {
-        if let Some(producer) = self.producer.as_mut() {
-            producer.flush(std::time::Duration::from_secs(60))?;
-        }
-        Ok(())
-    }
 }
 
 /// What a worker wrote for one flush.
@@ -275,7 +222,15 @@ fn work(jobs: &Receiver<Job>, flushed: &Sender<Flushed>, shared: &Shared) {
                             .lock()
                             .map_err(|_| anyhow!("poisoned"))
                             .and_then(|mut d| {
-                                d.send(&shared.topic, chunk.partition, m, &chunk.bytes, &e.0)
+                                let origin = Origin {
+                                    topic: &shared.topic,
+                                    partition: chunk.partition,
+                                    offset: m.offset,
+                                    key: m.key.clone().map(|k| &chunk.bytes[k]),
+                                    payload,
+                                    headers: m.headers.as_ref(),
+                                };
+                                d.send(&origin, &e.0)
                             });
                         if let Err(e) = sent {
                             failure.get_or_insert(e);

@@ -8,8 +8,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 /// Kafka pipelines in one binary: an embedded Kafka-compatible broker, topic and
-/// group tools, console produce/consume, the seeds' event generators, and an
-/// exactly-once Parquet lake on disk or S3 with SQL over it.
+/// group tools, console produce/consume, the seeds' event generators, an
+/// exactly-once Parquet lake on disk or S3 with SQL over it, and ClickHouse
+/// (DDL from a table config, a direct sink, export back to Kafka).
 ///
 /// Client commands talk to -b HOST:PORT (env KPIPE_BOOTSTRAP, default
 /// 127.0.0.1:9092): `kpipe broker` or any real Kafka cluster. -X key=value passes
@@ -50,6 +51,7 @@ enum Command {
     Gen(cmd::gen::GenArgs),
     Sink(cmd::sink::SinkArgs),
     Lake(cmd::lake::LakeArgs),
+    Ch(cmd::ch::ChArgs),
     Query(cmd::query::QueryArgs),
     Demo(cmd::demo::DemoArgs),
 }
@@ -71,6 +73,7 @@ fn main() -> ExitCode {
         Command::Gen(args) => cmd::gen::run(args, &cli.kafka),
         Command::Sink(args) => cmd::sink::run(args, &cli.kafka),
         Command::Lake(args) => cmd::lake::run(args, &cli.kafka),
+        Command::Ch(args) => cmd::ch::run(args, &cli.kafka),
         Command::Query(args) => cmd::query::run(args),
         Command::Demo(args) => cmd::demo::run(args),
     };

@@ -3,6 +3,7 @@
 //! Ctrl-C) live here.
 
 pub mod broker;
+pub mod ch;
 pub mod consume;
 pub mod demo;
 pub mod gen;

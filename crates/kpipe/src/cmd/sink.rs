@@ -1,4 +1,5 @@
-//! `kpipe sink lake`: a topic into date-partitioned Parquet, exactly once.
+//! `kpipe sink lake` (a topic into date-partitioned Parquet, exactly once) and
+//! `kpipe sink clickhouse` (a topic into a ClickHouse table).
 
 use std::time::Duration;
 
@@ -6,11 +7,13 @@ use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use kpipe_lake::file::{Codec, PartitionBy, TimeSource};
 use kpipe_lake::sink::{self, SinkOptions};
+use kpipe_clickhouse::client::ClickHouse;
+use kpipe_clickhouse::sink::SinkOptions as ClickHouseSinkOptions;
 use kpipe_lake::Lake;
 
 use super::{progress, stop_flag, KafkaArgs};
 
-/// Move a topic's messages somewhere else (a lake today; ClickHouse next).
+/// Move a topic's messages into a Parquet lake or a ClickHouse table.
 #[derive(Args)]
 pub struct SinkArgs {
     #[command(subcommand)]
@@ -20,6 +23,53 @@ pub struct SinkArgs {
 #[derive(Subcommand)]
 enum SinkCommand {
     Lake(LakeSinkArgs),
+    Clickhouse(ClickHouseSinkArgs),
+}
+
+/// Load a topic into a ClickHouse table over HTTP, without the Kafka engine.
+///
+/// JSON fields map onto the table's columns by name (from DESCRIBE); dotted
+/// column names match nested fields (`event_param.user_id`); missing columns get
+/// their defaults; objects bound for String columns arrive as JSON text. When the
+/// table has them, kafka_partition, kafka_offset, kafka_topic, batch_id,
+/// consumer_group_id and processing_time are filled in. Batches of a partition are
+/// inserted in offset order, with retries and backoff, and offsets are committed
+/// only after the insert succeeded.
+///
+/// Delivery: exactly once when the table has kafka_partition and kafka_offset (on
+/// every assignment the sink skips offsets the table already holds); otherwise at
+/// least once. Servers from 22.2 also get an insert_deduplication_token per batch.
+/// Rows the server refuses (or that are not JSON objects) go to --dlq-topic.
+///
+/// Examples:
+///   kpipe sink clickhouse --topic music_events --table raw.music --url http://127.0.0.1:8123 --until-end
+///   CLICKHOUSE_PASSWORD=... kpipe sink clickhouse --topic sales --table retail.sales --url http://ch:8123 --dlq-topic sales_dlq
+#[derive(Args)]
+#[command(verbatim_doc_comment)]
+pub struct ClickHouseSinkArgs {
+    #[arg(long)]
+    topic: String,
+    /// Target table, DB.TABLE or TABLE.
+    #[arg(long, value_name = "DB.TABLE")]
+    table: String,
+    /// ClickHouse HTTP URL (user and password may be in it, or in CLICKHOUSE_USER / CLICKHOUSE_PASSWORD).
+    #[arg(long, env = "KPIPE_CLICKHOUSE_URL", default_value = "http://127.0.0.1:8123", hide_env_values = true)]
+    url: String,
+    /// Consumer group [default: kpipe-clickhouse-<table>]
+    #[arg(short, long)]
+    group: Option<String>,
+    /// Insert after this many rows.
+    #[arg(long, default_value_t = 50_000)]
+    batch_rows: usize,
+    /// Insert at least this often, e.g. 1s, 500ms.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    batch_interval: Duration,
+    /// Read up to the end offsets seen at start, insert, commit and exit.
+    #[arg(long)]
+    until_end: bool,
+    /// Topic for messages that cannot become rows.
+    #[arg(long, value_name = "TOPIC")]
+    dlq_topic: Option<String>,
 }
 
 /// Write a topic to Parquet files on a local disk or S3, exactly once.
@@ -100,7 +150,47 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 pub fn run(args: SinkArgs, kafka: &KafkaArgs) -> Result<()> {
-    let SinkCommand::Lake(args) = args.command;
+    match args.command {
+        SinkCommand::Lake(args) => run_lake(args, kafka),
+        SinkCommand::Clickhouse(args) => run_clickhouse(args, kafka),
+    }
+}
+
+fn run_clickhouse(args: ClickHouseSinkArgs, kafka: &KafkaArgs) -> Result<()> {
+    if args.batch_rows == 0 {
+        bail!("--batch-rows must be at least 1");
+    }
+    let ch = ClickHouse::new(&args.url)?;
+    let options = ClickHouseSinkOptions {
+        group: args
+            .group
+            .unwrap_or_else(|| format!("kpipe-clickhouse-{}", args.table)),
+        topic: args.topic,
+        table: args.table,
+        batch_rows: args.batch_rows,
+        batch_interval: args.batch_interval,
+        until_end: args.until_end,
+        dlq_topic: args.dlq_topic,
+    };
+    let stop = stop_flag();
+    let bar = progress(None, "rows");
+    let report = kpipe_clickhouse::sink::run(&kafka.options(), &ch, &options, &stop, |r| {
+        bar.set_position(r.rows)
+    })?;
+    bar.finish_and_clear();
+    eprintln!(
+        "inserted {} rows into {} in {} inserts ({} retries); {} already in the table skipped; {} messages dead-lettered",
+        report.rows,
+        options.table,
+        report.inserts,
+        report.retries,
+        report.skipped_already_loaded,
+        report.dead_lettered
+    );
+    Ok(())
+}
+
+fn run_lake(args: LakeSinkArgs, kafka: &KafkaArgs) -> Result<()> {
     if args.flush_rows == 0 || !(1..=1024).contains(&args.flush_mb) {
         bail!("--flush-rows must be at least 1 and --flush-mb between 1 and 1024");
     }
