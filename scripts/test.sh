@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's test command (README: `scripts/test.sh`; CI: .ci/run).
-# Installs, only when missing, what the end-to-end tests drive — Debian's kcat,
-# a venv with the Python Kafka clients, DuckDB and SeaweedFS, cargo-nextest —
+# Installs, only when missing, what the end-to-end tests drive — Debian's kcat
+# and clickhouse-server, a venv with the Python Kafka clients, DuckDB and
+# SeaweedFS, cargo-nextest —
 # then runs the whole workspace's tests. Extra arguments go to
 # `cargo nextest run` (e.g. a test-name filter). Works as root on fresh Debian 12.
 set -euo pipefail
@@ -20,6 +21,9 @@ apt_install() {
 
 command -v kcat >/dev/null || apt_install kcat
 command -v python3 >/dev/null || apt_install python3
+command -v curl >/dev/null || apt_install curl
+# A real ClickHouse server for the ClickHouse tests (Debian's 18.16).
+[ -x /usr/sbin/clickhouse-server ] || apt_install clickhouse-server clickhouse-client
 
 PY="$REPO/.venv/bin/python"
 if [ ! -x "$PY" ]; then

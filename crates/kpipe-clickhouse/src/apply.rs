@@ -101,8 +101,16 @@ pub struct Flow {
 
 /// Waits until the target holds more rows than at the start, or at least
 /// `expected` (the topic's messages), for up to `timeout`.
-pub async fn check_flow(ch: &ClickHouse, plan: &Plan, expected: u64, timeout: Duration) -> Result<Flow> {
-    let count = format!("SELECT count() FROM `{}`.`{}`", plan.target.0, plan.target.1);
+pub async fn check_flow(
+    ch: &ClickHouse,
+    plan: &Plan,
+    expected: u64,
+    timeout: Duration,
+) -> Result<Flow> {
+    let count = format!(
+        "SELECT count() FROM `{}`.`{}`",
+        plan.target.0, plan.target.1
+    );
     let start = Instant::now();
     let before = ch.number(&count).await?;
     let mut after = before;
@@ -138,7 +146,11 @@ pub struct Health {
 }
 
 pub async fn health(ch: &ClickHouse, plan: &Plan) -> Result<Vec<Health>> {
-    let mut objects = vec![plan.kafka_table.clone(), plan.storage.clone(), plan.view.clone()];
+    let mut objects = vec![
+        plan.kafka_table.clone(),
+        plan.storage.clone(),
+        plan.view.clone(),
+    ];
     if plan.target != plan.storage {
         objects.push(plan.target.clone());
     }

@@ -41,8 +41,9 @@ impl std::error::Error for ServerError {}
 
 impl ClickHouse {
     pub fn new(url: &str) -> Result<ClickHouse> {
-        let mut parsed = reqwest::Url::parse(url)
-            .map_err(|e| anyhow!("{url:?} is not a ClickHouse URL like http://127.0.0.1:8123 ({e})"))?;
+        let mut parsed = reqwest::Url::parse(url).map_err(|e| {
+            anyhow!("{url:?} is not a ClickHouse URL like http://127.0.0.1:8123 ({e})")
+        })?;
         if parsed.scheme() != "http" {
             return Err(anyhow!(
                 "only http:// ClickHouse URLs are supported, not {}://",
@@ -72,7 +73,12 @@ impl ClickHouse {
         self.url.as_str()
     }
 
-    async fn post(&self, query: Option<&str>, body: Vec<u8>, settings: &[(&str, &str)]) -> Result<String, ServerError> {
+    async fn post(
+        &self,
+        query: Option<&str>,
+        body: Vec<u8>,
+        settings: &[(&str, &str)],
+    ) -> Result<String, ServerError> {
         let mut request = self.http.post(self.url.clone()).body(body);
         if let Some(query) = query {
             request = request.query(&[("query", query)]);
@@ -86,7 +92,11 @@ impl ClickHouse {
         }
         let response = request.send().await.map_err(|e| ServerError {
             code: None,
-            message: format!("cannot reach ClickHouse at {}: {}", self.url, root_cause(&e)),
+            message: format!(
+                "cannot reach ClickHouse at {}: {}",
+                self.url,
+                root_cause(&e)
+            ),
             permanent: false,
         })?;
         let status = response.status();
@@ -107,20 +117,35 @@ impl ClickHouse {
     }
 
     /// Runs one statement; returns what the server printed.
-    pub async fn execute(&self, sql: &str, settings: &[(&str, &str)]) -> Result<String, ServerError> {
+    pub async fn execute(
+        &self,
+        sql: &str,
+        settings: &[(&str, &str)],
+    ) -> Result<String, ServerError> {
         self.post(None, sql.as_bytes().to_vec(), settings).await
     }
 
-    /// Rows of a query as JSON objects (64-bit integers as numbers).
-    pub async fn rows(&self, sql: &str) -> Result<Vec<serde_json::Value>, ServerError> {
+    /// Rows of a query as JSONEachRow lines, columns in the query's order
+    /// (64-bit integers as numbers).
+    pub async fn lines(&self, sql: &str) -> Result<Vec<String>, ServerError> {
         let text = self
             .execute(
                 &format!("{sql} FORMAT JSONEachRow"),
                 &[("output_format_json_quote_64bit_integers", "0")],
             )
             .await?;
-        text.lines()
+        Ok(text
+            .lines()
             .filter(|l| !l.trim().is_empty())
+            .map(String::from)
+            .collect())
+    }
+
+    /// Rows of a query as JSON objects.
+    pub async fn rows(&self, sql: &str) -> Result<Vec<serde_json::Value>, ServerError> {
+        self.lines(sql)
+            .await?
+            .iter()
             .map(|l| {
                 serde_json::from_str(l).map_err(|e| ServerError {
                     code: None,
@@ -142,7 +167,12 @@ impl ClickHouse {
     }
 
     /// `INSERT INTO table FORMAT JSONEachRow` with `body` as the rows.
-    pub async fn insert(&self, table: &str, body: Vec<u8>, settings: &[(&str, &str)]) -> Result<(), ServerError> {
+    pub async fn insert(
+        &self,
+        table: &str,
+        body: Vec<u8>,
+        settings: &[(&str, &str)],
+    ) -> Result<(), ServerError> {
         self.post(
             Some(&format!("INSERT INTO {table} FORMAT JSONEachRow")),
             body,
@@ -155,7 +185,10 @@ impl ClickHouse {
     /// The server's (major, minor) version.
     pub async fn version(&self) -> Result<(u32, u32), ServerError> {
         let text = self.execute("SELECT version()", &[]).await?;
-        let mut parts = text.trim().split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+        let mut parts = text
+            .trim()
+            .split('.')
+            .map(|p| p.parse::<u32>().unwrap_or(0));
         Ok((parts.next().unwrap_or(0), parts.next().unwrap_or(0)))
     }
 }
@@ -173,7 +206,10 @@ fn is_permanent(code: u32) -> bool {
     // 6 cannot parse text, 16 no such column, 26/27 cannot parse, 38 cannot parse date,
     // 41 cannot parse datetime, 53 type mismatch, 60 unknown table, 62 syntax error,
     // 70 cannot convert type, 72 cannot parse number, 81 unknown database, 117 incorrect data.
-    matches!(code, 6 | 16 | 26 | 27 | 38 | 41 | 53 | 60 | 62 | 70 | 72 | 81 | 117)
+    matches!(
+        code,
+        6 | 16 | 26 | 27 | 38 | 41 | 53 | 60 | 62 | 70 | 72 | 81 | 117
+    )
 }
 
 /// `(code, message)` from an error body of any ClickHouse version:
@@ -185,9 +221,7 @@ fn parse_error(body: &str) -> (Option<u32>, String) {
         .strip_prefix("Code: ")
         .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
         .and_then(|digits| digits.parse().ok());
-    let message = body
-        .split_once("DB::Exception: ")
-        .map_or(body, |(_, m)| m);
+    let message = body.split_once("DB::Exception: ").map_or(body, |(_, m)| m);
     let message = message
         .split(", e.what() = ")
         .next()

@@ -110,7 +110,8 @@ impl TableConfig {
     pub fn from_file(path: &Path) -> Result<TableConfig> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read {}", path.display()))?;
-        Self::from_json(&text).with_context(|| format!("{} is not a valid table config", path.display()))
+        Self::from_json(&text)
+            .with_context(|| format!("{} is not a valid table config", path.display()))
     }
 
     pub fn from_json(text: &str) -> Result<TableConfig> {
@@ -146,7 +147,10 @@ mod tests {
                 "schema":{"location_key":"String","date":"String","new_confirmed":"Int32"}}"#,
         )
         .unwrap();
-        assert_eq!(config.column_names(), ["location_key", "date", "new_confirmed"]);
+        assert_eq!(
+            config.column_names(),
+            ["location_key", "date", "new_confirmed"]
+        );
         assert_eq!(config.dwh_layer, "raw");
         assert_eq!(config.group_name(), "clickhouse-covid_new_cases-consumer");
         assert!(config.skip_alter_on_error);
@@ -159,7 +163,13 @@ mod tests {
             r#"{"kafka_topic":"t","target_table_name":"x","schema":{"a":"String"},"sort_keys":"a"}"#,
         )
         .unwrap_err();
-        assert!(typo.to_string().contains("unknown field `sort_keys`"), "{typo}");
-        assert!(TableConfig::from_json(r#"{"kafka_topic":"t","target_table_name":"x","schema":{}}"#).is_err());
+        assert!(
+            typo.to_string().contains("unknown field `sort_keys`"),
+            "{typo}"
+        );
+        assert!(TableConfig::from_json(
+            r#"{"kafka_topic":"t","target_table_name":"x","schema":{}}"#
+        )
+        .is_err());
     }
 }

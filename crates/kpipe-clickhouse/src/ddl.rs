@@ -92,8 +92,15 @@ pub fn plan(config: &TableConfig, target: &Target) -> Result<Plan> {
         None => String::new(),
     };
     check_topic(&config.kafka_topic)?;
-    if !config.kafka_format.chars().all(|c| c.is_ascii_alphanumeric()) {
-        bail!("kafka_format {:?} is not a ClickHouse format name", config.kafka_format);
+    if !config
+        .kafka_format
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric())
+    {
+        bail!(
+            "kafka_format {:?} is not a ClickHouse format name",
+            config.kafka_format
+        );
     }
     let sort_key = sql::expression(
         "sort_key",
@@ -246,7 +253,9 @@ pub fn plan(config: &TableConfig, target: &Target) -> Result<Plan> {
     let engine = match &target.cluster {
         Some(_) => format!(
             "ReplicatedMergeTree({}, '{{replica}}')",
-            sql::literal(&format!("/clickhouse/tables/{{shard}}/{layer}/{storage_name}"))
+            sql::literal(&format!(
+                "/clickhouse/tables/{{shard}}/{layer}/{storage_name}"
+            ))
         ),
         None => "MergeTree()".to_string(),
     };
@@ -341,9 +350,12 @@ pub fn plan(config: &TableConfig, target: &Target) -> Result<Plan> {
                 statements.push(alter(format!("projection {projection} of"), format!(
                     "ALTER TABLE {alter_target}{cluster} ADD PROJECTION IF NOT EXISTS {projection} (SELECT * ORDER BY ({order}))"
                 )));
-                statements.push(alter(format!("projection {projection} built for"), format!(
-                    "ALTER TABLE {alter_target}{cluster} MATERIALIZE PROJECTION {projection}"
-                )));
+                statements.push(alter(
+                    format!("projection {projection} built for"),
+                    format!(
+                        "ALTER TABLE {alter_target}{cluster} MATERIALIZE PROJECTION {projection}"
+                    ),
+                ));
             }
             None => notes.push(
                 "create_projection is set without projection_order_by: no projection to add".into(),
@@ -371,11 +383,14 @@ pub fn plan(config: &TableConfig, target: &Target) -> Result<Plan> {
     }
     if target.legacy && statements.iter().any(|s| s.kind == Kind::Alter) {
         notes.push(
-            "ClickHouse 18 has neither projections nor skip indexes: those ALTERs fail there".into(),
+            "ClickHouse 18 has neither projections nor skip indexes: those ALTERs fail there"
+                .into(),
         );
     }
     if target.legacy && target.cluster.is_some() {
-        notes.push("ON CLUSTER and ReplicatedMergeTree need ZooKeeper configured on the servers".into());
+        notes.push(
+            "ON CLUSTER and ReplicatedMergeTree need ZooKeeper configured on the servers".into(),
+        );
     }
     Ok(Plan {
         statements,
@@ -441,13 +456,16 @@ mod tests {
 
     /// Compares with a checked-in file; `KPIPE_UPDATE_GOLDEN=1` rewrites it.
     fn golden(file: &str, actual: &str) {
-        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(file);
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/golden")
+            .join(file);
         if std::env::var_os("KPIPE_UPDATE_GOLDEN").is_some() {
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             std::fs::write(&path, actual).unwrap();
         }
-        let expected = std::fs::read_to_string(&path)
-            .unwrap_or_else(|_| panic!("{} missing: run with KPIPE_UPDATE_GOLDEN=1", path.display()));
+        let expected = std::fs::read_to_string(&path).unwrap_or_else(|_| {
+            panic!("{} missing: run with KPIPE_UPDATE_GOLDEN=1", path.display())
+        });
         assert_eq!(actual, expected, "DDL differs from {}", path.display());
     }
 
@@ -461,8 +479,15 @@ mod tests {
 
     #[test]
     fn seed_04_on_a_cluster_with_modern_clickhouse() {
-        let plan = plan(&example("covid_new_cases.json"), &target(Some("dwh_test"), false)).unwrap();
-        golden("covid_new_cases.cluster.sql", &render(&plan, "covid_new_cases on cluster dwh_test"));
+        let plan = plan(
+            &example("covid_new_cases.json"),
+            &target(Some("dwh_test"), false),
+        )
+        .unwrap();
+        golden(
+            "covid_new_cases.cluster.sql",
+            &render(&plan, "covid_new_cases on cluster dwh_test"),
+        );
     }
 
     #[test]
@@ -470,9 +495,22 @@ mod tests {
         let mut config = example("covid_cumulative.json");
         config.recreate_tables = true;
         let plan = plan(&config, &target(None, true)).unwrap();
-        golden("covid_cumulative.recreate.18.sql", &render(&plan, "covid_cumulative, recreated, ClickHouse 18"));
+        golden(
+            "covid_cumulative.recreate.18.sql",
+            &render(&plan, "covid_cumulative, recreated, ClickHouse 18"),
+        );
         let kinds: Vec<Kind> = plan.statements.iter().map(|s| s.kind).collect();
-        assert_eq!(&kinds[..6], [Kind::Database, Kind::Database, Kind::Drop, Kind::Drop, Kind::Drop, Kind::Table]);
+        assert_eq!(
+            &kinds[..6],
+            [
+                Kind::Database,
+                Kind::Database,
+                Kind::Drop,
+                Kind::Drop,
+                Kind::Drop,
+                Kind::Table
+            ]
+        );
     }
 
     #[test]
@@ -508,21 +546,40 @@ mod tests {
     #[test]
     fn injection_attempts_are_refused_with_the_field_named() {
         let base = example("covid_new_cases.json");
-        let cases: Vec<(&str, Box<dyn Fn(&mut TableConfig)>)> = vec![
-            ("target_table_name", Box::new(|c| c.target_table_name = "x; DROP TABLE y".into())),
-            ("sort_key", Box::new(|c| c.sort_key = Some("date) SETTINGS a=1 --".into()))),
-            ("type of date", Box::new(|c| c.schema.0[0].1 = "String) ENGINE=Log; --".into())),
-            ("kafka_topic", Box::new(|c| c.kafka_topic = "t' , kafka_format = 'CSV".into())),
+        type Change = Box<dyn Fn(&mut TableConfig)>;
+        let cases: Vec<(&str, Change)> = vec![
+            (
+                "target_table_name",
+                Box::new(|c| c.target_table_name = "x; DROP TABLE y".into()),
+            ),
+            (
+                "sort_key",
+                Box::new(|c| c.sort_key = Some("date) SETTINGS a=1 --".into())),
+            ),
+            (
+                "type of date",
+                Box::new(|c| c.schema.0[0].1 = "String) ENGINE=Log; --".into()),
+            ),
+            (
+                "kafka_topic",
+                Box::new(|c| c.kafka_topic = "t' , kafka_format = 'CSV".into()),
+            ),
             ("cluster", Box::new(|_| {})),
-            ("table setting", Box::new(|c| {
-                c.table_settings.insert("a = 1; DROP".into(), serde_json::json!(1));
-            })),
+            (
+                "table setting",
+                Box::new(|c| {
+                    c.table_settings
+                        .insert("a = 1; DROP".into(), serde_json::json!(1));
+                }),
+            ),
         ];
         for (field, change) in cases {
             let mut config = base.clone();
             change(&mut config);
             let cluster = (field == "cluster").then_some("c`; DROP");
-            let error = plan(&config, &target(cluster, false)).unwrap_err().to_string();
+            let error = plan(&config, &target(cluster, false))
+                .unwrap_err()
+                .to_string();
             assert!(error.contains(field), "{field}: {error}");
         }
         // Quotes in a broker address are escaped, not interpreted.

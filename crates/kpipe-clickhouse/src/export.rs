@@ -10,28 +10,45 @@ use serde_json::Value;
 use crate::client::ClickHouse;
 
 /// Runs `query` and produces each row to `topic`, keyed by `key_column`'s value.
-pub fn run(kafka: &ClientOptions, ch: &ClickHouse, query: &str, topic: &str, key_column: Option<&str>) -> Result<Delivery> {
+pub fn run(
+    kafka: &ClientOptions,
+    ch: &ClickHouse,
+    query: &str,
+    topic: &str,
+    key_column: Option<&str>,
+) -> Result<Delivery> {
     let query = query.trim().trim_end_matches(';');
     if query.to_ascii_uppercase().contains(" FORMAT ") {
         bail!("leave FORMAT out of the query: kpipe reads the rows as JSONEachRow");
     }
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let rows = runtime
-        .block_on(ch.rows(query))
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let lines = runtime
+        .block_on(ch.lines(query))
         .map_err(|e| anyhow!("ClickHouse refused the query: {e}"))?;
     let probe = kafka.metadata_client()?;
     kafka.require_topic(&probe, topic)?;
     let mut producer = Producer::connect(kafka)?;
-    for row in &rows {
+    // Each line goes out as ClickHouse wrote it, columns in the query's order.
+    for line in &lines {
         let key = match key_column {
-            Some(column) => Some(match row.get(column) {
-                Some(Value::String(s)) => s.clone(),
-                Some(v) if !v.is_null() => v.to_string(),
-                _ => bail!("the query's rows have no {column:?} column to use as the key"),
-            }),
+            Some(column) => {
+                let row: Value = serde_json::from_str(line)?;
+                Some(match row.get(column) {
+                    Some(Value::String(s)) => s.clone(),
+                    Some(v) if !v.is_null() => v.to_string(),
+                    _ => bail!("the query's rows have no {column:?} column to use as the key"),
+                })
+            }
             None => None,
         };
-        producer.send(topic, key.as_deref().map(str::as_bytes), row.to_string().as_bytes(), None)?;
+        producer.send(
+            topic,
+            key.as_deref().map(str::as_bytes),
+            line.as_bytes(),
+            None,
+        )?;
     }
     producer.finish(std::time::Duration::from_secs(60))
 }

@@ -3,10 +3,10 @@
 //! direct sink from Kafka (`kpipe sink clickhouse`), and query results back to
 //! Kafka (`kpipe ch export`).
 
-pub mod config;
-pub mod ddl;
-pub mod sql;
 pub mod apply;
 pub mod client;
-pub mod sink;
+pub mod config;
+pub mod ddl;
 pub mod export;
+pub mod sink;
+pub mod sql;

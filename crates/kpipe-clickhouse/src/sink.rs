@@ -77,7 +77,9 @@ fn columns_of(described: &[Value]) -> Result<Vec<Column>> {
         .iter()
         .filter(|c| !matches!(c["default_type"].as_str(), Some("MATERIALIZED" | "ALIAS")))
         .map(|c| {
-            let name = c["name"].as_str().ok_or_else(|| anyhow!("DESCRIBE gave a column without a name"))?;
+            let name = c["name"]
+                .as_str()
+                .ok_or_else(|| anyhow!("DESCRIBE gave a column without a name"))?;
             let kind = c["type"].as_str().unwrap_or_default();
             let source = match name {
                 "kafka_partition" => Source::Partition,
@@ -190,8 +192,17 @@ const ATTEMPTS: u32 = 6;
 
 impl Sink<'_> {
     /// The message as a JSONEachRow line with the table's columns.
-    fn row(&self, payload: &[u8], partition: i32, offset: i64, batch_id: &str, now: &str, out: &mut Vec<u8>) -> Result<(), String> {
-        let value: Value = serde_json::from_slice(payload).map_err(|e| format!("message is not valid JSON: {e}"))?;
+    fn row(
+        &self,
+        payload: &[u8],
+        partition: i32,
+        offset: i64,
+        batch_id: &str,
+        now: &str,
+        out: &mut Vec<u8>,
+    ) -> Result<(), String> {
+        let value: Value = serde_json::from_slice(payload)
+            .map_err(|e| format!("message is not valid JSON: {e}"))?;
         let Value::Object(message) = value else {
             return Err("message is not a JSON object".into());
         };
@@ -201,7 +212,9 @@ impl Sink<'_> {
             let value = match column.source {
                 Source::Field => match lookup(&message, &column.name) {
                     // Objects and arrays land in a String column as their JSON text.
-                    Some(v @ (Value::Object(_) | Value::Array(_))) if column.is_text => Value::String(v.to_string()),
+                    Some(v @ (Value::Object(_) | Value::Array(_))) if column.is_text => {
+                        Value::String(v.to_string())
+                    }
                     Some(v) => v.clone(),
                     None => continue,
                 },
@@ -225,18 +238,30 @@ impl Sink<'_> {
 
     /// Inserts with retries; a permanent refusal comes back as `Err`.
     fn insert(&mut self, body: Vec<u8>, token: &str) -> Result<Result<(), ServerError>> {
-        let mut settings: Vec<(&str, &str)> = self.settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let mut settings: Vec<(&str, &str)> = self
+            .settings
+            .iter()
+            .map(|(k, v)| (*k, v.as_str()))
+            .collect();
         if self.dedup_tokens {
             settings.push(("insert_deduplication_token", token));
         }
         let mut delay = Duration::from_millis(200);
         for attempt in 1..=ATTEMPTS {
-            match self.runtime.block_on(self.ch.insert(&self.table, body.clone(), &settings)) {
+            match self
+                .runtime
+                .block_on(self.ch.insert(&self.table, body.clone(), &settings))
+            {
                 Ok(()) => return Ok(Ok(())),
                 Err(e) if e.permanent => return Ok(Err(e)),
-                Err(e) if attempt == ATTEMPTS => bail!("inserting into {} failed {ATTEMPTS} times: {e}", self.table),
+                Err(e) if attempt == ATTEMPTS => {
+                    bail!("inserting into {} failed {ATTEMPTS} times: {e}", self.table)
+                }
                 Err(e) => {
-                    tracing::warn!("insert into {} failed ({e}); retrying in {delay:?}", self.table);
+                    tracing::warn!(
+                        "insert into {} failed ({e}); retrying in {delay:?}",
+                        self.table
+                    );
                     self.report.retries += 1;
                     std::thread::sleep(delay);
                     delay = (delay * 2).min(Duration::from_secs(5));
@@ -248,7 +273,12 @@ impl Sink<'_> {
 
     /// Inserts rows `range` of a partition's batch; rows the server refuses are
     /// found by halving and dead-lettered, the rest inserted in offset order.
-    fn insert_range(&mut self, partition: i32, batch: &Batch, range: std::ops::Range<usize>) -> Result<()> {
+    fn insert_range(
+        &mut self,
+        partition: i32,
+        batch: &Batch,
+        range: std::ops::Range<usize>,
+    ) -> Result<()> {
         if range.is_empty() {
             return Ok(());
         }
@@ -294,7 +324,13 @@ impl Sink<'_> {
 }
 
 /// The highest offset the table holds per partition (exactly-once resume).
-fn loaded_offsets(ch: &ClickHouse, runtime: &tokio::runtime::Runtime, table: &str, columns: &[Column], topic: &str) -> Result<HashMap<i32, i64>> {
+fn loaded_offsets(
+    ch: &ClickHouse,
+    runtime: &tokio::runtime::Runtime,
+    table: &str,
+    columns: &[Column],
+    topic: &str,
+) -> Result<HashMap<i32, i64>> {
     let has = |n: &str| columns.iter().any(|c| c.name == n);
     if !(has("kafka_partition") && has("kafka_offset")) {
         return Ok(HashMap::new());
@@ -313,8 +349,16 @@ fn loaded_offsets(ch: &ClickHouse, runtime: &tokio::runtime::Runtime, table: &st
         .collect())
 }
 
-pub fn run(kafka: &ClientOptions, ch: &ClickHouse, options: &SinkOptions, stop: &AtomicBool, mut progress: impl FnMut(&SinkReport)) -> Result<SinkReport> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+pub fn run(
+    kafka: &ClientOptions,
+    ch: &ClickHouse,
+    options: &SinkOptions,
+    stop: &AtomicBool,
+    mut progress: impl FnMut(&SinkReport),
+) -> Result<SinkReport> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let table = match options.table.split_once('.') {
         Some((db, t)) => format!("{}.{}", sql::name("database", db)?, sql::name("table", t)?),
         None => sql::name("table", &options.table)?,
@@ -357,7 +401,13 @@ pub fn run(kafka: &ClientOptions, ch: &ClickHouse, options: &SinkOptions, stop: 
             // Every row must fit or be refused: never "allow some errors" on our inserts.
             ("input_format_allow_errors_num", "0".into()),
             ("input_format_allow_errors_ratio", "0".into()),
-        ],
+        ]
+        .into_iter()
+        // Omitted fields get the column's DEFAULT (ClickHouse 18: the type's default).
+        .chain(
+            (version >= (19, 12)).then(|| ("input_format_defaults_for_omitted_fields", "1".into())),
+        )
+        .collect(),
         dedup_tokens: version >= (22, 2),
         dead_letters,
         report: SinkReport::default(),
@@ -375,7 +425,13 @@ pub fn run(kafka: &ClientOptions, ch: &ClickHouse, options: &SinkOptions, stop: 
         if consumer.context().assigned.swap(false, Ordering::SeqCst) {
             loaded = loaded_offsets(ch, &runtime, &table, &sink.columns, &options.topic)?;
         }
-        let revoked: Vec<i32> = std::mem::take(&mut *consumer.context().revoked.lock().map_err(|_| anyhow!("poisoned"))?);
+        let revoked: Vec<i32> = std::mem::take(
+            &mut *consumer
+                .context()
+                .revoked
+                .lock()
+                .map_err(|_| anyhow!("poisoned"))?,
+        );
         for p in revoked {
             if let Some(dropped) = batches.remove(&p) {
                 pending -= dropped.rows();
@@ -441,8 +497,11 @@ pub fn run(kafka: &ClientOptions, ch: &ClickHouse, options: &SinkOptions, stop: 
             None => {}
         }
         let stopping = stop.load(Ordering::Relaxed);
-        let caught_up = options.until_end && (idle || finished_partition) && reached(&consumer, &positions, &targets)?;
-        let due = pending >= options.batch_rows || (!next.is_empty() && oldest.elapsed() >= options.batch_interval);
+        let caught_up = options.until_end
+            && (idle || finished_partition)
+            && reached(&consumer, &positions, &targets)?;
+        let due = pending >= options.batch_rows
+            || (!next.is_empty() && oldest.elapsed() >= options.batch_interval);
         if (due || stopping || caught_up) && !next.is_empty() {
             sink.dead_letters.flush()?;
             for (p, batch) in std::mem::take(&mut batches) {

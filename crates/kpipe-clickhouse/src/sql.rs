@@ -107,7 +107,11 @@ fn tokenize(what: &str, text: &str, punct: &str, strings: bool) -> Result<Vec<To
             bail!(
                 "{what} {text:?}: unexpected {c:?} at position {} (allowed: names, numbers, {})",
                 i + 1,
-                punct.chars().map(String::from).collect::<Vec<_>>().join(" ")
+                punct
+                    .chars()
+                    .map(String::from)
+                    .collect::<Vec<_>>()
+                    .join(" ")
             );
         }
     }
@@ -227,8 +231,14 @@ mod tests {
 
     #[test]
     fn names_are_checked_and_quoted() {
-        assert_eq!(name("table", "covid_new_cases").unwrap(), "`covid_new_cases`");
-        assert_eq!(column("column", "event_param.user_id").unwrap(), "`event_param.user_id`");
+        assert_eq!(
+            name("table", "covid_new_cases").unwrap(),
+            "`covid_new_cases`"
+        );
+        assert_eq!(
+            column("column", "event_param.user_id").unwrap(),
+            "`event_param.user_id`"
+        );
         for bad in ["", "1abc", "a-b", "a`b", "a b", "t; DROP TABLE x", "a.b"] {
             assert!(name("table", bad).is_err(), "{bad}");
         }
@@ -242,10 +252,22 @@ mod tests {
 
     #[test]
     fn types_keep_their_shape_and_refuse_anything_else() {
-        assert_eq!(column_type("type", "LowCardinality(String)").unwrap(), "LowCardinality(String)");
-        assert_eq!(column_type("type", "Decimal(18,2)").unwrap(), "Decimal(18, 2)");
-        assert_eq!(column_type("type", "DateTime('UTC')").unwrap(), "DateTime('UTC')");
-        assert_eq!(column_type("type", "Enum8('a' = 1, 'b' = 2)").unwrap(), "Enum8('a' = 1, 'b' = 2)");
+        assert_eq!(
+            column_type("type", "LowCardinality(String)").unwrap(),
+            "LowCardinality(String)"
+        );
+        assert_eq!(
+            column_type("type", "Decimal(18,2)").unwrap(),
+            "Decimal(18, 2)"
+        );
+        assert_eq!(
+            column_type("type", "DateTime('UTC')").unwrap(),
+            "DateTime('UTC')"
+        );
+        assert_eq!(
+            column_type("type", "Enum8('a' = 1, 'b' = 2)").unwrap(),
+            "Enum8('a' = 1, 'b' = 2)"
+        );
         for bad in [
             "String; DROP TABLE t",
             "String) ENGINE = Log",
@@ -268,7 +290,10 @@ mod tests {
             expression("partition_key", "toYYYYMM(date)", &cols()).unwrap(),
             "toYYYYMM(`date`)"
         );
-        assert_eq!(expression("shard_key", "x % 4", &cols()).unwrap(), "`x` % 4");
+        assert_eq!(
+            expression("shard_key", "x % 4", &cols()).unwrap(),
+            "`x` % 4"
+        );
         for bad in [
             "date; DROP TABLE t",
             "date) SETTINGS x = 1 --",

@@ -158,7 +158,11 @@ impl ClientOptions {
     }
 
     /// Messages a topic holds now (end minus start offsets), or None when it does not exist.
-    pub fn topic_messages(&self, client: &BaseConsumer<QuietContext>, topic: &str) -> Result<Option<u64>> {
+    pub fn topic_messages(
+        &self,
+        client: &BaseConsumer<QuietContext>,
+        topic: &str,
+    ) -> Result<Option<u64>> {
         let Ok(partitions) = self.require_topic(client, topic) else {
             return Ok(None);
         };

@@ -81,10 +81,14 @@ pub fn commit_written<C: ConsumerContext>(
         Err(KafkaError::ConsumerCommit(
             code @ (C::RebalanceInProgress | C::IllegalGeneration | C::UnknownMemberId),
         )) => {
-            tracing::info!("offsets not committed ({code}); the partitions' new owner reads them again");
+            tracing::info!(
+                "offsets not committed ({code}); the partitions' new owner reads them again"
+            );
             Ok(())
         }
-        Err(e) => bail!("the data is written but committing offsets failed ({e}); a restart writes it again"),
+        Err(e) => bail!(
+            "the data is written but committing offsets failed ({e}); a restart writes it again"
+        ),
     }
 }
 
@@ -109,7 +113,11 @@ pub struct DeadLetters {
 
 impl DeadLetters {
     /// Checks that `topic` exists before anything is consumed.
-    pub fn connect(kafka: &ClientOptions, probe: &BaseConsumer<QuietContext>, topic: Option<&str>) -> Result<DeadLetters> {
+    pub fn connect(
+        kafka: &ClientOptions,
+        probe: &BaseConsumer<QuietContext>,
+        topic: Option<&str>,
+    ) -> Result<DeadLetters> {
         let producer = match topic {
             Some(t) => {
                 kafka.require_topic(probe, t)?;

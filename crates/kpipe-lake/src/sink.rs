@@ -320,4 +320,3 @@ fn collect(
     }
     Ok(None)
 }
-

@@ -57,7 +57,12 @@ pub struct DdlArgs {
     #[arg(long)]
     apply: bool,
     /// ClickHouse HTTP URL (user and password may be in it, or in CLICKHOUSE_USER / CLICKHOUSE_PASSWORD).
-    #[arg(long, env = "KPIPE_CLICKHOUSE_URL", default_value = "http://127.0.0.1:8123", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "KPIPE_CLICKHOUSE_URL",
+        default_value = "http://127.0.0.1:8123",
+        hide_env_values = true
+    )]
     url: String,
     /// Build for a cluster: ReplicatedMergeTree + Distributed, ON CLUSTER NAME.
     #[arg(long, value_name = "NAME")]
@@ -82,7 +87,12 @@ pub struct DdlArgs {
 #[command(verbatim_doc_comment)]
 pub struct ExportArgs {
     /// ClickHouse HTTP URL.
-    #[arg(long, env = "KPIPE_CLICKHOUSE_URL", default_value = "http://127.0.0.1:8123", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "KPIPE_CLICKHOUSE_URL",
+        default_value = "http://127.0.0.1:8123",
+        hide_env_values = true
+    )]
     url: String,
     /// A SELECT (without FORMAT).
     #[arg(long)]
@@ -127,7 +137,11 @@ fn parse_version(text: &str) -> Result<(u32, u32)> {
 fn run_ddl(args: DdlArgs, kafka: &KafkaArgs) -> Result<()> {
     let config = TableConfig::from_file(&args.config)?;
     let options = kafka.options();
-    let given = args.server_version.as_deref().map(parse_version).transpose()?;
+    let given = args
+        .server_version
+        .as_deref()
+        .map(parse_version)
+        .transpose()?;
     let ch = if args.apply {
         Some(ClickHouse::new(&args.url)?)
     } else {
@@ -168,11 +182,20 @@ fn run_ddl(args: DdlArgs, kafka: &KafkaArgs) -> Result<()> {
         eprintln!("note: {note}");
     }
     block_on(apply::apply(&ch, &plan, legacy, |statement, outcome| {
-        let line = format!("{:<8} {} {}", outcome.word(), statement.what, statement.object());
+        let line = format!(
+            "{:<8} {} {}",
+            outcome.word(),
+            statement.what,
+            statement.object()
+        );
         match outcome {
             Outcome::Skipped(reason) => {
                 let short: String = reason.chars().take(100).collect();
-                let more = if short.len() < reason.len() { "…" } else { "" };
+                let more = if short.len() < reason.len() {
+                    "…"
+                } else {
+                    ""
+                };
                 println!("{line}: {short}{more}")
             }
             _ => println!("{line}"),
@@ -184,8 +207,14 @@ fn run_ddl(args: DdlArgs, kafka: &KafkaArgs) -> Result<()> {
     let probe = options.metadata_client()?;
     let messages = options.topic_messages(&probe, &config.kafka_topic)?;
     match messages {
-        None => println!("data flow: topic {} not found through {}: not checked", config.kafka_topic, options.bootstrap),
-        Some(0) => println!("data flow: topic {} is empty: nothing to check yet", config.kafka_topic),
+        None => println!(
+            "data flow: topic {} not found through {}: not checked",
+            config.kafka_topic, options.bootstrap
+        ),
+        Some(0) => println!(
+            "data flow: topic {} is empty: nothing to check yet",
+            config.kafka_topic
+        ),
         Some(n) => {
             let flow = block_on(apply::check_flow(&ch, &plan, n, args.check_timeout))??;
             println!(
@@ -201,8 +230,17 @@ fn run_ddl(args: DdlArgs, kafka: &KafkaArgs) -> Result<()> {
     let health = block_on(apply::health(&ch, &plan))?.map_err(|e| anyhow!("{e}"))?;
     let rows = health.into_iter().map(|h| {
         let show = |v: Option<u64>| v.map_or_else(|| "-".to_string(), |n| n.to_string());
-        vec![h.object, h.engine, show(h.rows), show(h.parts), show(h.bytes)]
+        vec![
+            h.object,
+            h.engine,
+            show(h.rows),
+            show(h.parts),
+            show(h.bytes),
+        ]
     });
-    println!("{}", table(&["object", "engine", "rows", "parts", "bytes"], rows));
+    println!(
+        "{}",
+        table(&["object", "engine", "rows", "parts", "bytes"], rows)
+    );
     Ok(())
 }

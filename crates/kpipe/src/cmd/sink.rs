@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
-use kpipe_lake::file::{Codec, PartitionBy, TimeSource};
-use kpipe_lake::sink::{self, SinkOptions};
 use kpipe_clickhouse::client::ClickHouse;
 use kpipe_clickhouse::sink::SinkOptions as ClickHouseSinkOptions;
+use kpipe_lake::file::{Codec, PartitionBy, TimeSource};
+use kpipe_lake::sink::{self, SinkOptions};
 use kpipe_lake::Lake;
 
 use super::{progress, stop_flag, KafkaArgs};
@@ -53,7 +53,12 @@ pub struct ClickHouseSinkArgs {
     #[arg(long, value_name = "DB.TABLE")]
     table: String,
     /// ClickHouse HTTP URL (user and password may be in it, or in CLICKHOUSE_USER / CLICKHOUSE_PASSWORD).
-    #[arg(long, env = "KPIPE_CLICKHOUSE_URL", default_value = "http://127.0.0.1:8123", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "KPIPE_CLICKHOUSE_URL",
+        default_value = "http://127.0.0.1:8123",
+        hide_env_values = true
+    )]
     url: String,
     /// Consumer group [default: kpipe-clickhouse-<table>]
     #[arg(short, long)]

@@ -376,3 +376,64 @@ impl BrokerProcess {
         }
     }
 }
+
+/// A ClickHouse server started by scripts/clickhouse.sh on free loopback ports,
+/// killed (and its directory removed) when dropped.
+pub struct ClickHouseServer {
+    pid: u32,
+    pub url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl ClickHouseServer {
+    pub fn start() -> ClickHouseServer {
+        let dir = tempfile::tempdir().unwrap();
+        let port = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        };
+        let (http, tcp) = (port(), port());
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/clickhouse.sh");
+        let output = Command::new(script)
+            .arg(dir.path())
+            .arg(http.to_string())
+            .arg(tcp.to_string())
+            .output()
+            .expect("run scripts/clickhouse.sh");
+        assert!(
+            output.status.success(),
+            "ClickHouse did not start: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let pid = String::from_utf8_lossy(&output.stdout)
+            .trim()
+            .parse()
+            .expect("a PID");
+        ClickHouseServer {
+            pid,
+            url: format!("http://127.0.0.1:{http}"),
+            _dir: dir,
+        }
+    }
+
+    /// Runs one statement; returns the server's answer, trimmed.
+    pub fn query(&self, sql: &str) -> String {
+        let client = kpipe_clickhouse::client::ClickHouse::new(&self.url).unwrap();
+        block_on(client.execute(sql, &[]))
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            .trim()
+            .to_string()
+    }
+}
+
+impl Drop for ClickHouseServer {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-9")
+            .arg(self.pid.to_string())
+            .status();
+    }
+}

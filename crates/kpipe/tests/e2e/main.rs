@@ -4,6 +4,7 @@
 //! against the broker.
 
 mod cli;
+mod clickhouse;
 mod console;
 mod harness;
 mod kcat;
