@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Result};
 
-#[derive(Clone)]
+/// Not `Clone` on purpose: hyper's pooled connections belong to the tokio runtime
+/// that opened them, so another runtime (thread) needs [`ClickHouse::with_own_connections`].
 pub struct ClickHouse {
     http: reqwest::Client,
     /// The URL without credentials, safe to print.
@@ -58,14 +59,21 @@ impl ClickHouse {
             .or_else(|| std::env::var("CLICKHOUSE_PASSWORD").ok());
         let _ = parsed.set_username("");
         let _ = parsed.set_password(None);
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .build()?;
         Ok(ClickHouse {
-            http,
+            http: http_client()?,
             url: parsed,
             user,
             password,
+        })
+    }
+
+    /// The same server and credentials over a new connection pool.
+    pub fn with_own_connections(&self) -> Result<ClickHouse> {
+        Ok(ClickHouse {
+            http: http_client()?,
+            url: self.url.clone(),
+            user: self.user.clone(),
+            password: self.password.clone(),
         })
     }
 
@@ -191,6 +199,12 @@ impl ClickHouse {
             .map(|p| p.parse::<u32>().unwrap_or(0));
         Ok((parts.next().unwrap_or(0), parts.next().unwrap_or(0)))
     }
+}
+
+fn http_client() -> Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .build()?)
 }
 
 fn root_cause(e: &dyn std::error::Error) -> String {

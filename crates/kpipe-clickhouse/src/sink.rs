@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Result};
@@ -146,9 +146,12 @@ impl Batch {
     }
 }
 
-#[derive(Default)]
+/// Remembers rebalance events for the main loop. Before partitions leave, it
+/// waits until the insert in flight is done, so their next owner never races
+/// an insert of ours (and the offsets it reads from the table are final).
 struct SinkContext {
     quiet: QuietContext,
+    inserter: Arc<Inserter>,
     revoked: Mutex<Vec<i32>>,
     assigned: AtomicBool,
 }
@@ -166,6 +169,7 @@ impl ConsumerContext for SinkContext {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Revoke(partitions) => {
+                self.inserter.wait_idle();
                 if let Ok(mut revoked) = self.revoked.lock() {
                     revoked.extend(partitions.elements().iter().map(|e| e.partition()));
                 }
@@ -176,23 +180,33 @@ impl ConsumerContext for SinkContext {
     }
 }
 
-struct Sink<'a> {
-    ch: &'a ClickHouse,
-    runtime: &'a tokio::runtime::Runtime,
-    options: &'a SinkOptions,
-    table: String,
+/// Turns messages into JSONEachRow lines with the table's columns (main thread).
+struct Converter {
     columns: Vec<Column>,
-    settings: Vec<(&'static str, String)>,
-    dedup_tokens: bool,
-    dead_letters: DeadLetters,
-    report: SinkReport,
+    topic: String,
+    group: String,
 }
 
-const ATTEMPTS: u32 = 6;
-
-impl Sink<'_> {
-    /// The message as a JSONEachRow line with the table's columns.
+impl Converter {
+    /// Appends the message as a line; on error `out` is left as it was.
     fn row(
+        &self,
+        payload: &[u8],
+        partition: i32,
+        offset: i64,
+        batch_id: &str,
+        now: &str,
+        out: &mut Vec<u8>,
+    ) -> Result<(), String> {
+        let start = out.len();
+        let result = self.write_row(payload, partition, offset, batch_id, now, out);
+        if result.is_err() {
+            out.truncate(start);
+        }
+        result
+    }
+
+    fn write_row(
         &self,
         payload: &[u8],
         partition: i32,
@@ -221,9 +235,9 @@ impl Sink<'_> {
                 Source::Partition => Value::from(partition),
                 Source::Offset => Value::from(offset),
                 Source::BatchId => Value::from(batch_id),
-                Source::Group => Value::from(self.options.group.as_str()),
+                Source::Group => Value::from(self.group.as_str()),
                 Source::ProcessingTime => Value::from(now),
-                Source::Topic => Value::from(self.options.topic.as_str()),
+                Source::Topic => Value::from(self.topic.as_str()),
             };
             if !first {
                 out.push(b',');
@@ -235,9 +249,155 @@ impl Sink<'_> {
         out.extend_from_slice(b"}\n");
         Ok(())
     }
+}
 
+/// What an insert job did.
+#[derive(Debug, Default, Clone, Copy)]
+struct Inserted {
+    rows: u64,
+    inserts: u64,
+    dead_lettered: u64,
+    retries: u64,
+}
+
+/// Inserts batches on its own thread, in the order they were sent, while the
+/// main thread reads and converts the next ones. One job runs at a time.
+struct Inserter {
+    jobs: Mutex<Option<mpsc::SyncSender<Vec<(i32, Batch)>>>>,
+    state: Mutex<InserterState>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+struct InserterState {
+    done: mpsc::Receiver<Result<Inserted>>,
+    busy: bool,
+    /// A result taken while waiting out a revocation, for the main loop.
+    parked: Option<Result<Inserted>>,
+}
+
+/// Everything the insert thread needs.
+struct Writer {
+    ch: ClickHouse,
+    table: String,
+    topic: String,
+    settings: Vec<(&'static str, String)>,
+    dedup_tokens: bool,
+    dead_letters: Arc<Mutex<DeadLetters>>,
+}
+
+const ATTEMPTS: u32 = 6;
+
+impl Inserter {
+    fn start(writer: Writer) -> Result<Inserter> {
+        let (jobs_tx, jobs) = mpsc::sync_channel::<Vec<(i32, Batch)>>(0);
+        let (done_tx, done) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("clickhouse-insert".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = done_tx.send(Err(e.into()));
+                        return;
+                    }
+                };
+                for batches in jobs {
+                    let mut inserted = Inserted::default();
+                    let result = batches
+                        .iter()
+                        .try_for_each(|(p, batch)| {
+                            writer.insert_range(&runtime, *p, batch, 0..batch.rows(), &mut inserted)
+                        })
+                        .map(|()| inserted);
+                    if done_tx.send(result).is_err() {
+                        return;
+                    }
+                }
+            })?;
+        Ok(Inserter {
+            jobs: Mutex::new(Some(jobs_tx)),
+            state: Mutex::new(InserterState {
+                done,
+                busy: false,
+                parked: None,
+            }),
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Hands batches to the insert thread; the previous job must be collected.
+    fn send(&self, batches: Vec<(i32, Batch)>) -> Result<()> {
+        let jobs = self.jobs.lock().map_err(|_| anyhow!("poisoned"))?;
+        let sender = jobs
+            .as_ref()
+            .ok_or_else(|| anyhow!("the insert thread is gone"))?;
+        sender
+            .send(batches)
+            .map_err(|_| anyhow!("the insert thread stopped unexpectedly"))?;
+        self.state.lock().map_err(|_| anyhow!("poisoned"))?.busy = true;
+        Ok(())
+    }
+
+    /// The job's result, waiting up to `timeout`; None while it still runs.
+    fn collect(&self, timeout: Duration) -> Result<Option<Inserted>> {
+        let mut state = self.state.lock().map_err(|_| anyhow!("poisoned"))?;
+        if let Some(result) = state.parked.take() {
+            return result.map(Some);
+        }
+        if !state.busy {
+            return Ok(None);
+        }
+        match state.done.recv_timeout(timeout) {
+            Ok(result) => {
+                state.busy = false;
+                result.map(Some)
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => Ok(None),
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                bail!("the insert thread stopped unexpectedly")
+            }
+        }
+    }
+
+    /// Blocks until no insert runs, keeping its result for [`Inserter::collect`].
+    fn wait_idle(&self) {
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
+        if state.busy {
+            let result = state
+                .done
+                .recv()
+                .unwrap_or_else(|_| Err(anyhow!("the insert thread stopped unexpectedly")));
+            state.parked = Some(result);
+            state.busy = false;
+        }
+    }
+}
+
+impl Drop for Inserter {
+    fn drop(&mut self) {
+        if let Ok(mut jobs) = self.jobs.lock() {
+            jobs.take();
+        }
+        if let Some(thread) = self.thread.lock().ok().and_then(|mut t| t.take()) {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Writer {
     /// Inserts with retries; a permanent refusal comes back as `Err`.
-    fn insert(&mut self, body: Vec<u8>, token: &str) -> Result<Result<(), ServerError>> {
+    fn insert(
+        &self,
+        runtime: &tokio::runtime::Runtime,
+        body: Vec<u8>,
+        token: &str,
+        inserted: &mut Inserted,
+    ) -> Result<Result<(), ServerError>> {
         let mut settings: Vec<(&str, &str)> = self
             .settings
             .iter()
@@ -248,10 +408,7 @@ impl Sink<'_> {
         }
         let mut delay = Duration::from_millis(200);
         for attempt in 1..=ATTEMPTS {
-            match self
-                .runtime
-                .block_on(self.ch.insert(&self.table, body.clone(), &settings))
-            {
+            match runtime.block_on(self.ch.insert(&self.table, body.clone(), &settings)) {
                 Ok(()) => return Ok(Ok(())),
                 Err(e) if e.permanent => return Ok(Err(e)),
                 Err(e) if attempt == ATTEMPTS => {
@@ -262,7 +419,7 @@ impl Sink<'_> {
                         "insert into {} failed ({e}); retrying in {delay:?}",
                         self.table
                     );
-                    self.report.retries += 1;
+                    inserted.retries += 1;
                     std::thread::sleep(delay);
                     delay = (delay * 2).min(Duration::from_secs(5));
                 }
@@ -274,33 +431,36 @@ impl Sink<'_> {
     /// Inserts rows `range` of a partition's batch; rows the server refuses are
     /// found by halving and dead-lettered, the rest inserted in offset order.
     fn insert_range(
-        &mut self,
+        &self,
+        runtime: &tokio::runtime::Runtime,
         partition: i32,
         batch: &Batch,
         range: std::ops::Range<usize>,
+        inserted: &mut Inserted,
     ) -> Result<()> {
         if range.is_empty() {
             return Ok(());
         }
         let token = format!(
             "kpipe:{}:{partition}:{}-{}",
-            self.options.topic,
+            self.topic,
             batch.offsets[range.start],
             batch.offsets[range.end - 1]
         );
-        match self.insert(batch.body(range.clone()), &token)? {
+        match self.insert(runtime, batch.body(range.clone()), &token, inserted)? {
             Ok(()) => {
-                self.report.rows += range.len() as u64;
-                self.report.inserts += 1;
+                inserted.rows += range.len() as u64;
+                inserted.inserts += 1;
                 Ok(())
             }
             Err(refused) if range.len() == 1 => {
                 let i = range.start;
                 let original = &batch.originals[i];
-                self.report.dead_lettered += 1;
-                self.dead_letters.send(
+                inserted.dead_lettered += 1;
+                let mut dead_letters = self.dead_letters.lock().map_err(|_| anyhow!("poisoned"))?;
+                dead_letters.send(
                     &Origin {
-                        topic: &self.options.topic,
+                        topic: &self.topic,
                         partition,
                         offset: batch.offsets[i],
                         key: original.key.as_deref(),
@@ -311,13 +471,13 @@ impl Sink<'_> {
                 )?;
                 // Later rows of this partition are about to be inserted: the skip
                 // on resume must never pass over an unacknowledged dead letter.
-                self.dead_letters.flush()
+                dead_letters.flush()
             }
             Err(refused) => {
                 tracing::debug!("batch refused ({refused}); splitting it to find the bad rows");
                 let middle = range.start + range.len() / 2;
-                self.insert_range(partition, batch, range.start..middle)?;
-                self.insert_range(partition, batch, middle..range.end)
+                self.insert_range(runtime, partition, batch, range.start..middle, inserted)?;
+                self.insert_range(runtime, partition, batch, middle..range.end, inserted)
             }
         }
     }
@@ -349,6 +509,18 @@ fn loaded_offsets(
         .collect())
 }
 
+/// Offsets to commit once the insert in flight is done.
+struct InFlight {
+    offsets: BTreeMap<i32, i64>,
+}
+
+fn account(report: &mut SinkReport, inserted: Inserted) {
+    report.rows += inserted.rows;
+    report.inserts += inserted.inserts;
+    report.dead_lettered += inserted.dead_lettered;
+    report.retries += inserted.retries;
+}
+
 pub fn run(
     kafka: &ClientOptions,
     ch: &ClickHouse,
@@ -370,12 +542,35 @@ pub fn run(
     let columns = columns_of(&described)?;
     let probe = kafka.metadata_client()?;
     let partitions = kafka.require_topic(&probe, &options.topic)?;
-    let dead_letters = DeadLetters::connect(kafka, &probe, options.dlq_topic.as_deref())?;
+    let dead_letters = Arc::new(Mutex::new(DeadLetters::connect(
+        kafka,
+        &probe,
+        options.dlq_topic.as_deref(),
+    )?));
     let targets = if options.until_end {
         end_offsets(&probe, &options.topic, partitions)?
     } else {
         HashMap::new()
     };
+    let settings: Vec<(&'static str, String)> = vec![
+        ("input_format_skip_unknown_fields", "1".into()),
+        ("date_time_input_format", "best_effort".into()),
+        // Every row must fit or be refused: never "allow some errors" on our inserts.
+        ("input_format_allow_errors_num", "0".into()),
+        ("input_format_allow_errors_ratio", "0".into()),
+    ]
+    .into_iter()
+    // Omitted fields get the column's DEFAULT (ClickHouse 18: the type's default).
+    .chain((version >= (19, 12)).then(|| ("input_format_defaults_for_omitted_fields", "1".into())))
+    .collect();
+    let inserter = Arc::new(Inserter::start(Writer {
+        ch: ch.with_own_connections()?,
+        table: table.clone(),
+        topic: options.topic.clone(),
+        settings,
+        dedup_tokens: version >= (22, 2),
+        dead_letters: dead_letters.clone(),
+    })?);
     let consumer: BaseConsumer<SinkContext> = kafka
         .config_with_defaults(&[
             ("group.id", options.group.as_str()),
@@ -385,46 +580,54 @@ pub fn run(
             ("enable.partition.eof", "false"),
             ("fetch.queue.backoff.ms", "10"),
         ])
-        .create_with_context(SinkContext::default())
+        .create_with_context(SinkContext {
+            quiet: QuietContext::default(),
+            inserter: inserter.clone(),
+            revoked: Mutex::default(),
+            assigned: AtomicBool::new(false),
+        })
         .map_err(|e| kafka.config_error(e))?;
     consumer.subscribe(&[&options.topic])?;
 
-    let mut sink = Sink {
-        ch,
-        runtime: &runtime,
-        options,
-        table: table.clone(),
+    let converter = Converter {
         columns,
-        settings: vec![
-            ("input_format_skip_unknown_fields", "1".into()),
-            ("date_time_input_format", "best_effort".into()),
-            // Every row must fit or be refused: never "allow some errors" on our inserts.
-            ("input_format_allow_errors_num", "0".into()),
-            ("input_format_allow_errors_ratio", "0".into()),
-        ]
-        .into_iter()
-        // Omitted fields get the column's DEFAULT (ClickHouse 18: the type's default).
-        .chain(
-            (version >= (19, 12)).then(|| ("input_format_defaults_for_omitted_fields", "1".into())),
-        )
-        .collect(),
-        dedup_tokens: version >= (22, 2),
-        dead_letters,
-        report: SinkReport::default(),
+        topic: options.topic.clone(),
+        group: options.group.clone(),
     };
+    let mut report = SinkReport::default();
     let mut loaded: HashMap<i32, i64> = HashMap::new();
     let mut batches: BTreeMap<i32, Batch> = BTreeMap::new();
     let mut next: BTreeMap<i32, i64> = BTreeMap::new();
     let mut positions: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut in_flight: Option<InFlight> = None;
     let mut pending = 0usize;
     let mut oldest = Instant::now();
     let mut batch_ids: HashMap<i32, String> = HashMap::new();
-    loop {
-        let message = consumer.poll(Duration::from_millis(100));
-        let idle = message.is_none();
-        if consumer.context().assigned.swap(false, Ordering::SeqCst) {
-            loaded = loaded_offsets(ch, &runtime, &table, &sink.columns, &options.topic)?;
+    let mut now = String::new();
+    let mut now_at = Instant::now() - Duration::from_secs(1);
+    // Commits the insert in flight once its result is in.
+    let mut finish = |inserted: Inserted,
+                      flight: &mut Option<InFlight>,
+                      report: &mut SinkReport|
+     -> Result<()> {
+        account(report, inserted);
+        if let Some(flight) = flight.take() {
+            dead_letters
+                .lock()
+                .map_err(|_| anyhow!("poisoned"))?
+                .flush()?;
+            commit_written(&consumer, &options.topic, &flight.offsets)?;
         }
+        progress(report);
+        Ok(())
+    };
+    loop {
+        let message = consumer.poll(Duration::from_millis(if in_flight.is_some() {
+            10
+        } else {
+            100
+        }));
+        let idle = message.is_none();
         let revoked: Vec<i32> = std::mem::take(
             &mut *consumer
                 .context()
@@ -432,12 +635,24 @@ pub fn run(
                 .lock()
                 .map_err(|_| anyhow!("poisoned"))?,
         );
-        for p in revoked {
-            if let Some(dropped) = batches.remove(&p) {
+        for p in &revoked {
+            if let Some(dropped) = batches.remove(p) {
                 pending -= dropped.rows();
             }
-            next.remove(&p);
-            positions.remove(&p);
+            next.remove(p);
+            positions.remove(p);
+            if let Some(flight) = in_flight.as_mut() {
+                flight.offsets.remove(p);
+            }
+        }
+        if consumer.context().assigned.swap(false, Ordering::SeqCst) {
+            // The insert in flight must land before the table's offsets are read.
+            while in_flight.is_some() {
+                if let Some(inserted) = inserter.collect(Duration::from_secs(1))? {
+                    finish(inserted, &mut in_flight, &mut report)?;
+                }
+            }
+            loaded = loaded_offsets(ch, &runtime, &table, &converter.columns, &options.topic)?;
         }
         let mut finished_partition = false;
         match message {
@@ -450,16 +665,18 @@ pub fn run(
                 positions.insert(p, offset + 1);
                 finished_partition = targets.get(&p) == Some(&(offset + 1));
                 if loaded.get(&p).is_some_and(|max| offset <= *max) {
-                    sink.report.skipped_already_loaded += 1;
+                    report.skipped_already_loaded += 1;
                 } else {
                     let payload = m.payload().unwrap_or_default();
                     let batch = batches.entry(p).or_default();
                     let batch_id = batch_ids
                         .entry(p)
-                        .or_insert_with(|| format!("{}-{p}-{offset}", options.topic))
-                        .clone();
-                    let now = chrono::Utc::now().format("%Y-%m-%d %H:%M:%S").to_string();
-                    match sink.row(payload, p, offset, &batch_id, &now, &mut batch.lines) {
+                        .or_insert_with(|| format!("{}-{p}-{offset}", options.topic));
+                    if now_at.elapsed() >= Duration::from_millis(500) {
+                        now = chrono::Utc::now().format("%Y-%m-%d %H:%M:%S").to_string();
+                        now_at = Instant::now();
+                    }
+                    match converter.row(payload, p, offset, batch_id, &now, &mut batch.lines) {
                         Ok(()) => {
                             batch.ends.push(batch.lines.len());
                             batch.offsets.push(offset);
@@ -471,11 +688,8 @@ pub fn run(
                             pending += 1;
                         }
                         Err(error) => {
-                            // A torn line must not stay in the batch.
-                            let keep = batch.ends.last().copied().unwrap_or(0);
-                            batch.lines.truncate(keep);
-                            sink.report.dead_lettered += 1;
-                            sink.dead_letters.send(
+                            report.dead_lettered += 1;
+                            dead_letters.lock().map_err(|_| anyhow!("poisoned"))?.send(
                                 &Origin {
                                     topic: &options.topic,
                                     partition: p,
@@ -496,6 +710,11 @@ pub fn run(
             Some(Err(e)) => bail!("consuming {} failed: {e}", options.topic),
             None => {}
         }
+        if in_flight.is_some() {
+            if let Some(inserted) = inserter.collect(Duration::ZERO)? {
+                finish(inserted, &mut in_flight, &mut report)?;
+            }
+        }
         let stopping = stop.load(Ordering::Relaxed);
         let caught_up = options.until_end
             && (idle || finished_partition)
@@ -503,20 +722,33 @@ pub fn run(
         let due = pending >= options.batch_rows
             || (!next.is_empty() && oldest.elapsed() >= options.batch_interval);
         if (due || stopping || caught_up) && !next.is_empty() {
-            sink.dead_letters.flush()?;
-            for (p, batch) in std::mem::take(&mut batches) {
-                sink.insert_range(p, &batch, 0..batch.rows())?;
+            // One insert runs while the next batch fills; a third waits for it.
+            while in_flight.is_some() {
+                if let Some(inserted) = inserter.collect(Duration::from_secs(1))? {
+                    finish(inserted, &mut in_flight, &mut report)?;
+                }
             }
-            commit_written(&consumer, &options.topic, &next)?;
-            next.clear();
+            // Dead letters of parse errors first: resuming skips past their offsets.
+            dead_letters
+                .lock()
+                .map_err(|_| anyhow!("poisoned"))?
+                .flush()?;
+            inserter.send(std::mem::take(&mut batches).into_iter().collect())?;
+            in_flight = Some(InFlight {
+                offsets: std::mem::take(&mut next),
+            });
             batch_ids.clear();
             pending = 0;
-            progress(&sink.report);
         }
         if stopping || caught_up {
+            while in_flight.is_some() {
+                if let Some(inserted) = inserter.collect(Duration::from_secs(1))? {
+                    finish(inserted, &mut in_flight, &mut report)?;
+                }
+            }
             break;
         }
     }
     consumer.unsubscribe();
-    Ok(sink.report)
+    Ok(report)
 }
