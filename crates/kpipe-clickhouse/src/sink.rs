@@ -262,8 +262,11 @@ struct Inserted {
 
 /// Inserts batches on its own thread, in the order they were sent, while the
 /// main thread reads and converts the next ones. One job runs at a time.
+/// One insert job: each partition's batch, inserted in this order.
+type Job = Vec<(i32, Batch)>;
+
 struct Inserter {
-    jobs: Mutex<Option<mpsc::SyncSender<Vec<(i32, Batch)>>>>,
+    jobs: Mutex<Option<mpsc::SyncSender<Job>>>,
     state: Mutex<InserterState>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -289,7 +292,7 @@ const ATTEMPTS: u32 = 6;
 
 impl Inserter {
     fn start(writer: Writer) -> Result<Inserter> {
-        let (jobs_tx, jobs) = mpsc::sync_channel::<Vec<(i32, Batch)>>(0);
+        let (jobs_tx, jobs) = mpsc::sync_channel::<Job>(0);
         let (done_tx, done) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("clickhouse-insert".into())
@@ -329,7 +332,7 @@ impl Inserter {
     }
 
     /// Hands batches to the insert thread; the previous job must be collected.
-    fn send(&self, batches: Vec<(i32, Batch)>) -> Result<()> {
+    fn send(&self, batches: Job) -> Result<()> {
         let jobs = self.jobs.lock().map_err(|_| anyhow!("poisoned"))?;
         let sender = jobs
             .as_ref()
