@@ -32,6 +32,25 @@ impl Client {
     }
 
     async fn raw(&mut self, key: i16, version: i16, header_version: i16, body: &[u8]) -> Bytes {
+        let response = self
+            .try_raw(key, version, header_version, body)
+            .await
+            .expect("connection still open");
+        assert_eq!(
+            i32::from_be_bytes(response[..4].try_into().unwrap()),
+            self.correlation
+        );
+        response
+    }
+
+    /// Sends a request; None when the broker closed the connection instead of answering.
+    async fn try_raw(
+        &mut self,
+        key: i16,
+        version: i16,
+        header_version: i16,
+        body: &[u8],
+    ) -> Option<Bytes> {
         self.correlation += 1;
         let header = RequestHeader::default()
             .with_request_api_key(key)
@@ -42,17 +61,10 @@ impl Client {
         header.encode(&mut frame, header_version).unwrap();
         frame.extend_from_slice(body);
         self.framed.send(frame.freeze()).await.unwrap();
-        let response = tokio::time::timeout(Duration::from_secs(20), self.framed.next())
+        tokio::time::timeout(Duration::from_secs(20), self.framed.next())
             .await
-            .expect("a response, not a hang")
-            .expect("connection still open")
-            .unwrap()
-            .freeze();
-        assert_eq!(
-            i32::from_be_bytes(response[..4].try_into().unwrap()),
-            self.correlation
-        );
-        response
+            .expect("a response or a close, not a hang")
+            .map(|r| r.unwrap().freeze())
     }
 
     async fn call<R: Request>(&mut self, request: R, version: i16) -> R::Response {
@@ -80,7 +92,7 @@ async fn broker() -> (Broker, tempfile::TempDir) {
 }
 
 #[tokio::test]
-async fn negotiates_versions_and_refuses_without_closing() {
+async fn negotiates_versions_and_closes_on_unsupported_requests() {
     let (broker, _dir) = broker().await;
     let mut client = Client::connect(&broker).await;
     let versions = client.call(ApiVersionsRequest::default(), 3).await;
@@ -101,15 +113,29 @@ async fn negotiates_versions_and_refuses_without_closing() {
     assert_eq!(fallback.error_code, 35);
     assert_eq!(fallback.api_keys.len(), versions.api_keys.len());
 
-    // An API this broker does not implement, and an API key nobody knows: refused, connection kept.
-    let refusal = client
-        .raw(ApiKey::DescribeAcls as i16, 1, 1, &[0; 16])
-        .await;
-    assert_eq!(&refusal[4..6], &35i16.to_be_bytes());
-    let refusal = client.raw(9999, 0, 1, &[]).await;
-    assert_eq!(&refusal[4..6], &35i16.to_be_bytes());
-    let again = client.call(ApiVersionsRequest::default(), 0).await;
-    assert_eq!(again.error_code, 0);
+    // An API this broker does not implement, a version below its range (what
+    // librdkafka sends with api.version.request=false), and an API key nobody
+    // knows: the connection is closed, as Apache Kafka does, since such a client
+    // cannot parse a reply in a format it never negotiated.
+    for (key, version) in [
+        (ApiKey::DescribeAcls as i16, 1),
+        (ApiKey::ListOffsets as i16, 0),
+        (9999, 0),
+    ] {
+        let mut client = Client::connect(&broker).await;
+        assert!(
+            client.try_raw(key, version, 1, &[0; 16]).await.is_none(),
+            "api {key} v{version}"
+        );
+    }
+    let mut again = Client::connect(&broker).await;
+    assert_eq!(
+        again
+            .call(ApiVersionsRequest::default(), 0)
+            .await
+            .error_code,
+        0
+    );
     broker.shutdown().await.unwrap();
 }
 

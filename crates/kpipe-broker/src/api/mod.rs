@@ -12,7 +12,7 @@ mod groups;
 mod metadata;
 mod produce;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::{
@@ -103,13 +103,21 @@ pub async fn handle(shared: &Shared, mut frame: Bytes, client_host: &str) -> Rep
     let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
     let key = ApiKey::try_from(raw_key).ok();
     let Some(key) = key.filter(|&k| supported(k, version)) else {
-        tracing::debug!(api_key = raw_key, version, "unsupported request");
         if key == Some(ApiKey::ApiVersions) {
             let response =
                 ResponseKind::ApiVersions(api_versions(ResponseError::UnsupportedVersion.code()));
             return encode(correlation_id, ApiKey::ApiVersions, 0, &response);
         }
-        return unsupported(correlation_id);
+        // As Apache Kafka does: a client that skipped ApiVersions (librdkafka with
+        // api.version.request=false) misreads any short reply, but handles a
+        // closed connection.
+        tracing::warn!(
+            api_key = raw_key,
+            version,
+            client = client_host,
+            "closing the connection: kpipe broker does not support this request version"
+        );
+        return Reply::Close;
     };
     let decoded = RequestHeader::decode(&mut frame, key.request_header_version(version))
         .and_then(|header| Ok((header, RequestKind::decode(key, &mut frame, version)?)));
@@ -189,14 +197,6 @@ fn encode(correlation_id: i32, key: ApiKey, version: i16, response: &ResponseKin
             Reply::Close
         }
     }
-}
-
-/// The least a client can read as a refusal: its correlation id and UNSUPPORTED_VERSION.
-fn unsupported(correlation_id: i32) -> Reply {
-    let mut out = BytesMut::with_capacity(6);
-    out.put_i32(correlation_id);
-    out.put_i16(ResponseError::UnsupportedVersion.code());
-    Reply::Send(out.freeze())
 }
 
 #[cfg(test)]
