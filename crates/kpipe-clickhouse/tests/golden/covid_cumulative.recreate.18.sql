@@ -34,7 +34,7 @@ CREATE TABLE IF NOT EXISTS `ods`.`covid_cumulative` (
     `cumulative_deceased` Int32,
     `cumulative_recovered` Int32,
     `cumulative_tested` Int32
-) ENGINE = MergeTree
+) ENGINE = MergeTree()
 PARTITION BY toYYYYMM(`date`)
 ORDER BY (`date`, `location_key`);
 

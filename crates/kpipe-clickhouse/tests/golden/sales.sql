@@ -33,7 +33,7 @@ CREATE TABLE IF NOT EXISTS `retail`.`sales` (
     `price` Float64,
     `total_amount` Float64,
     `payment_method` String
-) ENGINE = MergeTree
+) ENGINE = MergeTree()
 PARTITION BY toYYYYMM(`event_time`)
 ORDER BY (`event_time`, `product_id`);
 

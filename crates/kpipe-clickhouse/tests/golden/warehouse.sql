@@ -27,7 +27,7 @@ CREATE TABLE IF NOT EXISTS `retail`.`stock_movements` (
     `warehouse_id` UInt32,
     `movement_type` String,
     `quantity` UInt32
-) ENGINE = MergeTree
+) ENGINE = MergeTree()
 PARTITION BY toYYYYMM(`event_time`)
 ORDER BY (`event_time`, `product_id`);
 
