@@ -11,7 +11,7 @@
 //! Rows buffered for a partition that is revoked are dropped, never written: its
 //! new owner reads them again from the committed offset.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -98,11 +98,6 @@ struct Pending {
     since: Instant,
 }
 
-/// Flushes the workers may be writing at once. More than one keeps every core
-/// busy when partitions are uneven: a worker done with its share of one flush
-/// goes on parsing the next while another still encodes.
-const MAX_IN_FLIGHT: usize = 3;
-
 /// A flush the workers are writing: committed once every worker has answered.
 struct InFlight {
     epoch: u64,
@@ -183,8 +178,7 @@ pub fn run(
     };
     // Every partition's next offset as polled, for --until-end.
     let mut positions: BTreeMap<i32, i64> = BTreeMap::new();
-    // Oldest first; committed strictly in this order.
-    let mut in_flight: VecDeque<InFlight> = VecDeque::new();
+    let mut in_flight: Option<InFlight> = None;
     let mut next_epoch = 0u64;
     let mut report = SinkReport::default();
     let mut polls = 0u64;
@@ -203,7 +197,7 @@ pub fn run(
         Ok(())
     };
     loop {
-        let wait = if in_flight.is_empty() { 100 } else { 10 };
+        let wait = if in_flight.is_some() { 10 } else { 100 };
         let message = consumer.poll(Duration::from_millis(wait));
         let idle = message.is_none();
         let revoked: Vec<i32> = std::mem::take(
@@ -217,7 +211,7 @@ pub fn run(
             pending.chunks.remove(&p);
             pending.offsets.remove(&p);
             positions.remove(&p);
-            for flight in in_flight.iter_mut() {
+            if let Some(flight) = in_flight.as_mut() {
                 flight.offsets.remove(&p);
             }
         }
@@ -247,9 +241,11 @@ pub fn run(
             Some(Err(e)) => bail!("consuming {} failed: {e}", options.topic),
             None => {}
         }
-        for done in collect(&workers, &mut in_flight, Duration::ZERO)? {
-            commit(done, &mut report)?;
-            progress(&report);
+        if in_flight.is_some() {
+            if let Some(done) = collect(&workers, &mut in_flight, Duration::ZERO)? {
+                commit(done, &mut report)?;
+                progress(&report);
+            }
         }
         let stopping = stop.load(Ordering::Relaxed);
         // Asking the coordinator costs a round trip: only when idle or a partition just ended.
@@ -264,8 +260,9 @@ pub fn run(
                 && (idle || polls.is_multiple_of(1024))
                 && pending.since.elapsed() >= options.flush_interval);
         if (due || stopping || caught_up) && !pending.offsets.is_empty() {
-            while in_flight.len() >= MAX_IN_FLIGHT {
-                for done in collect(&workers, &mut in_flight, Duration::from_secs(1))? {
+            // One flush writes while the next fills; a third waits for the first.
+            while in_flight.is_some() {
+                if let Some(done) = collect(&workers, &mut in_flight, Duration::from_secs(1))? {
                     commit(done, &mut report)?;
                     progress(&report);
                 }
@@ -274,7 +271,7 @@ pub fn run(
                 workers.rows(chunk)?;
             }
             workers.flush(next_epoch)?;
-            in_flight.push_back(InFlight {
+            in_flight = Some(InFlight {
                 epoch: next_epoch,
                 offsets: std::mem::take(&mut pending.offsets),
                 answers: 0,
@@ -285,8 +282,8 @@ pub fn run(
             pending.bytes = 0;
         }
         if stopping || caught_up {
-            while !in_flight.is_empty() {
-                for done in collect(&workers, &mut in_flight, Duration::from_secs(1))? {
+            while in_flight.is_some() {
+                if let Some(done) = collect(&workers, &mut in_flight, Duration::from_secs(1))? {
                     commit(done, &mut report)?;
                     progress(&report);
                 }
@@ -298,36 +295,28 @@ pub fn run(
     Ok(report)
 }
 
-/// Gathers the workers' answers; returns the oldest flushes every worker has
-/// now answered, in order (a later one waits for all before it).
+/// Gathers the workers' answers to the flush in flight; returns it once all are in.
 fn collect(
     workers: &Workers,
-    in_flight: &mut VecDeque<InFlight>,
+    in_flight: &mut Option<InFlight>,
     timeout: Duration,
-) -> Result<Vec<InFlight>> {
-    if in_flight.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut wait = timeout;
-    while let Some(answer) = workers.next_flushed(wait)? {
-        // Answers already in the channel are taken without waiting again.
-        wait = Duration::ZERO;
-        let Some(flight) = in_flight.iter_mut().find(|f| f.epoch == answer.epoch) else {
+) -> Result<Option<InFlight>> {
+    let Some(flight) = in_flight.as_mut() else {
+        return Ok(None);
+    };
+    while let Some(answer) = workers.next_flushed(timeout)? {
+        if answer.epoch != flight.epoch {
             continue;
-        };
+        }
         let written = answer.result?;
         flight.written.rows += written.rows;
         flight.written.files += written.files;
         flight.written.bytes += written.bytes;
         flight.written.dead_lettered += written.dead_lettered;
         flight.answers += 1;
+        if flight.answers == workers.count() {
+            return Ok(in_flight.take());
+        }
     }
-    let mut done = Vec::new();
-    while in_flight
-        .front()
-        .is_some_and(|f| f.answers == workers.count())
-    {
-        done.extend(in_flight.pop_front());
-    }
-    Ok(done)
+    Ok(None)
 }
