@@ -286,6 +286,8 @@ struct Writer {
     settings: Vec<(&'static str, String)>,
     dedup_tokens: bool,
     dead_letters: Arc<Mutex<DeadLetters>>,
+    /// The table's highest offset per partition, when it keeps offsets.
+    offsets_query: Option<String>,
 }
 
 const ATTEMPTS: u32 = 6;
@@ -394,10 +396,15 @@ impl Drop for Inserter {
 
 impl Writer {
     /// Inserts with retries; a permanent refusal comes back as `Err`.
+    ///
+    /// An insert whose answer was lost may have landed: before retrying, a table
+    /// that keeps offsets is asked whether it holds `last` of `partition` already
+    /// (a batch is one block, so it landed whole or not at all).
     fn insert(
         &self,
         runtime: &tokio::runtime::Runtime,
         body: Vec<u8>,
+        (partition, last): (i32, i64),
         token: &str,
         inserted: &mut Inserted,
     ) -> Result<Result<(), ServerError>> {
@@ -422,9 +429,16 @@ impl Writer {
                         "insert into {} failed ({e}); retrying in {delay:?}",
                         self.table
                     );
-                    inserted.retries += 1;
                     std::thread::sleep(delay);
                     delay = (delay * 2).min(Duration::from_secs(5));
+                    let landed = self.offsets_query.as_deref().and_then(|sql| {
+                        let loaded = runtime.block_on(loaded_offsets(&self.ch, sql)).ok()?;
+                        Some(loaded.get(&partition).is_some_and(|max| *max >= last))
+                    });
+                    if landed == Some(true) {
+                        return Ok(Ok(()));
+                    }
+                    inserted.retries += 1;
                 }
             }
         }
@@ -450,7 +464,8 @@ impl Writer {
             batch.offsets[range.start],
             batch.offsets[range.end - 1]
         );
-        match self.insert(runtime, batch.body(range.clone()), &token, inserted)? {
+        let last = (partition, batch.offsets[range.end - 1]);
+        match self.insert(runtime, batch.body(range.clone()), last, &token, inserted)? {
             Ok(()) => {
                 inserted.rows += range.len() as u64;
                 inserted.inserts += 1;
@@ -486,27 +501,27 @@ impl Writer {
     }
 }
 
-/// The highest offset the table holds per partition (exactly-once resume).
-fn loaded_offsets(
-    ch: &ClickHouse,
-    runtime: &tokio::runtime::Runtime,
-    table: &str,
-    columns: &[Column],
-    topic: &str,
-) -> Result<HashMap<i32, i64>> {
+/// The query for the highest offset a table holds per partition, when the
+/// table keeps offsets (exactly-once resume and retries).
+fn offsets_query(table: &str, columns: &[Column], topic: &str) -> Option<String> {
     let has = |n: &str| columns.iter().any(|c| c.name == n);
     if !(has("kafka_partition") && has("kafka_offset")) {
-        return Ok(HashMap::new());
+        return None;
     }
     let filter = if has("kafka_topic") {
         format!(" WHERE kafka_topic = {}", sql::literal(topic))
     } else {
         String::new()
     };
-    let rows = runtime.block_on(ch.rows(&format!(
+    Some(format!(
         "SELECT toInt32(kafka_partition) AS p, toInt64(max(kafka_offset)) AS o FROM {table}{filter} GROUP BY p"
-    )))?;
-    Ok(rows
+    ))
+}
+
+async fn loaded_offsets(ch: &ClickHouse, query: &str) -> Result<HashMap<i32, i64>> {
+    Ok(ch
+        .rows(query)
+        .await?
         .iter()
         .filter_map(|r| Some((r["p"].as_i64()? as i32, r["o"].as_i64()?)))
         .collect())
@@ -543,6 +558,7 @@ pub fn run(
         .block_on(ch.rows(&format!("DESCRIBE TABLE {table}")))
         .map_err(|e| anyhow!("cannot describe {} on {}: {e}", options.table, ch.url()))?;
     let columns = columns_of(&described)?;
+    let offsets_query = offsets_query(&table, &columns, &options.topic);
     let probe = kafka.metadata_client()?;
     let partitions = kafka.require_topic(&probe, &options.topic)?;
     let dead_letters = Arc::new(Mutex::new(DeadLetters::connect(
@@ -573,6 +589,7 @@ pub fn run(
         settings,
         dedup_tokens: version >= (22, 2),
         dead_letters: dead_letters.clone(),
+        offsets_query: offsets_query.clone(),
     })?);
     let consumer: BaseConsumer<SinkContext> = kafka
         .config_with_defaults(&[
@@ -655,7 +672,9 @@ pub fn run(
                     finish(inserted, &mut in_flight, &mut report)?;
                 }
             }
-            loaded = loaded_offsets(ch, &runtime, &table, &converter.columns, &options.topic)?;
+            if let Some(query) = &offsets_query {
+                loaded = runtime.block_on(loaded_offsets(ch, query))?;
+            }
         }
         let mut finished_partition = false;
         match message {

@@ -260,7 +260,10 @@ pub fn run(
                 && (idle || polls.is_multiple_of(1024))
                 && pending.since.elapsed() >= options.flush_interval);
         if (due || stopping || caught_up) && !pending.offsets.is_empty() {
-            // One flush writes while the next fills; a third waits for the first.
+            // One flush writes while the next fills, never two: exactly once needs at
+            // most one uncommitted flush, because a restart resumes at the committed
+            // offset and must rewrite the same first file name (with two, a file
+            // starting past the committed offset could outlive the rewrite).
             while in_flight.is_some() {
                 if let Some(done) = collect(&workers, &mut in_flight, Duration::from_secs(1))? {
                     commit(done, &mut report)?;

@@ -63,7 +63,7 @@ pub struct ClickHouseSinkArgs {
     /// Consumer group [default: kpipe-clickhouse-<table>]
     #[arg(short, long)]
     group: Option<String>,
-    /// Insert after this many rows.
+    /// Insert after this many rows (at most 1000000: one atomic block).
     #[arg(long, default_value_t = 50_000)]
     batch_rows: usize,
     /// Insert at least this often, e.g. 1s, 500ms.
@@ -162,8 +162,10 @@ pub fn run(args: SinkArgs, kafka: &KafkaArgs) -> Result<()> {
 }
 
 fn run_clickhouse(args: ClickHouseSinkArgs, kafka: &KafkaArgs) -> Result<()> {
-    if args.batch_rows == 0 {
-        bail!("--batch-rows must be at least 1");
+    // ClickHouse inserts up to max_insert_block_size (1,048,576) rows as one
+    // block, atomically: the exactly-once bookkeeping relies on that.
+    if !(1..=1_000_000).contains(&args.batch_rows) {
+        bail!("--batch-rows must be between 1 and 1000000");
     }
     let ch = ClickHouse::new(&args.url)?;
     let options = ClickHouseSinkOptions {

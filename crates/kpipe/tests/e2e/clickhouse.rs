@@ -3,9 +3,10 @@
 //! engine from `kpipe broker`, the direct sink, and export back to Kafka.
 
 use std::path::PathBuf;
+use std::process::Stdio;
 use std::time::Duration;
 
-use crate::harness::{eventually, BrokerProcess, ClickHouseServer};
+use crate::harness::{bounded, eventually, BrokerProcess, ClickHouseServer};
 
 fn example(name: &str) -> String {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -264,6 +265,53 @@ fn direct_sink_loads_music_events_exactly_once_and_dead_letters_bad_rows() {
     assert!(again.ok, "{}", again.stderr);
     assert!(again.stderr.contains("inserted 0 rows"), "{}", again.stderr);
     assert_eq!(count(&ch, "raw.music"), 100_000);
+}
+
+#[test]
+fn direct_sink_rides_out_a_clickhouse_crash_without_duplicates() {
+    let broker = BrokerProcess::start();
+    let mut ch = ClickHouseServer::start();
+    ch.query("CREATE DATABASE raw");
+    ch.query(MUSIC_TABLE);
+    broker.create_topic("music_events", 3, &[]);
+    broker
+        .kpipe(&["gen", "music", "--count", "200000", "--seed", "4"], "")
+        .out();
+    let sink = broker
+        .command(&[
+            "sink",
+            "clickhouse",
+            "--topic",
+            "music_events",
+            "--table",
+            "raw.music",
+            "--url",
+            &ch.url,
+            "--until-end",
+            "--batch-rows",
+            "5000",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = eventually(Duration::from_secs(60), || {
+        count(&ch, "raw.music") >= 20_000
+    });
+    assert!(started, "the sink did not start loading");
+    // Inserts in flight fail or lose their answers; the sink retries, asking the
+    // table first whether a lost insert landed.
+    ch.crash_and_restart();
+    let output = bounded(Duration::from_secs(180), "the sink", move || {
+        sink.wait_with_output().unwrap()
+    });
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("inserted"), "{stderr}");
+    assert_eq!(
+        ch.query("SELECT count(), uniqExact(kafka_partition, kafka_offset) FROM raw.music"),
+        "200000\t200000"
+    );
 }
 
 #[test]

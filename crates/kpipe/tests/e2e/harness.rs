@@ -382,7 +382,8 @@ impl BrokerProcess {
 pub struct ClickHouseServer {
     pid: u32,
     pub url: String,
-    _dir: tempfile::TempDir,
+    ports: (u16, u16),
+    dir: tempfile::TempDir,
 }
 
 impl ClickHouseServer {
@@ -395,28 +396,28 @@ impl ClickHouseServer {
                 .unwrap()
                 .port()
         };
-        let (http, tcp) = (port(), port());
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/clickhouse.sh");
-        let output = Command::new(script)
-            .arg(dir.path())
-            .arg(http.to_string())
-            .arg(tcp.to_string())
-            .output()
-            .expect("run scripts/clickhouse.sh");
-        assert!(
-            output.status.success(),
-            "ClickHouse did not start: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let pid = String::from_utf8_lossy(&output.stdout)
-            .trim()
-            .parse()
-            .expect("a PID");
+        let ports = (port(), port());
+        let pid = launch_clickhouse(dir.path(), ports);
         ClickHouseServer {
             pid,
-            url: format!("http://127.0.0.1:{http}"),
-            _dir: dir,
+            url: format!("http://127.0.0.1:{}", ports.0),
+            ports,
+            dir,
         }
+    }
+
+    /// kill -9, then start again on the same ports and data: a crashed server's restart.
+    pub fn crash_and_restart(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-9")
+            .arg(self.pid.to_string())
+            .status();
+        let gone = eventually(Duration::from_secs(10), || {
+            std::fs::read_to_string(format!("/proc/{}/stat", self.pid))
+                .map_or(true, |stat| stat.contains(") Z "))
+        });
+        assert!(gone, "ClickHouse did not die");
+        self.pid = launch_clickhouse(self.dir.path(), self.ports);
     }
 
     /// Runs one statement; returns the server's answer, trimmed.
@@ -427,6 +428,25 @@ impl ClickHouseServer {
             .trim()
             .to_string()
     }
+}
+
+fn launch_clickhouse(dir: &Path, (http, tcp): (u16, u16)) -> u32 {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/clickhouse.sh");
+    let output = Command::new(script)
+        .arg(dir)
+        .arg(http.to_string())
+        .arg(tcp.to_string())
+        .output()
+        .expect("run scripts/clickhouse.sh");
+    assert!(
+        output.status.success(),
+        "ClickHouse did not start: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .expect("a PID")
 }
 
 impl Drop for ClickHouseServer {
