@@ -223,28 +223,34 @@ impl Converter {
         out.push(b'{');
         let mut first = true;
         for column in &self.columns {
-            let value = match column.source {
+            let field = match column.source {
                 Source::Field => match lookup(&message, &column.name) {
-                    // Objects and arrays land in a String column as their JSON text.
-                    Some(v @ (Value::Object(_) | Value::Array(_))) if column.is_text => {
-                        Value::String(v.to_string())
-                    }
-                    Some(v) => v.clone(),
+                    Some(v) => Some(v),
                     None => continue,
                 },
-                Source::Partition => Value::from(partition),
-                Source::Offset => Value::from(offset),
-                Source::BatchId => Value::from(batch_id),
-                Source::Group => Value::from(self.group.as_str()),
-                Source::ProcessingTime => Value::from(now),
-                Source::Topic => Value::from(self.topic.as_str()),
+                _ => None,
             };
             if !first {
                 out.push(b',');
             }
             first = false;
             out.extend_from_slice(column.json_key.as_bytes());
-            serde_json::to_writer(&mut *out, &value).map_err(|e| e.to_string())?;
+            // Values are written from where they are, not copied into new JSON values.
+            let written = match (&column.source, field) {
+                // Objects and arrays land in a String column as their JSON text.
+                (_, Some(v @ (Value::Object(_) | Value::Array(_)))) if column.is_text => {
+                    serde_json::to_writer(&mut *out, &v.to_string())
+                }
+                (_, Some(v)) => serde_json::to_writer(&mut *out, v),
+                (Source::Partition, None) => serde_json::to_writer(&mut *out, &partition),
+                (Source::Offset, None) => serde_json::to_writer(&mut *out, &offset),
+                (Source::BatchId, None) => serde_json::to_writer(&mut *out, batch_id),
+                (Source::Group, None) => serde_json::to_writer(&mut *out, &self.group),
+                (Source::ProcessingTime, None) => serde_json::to_writer(&mut *out, now),
+                (Source::Topic, None) => serde_json::to_writer(&mut *out, &self.topic),
+                (Source::Field, None) => unreachable!("missing fields were skipped"),
+            };
+            written.map_err(|e| e.to_string())?;
         }
         out.extend_from_slice(b"}\n");
         Ok(())
