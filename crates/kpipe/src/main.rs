@@ -52,6 +52,7 @@ enum Command {
     Sink(cmd::sink::SinkArgs),
     Lake(cmd::lake::LakeArgs),
     Ch(cmd::ch::ChArgs),
+    Sql(cmd::sql::SqlArgs),
     Query(cmd::query::QueryArgs),
     Demo(cmd::demo::DemoArgs),
 }
@@ -74,6 +75,7 @@ fn main() -> ExitCode {
         Command::Sink(args) => cmd::sink::run(args, &cli.kafka),
         Command::Lake(args) => cmd::lake::run(args, &cli.kafka),
         Command::Ch(args) => cmd::ch::run(args, &cli.kafka),
+        Command::Sql(args) => cmd::sql::run(args),
         Command::Query(args) => cmd::query::run(args),
         Command::Demo(args) => cmd::demo::run(args),
     };

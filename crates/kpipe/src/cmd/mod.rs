@@ -12,6 +12,7 @@ pub mod lake;
 pub mod produce;
 pub mod query;
 pub mod sink;
+pub mod sql;
 pub mod topic;
 
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -65,3 +65,42 @@ fn broker_refuses_bad_flags_and_a_busy_data_directory() {
     };
     assert!(ok && help.contains("--fsync") && help.contains("Examples:"));
 }
+
+#[test]
+fn sql_test_runs_qtt_files_and_reports_the_first_difference() {
+    let broker = crate::harness::BrokerProcess::start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("where.json");
+    std::fs::write(
+        &file,
+        r#"{"tests": [
+          // a comment, as ksqlDB's files have
+          {"name": "filter", "format": ["JSON", "DELIMITED"],
+           "statements": ["CREATE STREAM I (ID INT KEY, V INT) WITH (kafka_topic='t', value_format='{FORMAT}');",
+                          "CREATE STREAM O AS SELECT ID, V * 10 AS TEN FROM I WHERE V > 1;"],
+           "inputs": [{"topic": "t", "key": 1, "value": {"V": 1}}, {"topic": "t", "key": 2, "value": {"V": 2}}],
+           "outputs": [{"topic": "O", "key": 2, "value": {"TEN": 20}}]},
+          {"name": "unknown source",
+           "statements": ["CREATE STREAM O AS SELECT * FROM NOPE;"],
+           "expectedException": {"type": "x", "message": "NOPE does not exist"}}
+        ]}"#,
+    )
+    .unwrap();
+    let run = broker.kpipe(&["sql", "test", file.to_str().unwrap()], "");
+    assert!(
+        !run.ok,
+        "the DELIMITED run gets string values and must fail"
+    );
+    let lines = run.lines();
+    assert_eq!(
+        lines.last().map(String::as_str),
+        Some("2 passed, 1 failed"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        lines[0].starts_with("FAIL where.json: filter - DELIMITED: O: expected 1 records, got 0"),
+        "{}",
+        run.stdout
+    );
+}

@@ -1,0 +1,529 @@
+//! The statements and expressions of ksqlDB's dialect, parsed by recursive
+//! descent from `lexer` tokens. Errors name the line and what was expected.
+
+use anyhow::{anyhow, bail, Result};
+use serde_json::Value;
+
+use crate::lexer::{line_of, tokenize, Token};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceKind {
+    Stream,
+    Table,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SqlType {
+    Int,
+    BigInt,
+    Double,
+    String,
+    Boolean,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ColumnDef {
+    pub name: String,
+    pub ty: SqlType,
+    pub key: bool,
+}
+
+/// `WITH (...)` properties, names upper-cased.
+pub type Properties = Vec<(String, Value)>;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Statement {
+    CreateSource {
+        kind: SourceKind,
+        name: String,
+        columns: Vec<ColumnDef>,
+        properties: Properties,
+    },
+    CreateAs {
+        kind: SourceKind,
+        name: String,
+        properties: Properties,
+        select: Select,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Select {
+    pub items: Vec<SelectItem>,
+    pub from: String,
+    pub filter: Option<Expr>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum SelectItem {
+    All,
+    Expr { expr: Expr, alias: Option<String> },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BinaryOp {
+    Or,
+    And,
+    Eq,
+    NotEq,
+    Lt,
+    LtEq,
+    Gt,
+    GtEq,
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Rem,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Expr {
+    Column(String),
+    Literal(Value),
+    Not(Box<Expr>),
+    Negate(Box<Expr>),
+    Binary(BinaryOp, Box<Expr>, Box<Expr>),
+    IsNull {
+        expr: Box<Expr>,
+        negated: bool,
+    },
+    Between {
+        expr: Box<Expr>,
+        low: Box<Expr>,
+        high: Box<Expr>,
+        negated: bool,
+    },
+    In {
+        expr: Box<Expr>,
+        list: Vec<Expr>,
+        negated: bool,
+    },
+}
+
+/// Parses a script of `;`-separated statements.
+pub fn parse(sql: &str) -> Result<Vec<Statement>> {
+    let mut parser = Parser {
+        sql,
+        tokens: tokenize(sql)?,
+        at: 0,
+    };
+    let mut statements = Vec::new();
+    while parser.peek().is_some() {
+        if parser.eat_symbol(";") {
+            continue;
+        }
+        statements.push(parser.statement()?);
+        if parser.peek().is_some() && !parser.eat_symbol(";") {
+            return Err(parser.expected("';' after the statement"));
+        }
+    }
+    Ok(statements)
+}
+
+struct Parser<'a> {
+    sql: &'a str,
+    tokens: Vec<(Token, usize)>,
+    at: usize,
+}
+
+impl Parser<'_> {
+    fn peek(&self) -> Option<&Token> {
+        self.tokens.get(self.at).map(|t| &t.0)
+    }
+
+    fn peek_is(&self, keyword: &str) -> bool {
+        self.peek().is_some_and(|t| t.is(keyword))
+    }
+
+    fn expected(&self, what: &str) -> anyhow::Error {
+        match self.tokens.get(self.at) {
+            Some((token, position)) => anyhow!(
+                "line {}: expected {what}, found {}",
+                line_of(self.sql, *position),
+                describe(token)
+            ),
+            None => anyhow!("expected {what} at the end of the statement"),
+        }
+    }
+
+    fn eat(&mut self, keyword: &str) -> bool {
+        let found = self.peek_is(keyword);
+        self.at += usize::from(found);
+        found
+    }
+
+    fn expect(&mut self, keyword: &str) -> Result<()> {
+        if self.eat(keyword) {
+            Ok(())
+        } else {
+            Err(self.expected(keyword))
+        }
+    }
+
+    fn eat_symbol(&mut self, symbol: &str) -> bool {
+        let found = matches!(self.peek(), Some(Token::Symbol(s)) if *s == symbol);
+        self.at += usize::from(found);
+        found
+    }
+
+    fn expect_symbol(&mut self, symbol: &str) -> Result<()> {
+        if self.eat_symbol(symbol) {
+            Ok(())
+        } else {
+            Err(self.expected(&format!("'{symbol}'")))
+        }
+    }
+
+    fn identifier(&mut self, what: &str) -> Result<String> {
+        match self.peek() {
+            Some(Token::Word { text, .. }) => {
+                let text = text.clone();
+                self.at += 1;
+                Ok(text)
+            }
+            _ => Err(self.expected(what)),
+        }
+    }
+
+    fn statement(&mut self) -> Result<Statement> {
+        self.expect("CREATE")?;
+        let kind = if self.eat("STREAM") {
+            SourceKind::Stream
+        } else if self.eat("TABLE") {
+            SourceKind::Table
+        } else {
+            return Err(self.expected("STREAM or TABLE"));
+        };
+        let name = self.identifier("a name")?;
+        if self.eat_symbol("(") {
+            let columns = self.columns()?;
+            let properties = self.properties()?;
+            return Ok(Statement::CreateSource {
+                kind,
+                name,
+                columns,
+                properties,
+            });
+        }
+        let properties = self.properties()?;
+        self.expect("AS")?;
+        let select = self.select()?;
+        Ok(Statement::CreateAs {
+            kind,
+            name,
+            properties,
+            select,
+        })
+    }
+
+    fn columns(&mut self) -> Result<Vec<ColumnDef>> {
+        let mut columns = Vec::new();
+        loop {
+            let name = self.identifier("a column name")?;
+            let ty = self.sql_type()?;
+            let key = if self.eat("PRIMARY") {
+                self.expect("KEY")?;
+                true
+            } else {
+                self.eat("KEY")
+            };
+            columns.push(ColumnDef { name, ty, key });
+            if self.eat_symbol(")") {
+                return Ok(columns);
+            }
+            self.expect_symbol(",")?;
+        }
+    }
+
+    fn sql_type(&mut self) -> Result<SqlType> {
+        let name = self.identifier("a type")?;
+        Ok(match name.as_str() {
+            "INT" | "INTEGER" => SqlType::Int,
+            "BIGINT" => SqlType::BigInt,
+            "DOUBLE" => SqlType::Double,
+            "STRING" | "VARCHAR" => SqlType::String,
+            "BOOLEAN" => SqlType::Boolean,
+            other => bail!("type {other} is not supported yet"),
+        })
+    }
+
+    fn properties(&mut self) -> Result<Properties> {
+        let mut properties = Vec::new();
+        if !self.eat("WITH") {
+            return Ok(properties);
+        }
+        self.expect_symbol("(")?;
+        loop {
+            let name = self.identifier("a property name")?.to_ascii_uppercase();
+            self.expect_symbol("=")?;
+            let value = match self.primary()? {
+                Expr::Literal(v) => v,
+                _ => return Err(self.expected("a literal value")),
+            };
+            properties.push((name, value));
+            if self.eat_symbol(")") {
+                return Ok(properties);
+            }
+            self.expect_symbol(",")?;
+        }
+    }
+
+    fn select(&mut self) -> Result<Select> {
+        self.expect("SELECT")?;
+        let mut items = Vec::new();
+        loop {
+            if self.eat_symbol("*") {
+                items.push(SelectItem::All);
+            } else {
+                let expr = self.expr()?;
+                let alias = if self.eat("AS") {
+                    Some(self.identifier("an alias")?)
+                } else {
+                    None
+                };
+                items.push(SelectItem::Expr { expr, alias });
+            }
+            if !self.eat_symbol(",") {
+                break;
+            }
+        }
+        self.expect("FROM")?;
+        let from = self.identifier("a source name")?;
+        let filter = if self.eat("WHERE") {
+            Some(self.expr()?)
+        } else {
+            None
+        };
+        if self.eat("EMIT") {
+            self.expect("CHANGES")?;
+        }
+        Ok(Select {
+            items,
+            from,
+            filter,
+        })
+    }
+
+    fn expr(&mut self) -> Result<Expr> {
+        let mut left = self.and()?;
+        while self.eat("OR") {
+            left = Expr::Binary(BinaryOp::Or, Box::new(left), Box::new(self.and()?));
+        }
+        Ok(left)
+    }
+
+    fn and(&mut self) -> Result<Expr> {
+        let mut left = self.not()?;
+        while self.eat("AND") {
+            left = Expr::Binary(BinaryOp::And, Box::new(left), Box::new(self.not()?));
+        }
+        Ok(left)
+    }
+
+    fn not(&mut self) -> Result<Expr> {
+        if self.eat("NOT") {
+            return Ok(Expr::Not(Box::new(self.not()?)));
+        }
+        self.comparison()
+    }
+
+    fn comparison(&mut self) -> Result<Expr> {
+        let left = self.additive()?;
+        let op = match self.peek() {
+            Some(Token::Symbol("=")) => Some(BinaryOp::Eq),
+            Some(Token::Symbol("<>" | "!=")) => Some(BinaryOp::NotEq),
+            Some(Token::Symbol("<")) => Some(BinaryOp::Lt),
+            Some(Token::Symbol("<=")) => Some(BinaryOp::LtEq),
+            Some(Token::Symbol(">")) => Some(BinaryOp::Gt),
+            Some(Token::Symbol(">=")) => Some(BinaryOp::GtEq),
+            _ => None,
+        };
+        if let Some(op) = op {
+            self.at += 1;
+            return Ok(Expr::Binary(op, Box::new(left), Box::new(self.additive()?)));
+        }
+        if self.eat("IS") {
+            let negated = self.eat("NOT");
+            self.expect("NULL")?;
+            return Ok(Expr::IsNull {
+                expr: Box::new(left),
+                negated,
+            });
+        }
+        let negated = self.eat("NOT");
+        if self.eat("BETWEEN") {
+            let low = self.additive()?;
+            self.expect("AND")?;
+            let high = self.additive()?;
+            return Ok(Expr::Between {
+                expr: Box::new(left),
+                low: Box::new(low),
+                high: Box::new(high),
+                negated,
+            });
+        }
+        if self.eat("IN") {
+            self.expect_symbol("(")?;
+            let mut list = vec![self.expr()?];
+            while self.eat_symbol(",") {
+                list.push(self.expr()?);
+            }
+            self.expect_symbol(")")?;
+            return Ok(Expr::In {
+                expr: Box::new(left),
+                list,
+                negated,
+            });
+        }
+        if negated {
+            return Err(self.expected("BETWEEN or IN after NOT"));
+        }
+        Ok(left)
+    }
+
+    fn additive(&mut self) -> Result<Expr> {
+        let mut left = self.multiplicative()?;
+        loop {
+            let op = match self.peek() {
+                Some(Token::Symbol("+")) => BinaryOp::Add,
+                Some(Token::Symbol("-")) => BinaryOp::Sub,
+                _ => return Ok(left),
+            };
+            self.at += 1;
+            left = Expr::Binary(op, Box::new(left), Box::new(self.multiplicative()?));
+        }
+    }
+
+    fn multiplicative(&mut self) -> Result<Expr> {
+        let mut left = self.unary()?;
+        loop {
+            let op = match self.peek() {
+                Some(Token::Symbol("*")) => BinaryOp::Mul,
+                Some(Token::Symbol("/")) => BinaryOp::Div,
+                Some(Token::Symbol("%")) => BinaryOp::Rem,
+                _ => return Ok(left),
+            };
+            self.at += 1;
+            left = Expr::Binary(op, Box::new(left), Box::new(self.unary()?));
+        }
+    }
+
+    fn unary(&mut self) -> Result<Expr> {
+        if self.eat_symbol("-") {
+            return Ok(Expr::Negate(Box::new(self.unary()?)));
+        }
+        self.primary()
+    }
+
+    fn primary(&mut self) -> Result<Expr> {
+        let Some(token) = self.peek().cloned() else {
+            return Err(self.expected("an expression"));
+        };
+        self.at += 1;
+        Ok(match token {
+            Token::Number(n) => {
+                Expr::Literal(number(&n).ok_or_else(|| anyhow!("{n} is not a number"))?)
+            }
+            Token::Text(s) => Expr::Literal(Value::String(s)),
+            Token::Symbol("(") => {
+                let inner = self.expr()?;
+                self.expect_symbol(")")?;
+                inner
+            }
+            ref t if t.is("NULL") => Expr::Literal(Value::Null),
+            ref t if t.is("TRUE") => Expr::Literal(Value::Bool(true)),
+            ref t if t.is("FALSE") => Expr::Literal(Value::Bool(false)),
+            Token::Word {
+                ref text,
+                quoted: false,
+            } if RESERVED.contains(&text.as_str()) => {
+                self.at -= 1;
+                return Err(self.expected("an expression"));
+            }
+            Token::Word { text, .. } => {
+                if self.peek() == Some(&Token::Symbol("(")) {
+                    bail!("function {text} is not supported yet");
+                }
+                Expr::Column(text)
+            }
+            Token::Symbol(_) => {
+                self.at -= 1;
+                return Err(self.expected("an expression"));
+            }
+        })
+    }
+}
+
+/// Words that end an expression rather than name a column.
+const RESERVED: [&str; 11] = [
+    "FROM", "WHERE", "SELECT", "GROUP", "HAVING", "WINDOW", "EMIT", "AS", "AND", "OR", "BY",
+];
+
+fn number(text: &str) -> Option<Value> {
+    if let Ok(n) = text.parse::<i64>() {
+        return Some(Value::from(n));
+    }
+    text.parse::<f64>()
+        .ok()
+        .and_then(|f| serde_json::Number::from_f64(f).map(Value::Number))
+}
+
+fn describe(token: &Token) -> String {
+    match token {
+        Token::Word { text, .. } => format!("'{text}'"),
+        Token::Number(n) => n.clone(),
+        Token::Text(s) => format!("'{s}'"),
+        Token::Symbol(s) => format!("'{s}'"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_stream_and_csas() {
+        let statements = parse(
+            "CREATE STREAM INPUT (id int KEY, name STRING) WITH (kafka_topic='test_topic', value_format='JSON');
+             CREATE STREAM OUTPUT AS SELECT *, id + 1 AS next FROM INPUT WHERE id < 10 AND name IS NOT NULL;",
+        )
+        .unwrap();
+        let Statement::CreateSource {
+            columns,
+            properties,
+            ..
+        } = &statements[0]
+        else {
+            panic!()
+        };
+        assert_eq!(
+            columns[0],
+            ColumnDef {
+                name: "ID".into(),
+                ty: SqlType::Int,
+                key: true
+            }
+        );
+        assert_eq!(
+            properties[0],
+            ("KAFKA_TOPIC".into(), Value::from("test_topic"))
+        );
+        let Statement::CreateAs { select, .. } = &statements[1] else {
+            panic!()
+        };
+        assert_eq!(select.items.len(), 2);
+        assert!(matches!(
+            select.filter,
+            Some(Expr::Binary(BinaryOp::And, _, _))
+        ));
+    }
+
+    #[test]
+    fn errors_say_where_and_what_was_expected() {
+        let error = parse("CREATE STREAM S AS\nSELECT FROM t;")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(error, "line 2: expected an expression, found 'FROM'");
+    }
+}

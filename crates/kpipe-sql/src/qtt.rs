@@ -1,0 +1,216 @@
+//! Runs ksqlDB's query-validation tests (QTT) in-process: each test's
+//! statements go to a fresh [`Engine`], its input records are fed in order,
+//! and every sink topic must receive exactly the expected records. A test
+//! whose `format` list names several formats runs once per format.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde_json::Value;
+
+use crate::engine::{Engine, Record};
+use crate::parser::parse;
+
+/// One run of one test.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    pub name: String,
+    /// None when it passed, else the first difference.
+    pub failure: Option<String>,
+}
+
+/// Runs every test of a QTT file.
+pub fn run_file(path: &Path) -> Result<Vec<Outcome>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let file: Value = serde_json::from_str(&strip_comments(&text))
+        .with_context(|| format!("{} is not a QTT file", path.display()))?;
+    let tests = file["tests"].as_array().cloned().unwrap_or_default();
+    let mut outcomes = Vec::new();
+    for test in &tests {
+        let name = test["name"].as_str().unwrap_or("unnamed").to_string();
+        let formats: Vec<String> = test["format"]
+            .as_array()
+            .map(|f| {
+                f.iter()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if formats.is_empty() {
+            outcomes.push(Outcome {
+                failure: run_test(test, None).err(),
+                name,
+            });
+        } else {
+            for format in formats {
+                outcomes.push(Outcome {
+                    failure: run_test(test, Some(&format)).err(),
+                    name: format!("{name} - {format}"),
+                });
+            }
+        }
+    }
+    Ok(outcomes)
+}
+
+/// Removes `//` comments outside strings.
+fn strip_comments(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut in_string = false;
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if in_string {
+            out.push(c);
+            match c {
+                '\\' => out.extend(chars.next()),
+                '"' => in_string = false,
+                _ => {}
+            }
+        } else if c == '/' && chars.peek() == Some(&'/') {
+            for c in chars.by_ref() {
+                if c == '\n' {
+                    out.push('\n');
+                    break;
+                }
+            }
+        } else {
+            in_string = c == '"';
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn run_test(test: &Value, format: Option<&str>) -> Result<(), String> {
+    let expected_error = test["expectedException"]["message"].as_str();
+    let mut engine = Engine::default();
+    for statement in test["statements"].as_array().into_iter().flatten() {
+        let mut sql = statement.as_str().unwrap_or_default().to_string();
+        if let Some(format) = format {
+            sql = sql.replace("{FORMAT}", format);
+        }
+        let result = parse(&sql)
+            .and_then(|statements| statements.iter().try_for_each(|s| engine.execute(s)));
+        if let Err(error) = result {
+            let error = error.to_string();
+            return match expected_error {
+                Some(expected) if error.contains(expected) => Ok(()),
+                Some(expected) => Err(format!("expected the error {expected:?}, got {error:?}")),
+                None => Err(error),
+            };
+        }
+    }
+    if let Some(expected) = expected_error {
+        return Err(format!(
+            "expected the error {expected:?}, but every statement ran"
+        ));
+    }
+    let mut produced: Vec<Record> = Vec::new();
+    for input in test["inputs"].as_array().into_iter().flatten() {
+        let record = Record {
+            topic: input["topic"].as_str().unwrap_or_default().to_string(),
+            key: input["key"].clone(),
+            value: input["value"].clone(),
+            timestamp: input["timestamp"].as_i64().unwrap_or(0),
+        };
+        produced.extend(engine.process(&record).map_err(|e| e.to_string())?);
+    }
+    let expected: Vec<&Value> = test["outputs"].as_array().into_iter().flatten().collect();
+    let mut topics: Vec<&str> = expected
+        .iter()
+        .filter_map(|o| o["topic"].as_str())
+        .collect();
+    topics.dedup();
+    for topic in topics {
+        let want: Vec<&&Value> = expected.iter().filter(|o| o["topic"] == topic).collect();
+        let got: Vec<&Record> = produced.iter().filter(|r| r.topic == topic).collect();
+        for (i, want) in want.iter().enumerate() {
+            let Some(got) = got.get(i) else {
+                return Err(format!(
+                    "{topic}: expected {} records, got {}",
+                    want_len(&expected, topic),
+                    got.len()
+                ));
+            };
+            let key_ok = same(&want["key"], &got.key);
+            let value_ok = same(&want["value"], &got.value);
+            let time_ok = want["timestamp"]
+                .as_i64()
+                .is_none_or(|t| t == got.timestamp);
+            if !(key_ok && value_ok && time_ok) {
+                return Err(format!(
+                    "{topic} record {i}: expected key {} value {} timestamp {}, got key {} value {} timestamp {}",
+                    want["key"], want["value"], want["timestamp"], got.key, got.value, got.timestamp
+                ));
+            }
+        }
+        if got.len() > want.len() {
+            return Err(format!(
+                "{topic}: expected {} records, got {}",
+                want.len(),
+                got.len()
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn want_len(expected: &[&Value], topic: &str) -> usize {
+    expected.iter().filter(|o| o["topic"] == topic).count()
+}
+
+/// Equality as ksqlDB's runner sees it: numbers by value, field names in any case.
+fn same(want: &Value, got: &Value) -> bool {
+    match (want, got) {
+        (Value::Number(a), Value::Number(b)) => a.as_f64() == b.as_f64(),
+        (Value::Object(a), Value::Object(b)) => {
+            a.len() == b.len()
+                && a.iter().all(|(k, v)| {
+                    b.iter()
+                        .find(|(bk, _)| bk.eq_ignore_ascii_case(k))
+                        .is_some_and(|(_, bv)| same(v, bv))
+                })
+        }
+        (Value::Array(a), Value::Array(b)) => {
+            a.len() == b.len() && a.iter().zip(b).all(|(x, y)| same(x, y))
+        }
+        _ => want == got,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn comments_go_but_strings_stay() {
+        assert_eq!(
+            strip_comments("{\"a\": \"x // y\"} // note\n1"),
+            "{\"a\": \"x // y\"} \n1"
+        );
+    }
+
+    #[test]
+    fn a_test_passes_and_a_wrong_expectation_fails_with_the_difference() {
+        let test = serde_json::json!({
+            "name": "where",
+            "statements": [
+                "CREATE STREAM INPUT (id int KEY, name STRING) WITH (kafka_topic='test_topic', value_format='{FORMAT}');",
+                "CREATE STREAM OUTPUT AS SELECT * FROM INPUT WHERE id < 10;"
+            ],
+            "inputs": [{"topic": "test_topic", "key": 8, "value": {"name": "a"}},
+                       {"topic": "test_topic", "key": 11, "value": {"name": "c"}}],
+            "outputs": [{"topic": "OUTPUT", "key": 8, "value": {"NAME": "a"}}]
+        });
+        assert_eq!(run_test(&test, Some("JSON")), Ok(()));
+        let mut wrong = test.clone();
+        wrong["outputs"][0]["value"]["NAME"] = Value::from("b");
+        assert!(run_test(&wrong, Some("JSON"))
+            .unwrap_err()
+            .contains("OUTPUT record 0"));
+        assert!(run_test(&test, Some("AVRO"))
+            .unwrap_err()
+            .contains("AVRO is not supported"));
+    }
+}
