@@ -55,6 +55,108 @@ struct Query {
     from: String,
     sink: String,
     select: Select,
+    /// For GROUP BY: the aggregate calls and their state per group.
+    aggregation: Option<Aggregation>,
+}
+
+const AGGREGATES: [&str; 6] = [
+    "COUNT",
+    "SUM",
+    "MIN",
+    "MAX",
+    "EARLIEST_BY_OFFSET",
+    "LATEST_BY_OFFSET",
+];
+
+fn is_aggregate(expr: &Expr) -> bool {
+    matches!(expr, Expr::Function { name, .. } if AGGREGATES.contains(&name.as_str()))
+}
+
+#[derive(Debug, Clone, Default)]
+struct Aggregation {
+    /// Every distinct aggregate call of the SELECT and HAVING, in order.
+    calls: Vec<Expr>,
+    /// Group (its key as JSON text) → the calls' current values.
+    groups: HashMap<String, Vec<Value>>,
+    /// Groups whose last output was a row, so a failing HAVING must retract it.
+    emitted: std::collections::HashSet<String>,
+}
+
+/// Collects the aggregate calls in `expr`, and refuses unknown functions.
+fn aggregate_calls(expr: &Expr, calls: &mut Vec<Expr>) -> Result<()> {
+    match expr {
+        Expr::Function { name, .. } => {
+            if !is_aggregate(expr) {
+                bail!("function {name} is not supported yet");
+            }
+            if !calls.contains(expr) {
+                calls.push(expr.clone());
+            }
+            Ok(())
+        }
+        Expr::Not(e) | Expr::Negate(e) | Expr::IsNull { expr: e, .. } => aggregate_calls(e, calls),
+        Expr::Binary(_, a, b) => {
+            aggregate_calls(a, calls)?;
+            aggregate_calls(b, calls)
+        }
+        Expr::Between {
+            expr, low, high, ..
+        } => {
+            aggregate_calls(expr, calls)?;
+            aggregate_calls(low, calls)?;
+            aggregate_calls(high, calls)
+        }
+        Expr::In { expr, list, .. } => {
+            aggregate_calls(expr, calls)?;
+            list.iter().try_for_each(|e| aggregate_calls(e, calls))
+        }
+        Expr::Column(_) | Expr::Literal(_) => Ok(()),
+    }
+}
+
+/// The next value of an aggregate call after `row`.
+fn accumulate(call: &Expr, current: &Value, row: &Row, first: bool) -> Result<Value> {
+    let Expr::Function { name, args, star } = call else {
+        unreachable!("only calls are accumulated")
+    };
+    let arg = match args.first() {
+        Some(a) if !*star => eval(a, row, &[])?,
+        _ => Value::Bool(true),
+    };
+    Ok(match name.as_str() {
+        "COUNT" => Value::from(current.as_i64().unwrap_or(0) + i64::from(!arg.is_null())),
+        "SUM" if arg.is_null() => current.clone(),
+        "SUM" if current.is_null() => arg,
+        "SUM" => arithmetic(BinaryOp::Add, current, &arg),
+        "MIN" | "MAX" if arg.is_null() => current.clone(),
+        "MIN" | "MAX" if current.is_null() => arg,
+        "MIN" => {
+            if compare(&arg, current).is_some_and(|o| o.is_lt()) {
+                arg
+            } else {
+                current.clone()
+            }
+        }
+        "MAX" => {
+            if compare(&arg, current).is_some_and(|o| o.is_gt()) {
+                arg
+            } else {
+                current.clone()
+            }
+        }
+        "EARLIEST_BY_OFFSET" if first || current.is_null() => arg,
+        "EARLIEST_BY_OFFSET" => current.clone(),
+        "LATEST_BY_OFFSET" if arg.is_null() => current.clone(),
+        _ => arg,
+    })
+}
+
+/// What an aggregate reports before its first value.
+fn initial(call: &Expr) -> Value {
+    match call {
+        Expr::Function { name, .. } if name == "COUNT" => Value::from(0),
+        _ => Value::Null,
+    }
 }
 
 #[derive(Default)]
@@ -110,9 +212,51 @@ impl Engine {
                     .get(&select.from)
                     .ok_or_else(|| anyhow!("{} does not exist.", select.from))?
                     .clone();
-                if *kind == SourceKind::Table || from.kind == SourceKind::Table {
-                    bail!("tables are not supported yet");
+                if from.kind == SourceKind::Table {
+                    bail!("tables as sources are not supported yet");
                 }
+                let aggregated = !select.group_by.is_empty();
+                match (kind, aggregated) {
+                    (SourceKind::Stream, true) => bail!(
+                        "Invalid result type. Your SELECT query produces a TABLE. Please use CREATE TABLE AS SELECT statement instead."
+                    ),
+                    (SourceKind::Table, false) => bail!(
+                        "Invalid result type. Your SELECT query produces a STREAM. Please use CREATE STREAM AS SELECT statement instead."
+                    ),
+                    _ => {}
+                }
+                let aggregation = if aggregated {
+                    if select.group_by.len() > 1 {
+                        bail!("GROUP BY on more than one expression is not supported yet");
+                    }
+                    let mut calls = Vec::new();
+                    for item in &select.items {
+                        if let SelectItem::Expr { expr, .. } = item {
+                            aggregate_calls(expr, &mut calls)?;
+                        }
+                    }
+                    if let Some(having) = &select.having {
+                        aggregate_calls(having, &mut calls)?;
+                    }
+                    Some(Aggregation {
+                        calls,
+                        ..Aggregation::default()
+                    })
+                } else {
+                    for item in &select.items {
+                        if let SelectItem::Expr { expr, .. } = item {
+                            let mut calls = Vec::new();
+                            aggregate_calls(expr, &mut calls)?;
+                            if !calls.is_empty() {
+                                bail!(
+                                    "Use of aggregate function {} requires a GROUP BY clause.",
+                                    describe_call(&calls[0])
+                                );
+                            }
+                        }
+                    }
+                    None
+                };
                 let columns = output_columns(select, &from)?;
                 let topic =
                     text_property(properties, "KAFKA_TOPIC")?.unwrap_or_else(|| name.clone());
@@ -131,6 +275,7 @@ impl Engine {
                     from: select.from.clone(),
                     sink: name.clone(),
                     select: select.clone(),
+                    aggregation,
                 });
                 Ok(())
             }
@@ -147,28 +292,82 @@ impl Engine {
 
     /// Feeds one record; returns every record the queries write because of it
     /// (including records of queries reading those sinks), in order.
-    pub fn process(&self, record: &Record) -> Result<Vec<Record>> {
+    pub fn process(&mut self, record: &Record) -> Result<Vec<Record>> {
         let mut out = Vec::new();
-        for query in &self.queries {
-            let from = &self.sources[&query.from];
+        for q in 0..self.queries.len() {
+            let from = &self.sources[&self.queries[q].from];
             if from.topic != record.topic {
                 continue;
             }
-            let sink = &self.sources[&query.sink];
+            let sink = &self.sources[&self.queries[q].sink];
             let Some(row) = decode(from, record)? else {
                 continue;
             };
+            let query = &self.queries[q];
             if let Some(filter) = &query.select.filter {
-                if eval(filter, &row)? != Value::Bool(true) {
+                if eval(filter, &row, &[])? != Value::Bool(true) {
                     continue;
                 }
             }
-            let produced = project(&query.select, from, sink, &row, record)?;
+            let (from, sink) = (from.clone(), sink.clone());
+            let Query {
+                select,
+                aggregation,
+                ..
+            } = &mut self.queries[q];
+            let produced = match aggregation {
+                None => project(select, &from, &sink, &row, &[], record.timestamp)?,
+                Some(aggregation) => {
+                    let group = eval(&select.group_by[0], &row, &[])?;
+                    if group.is_null() {
+                        continue;
+                    }
+                    let id = group.to_string();
+                    let first = !aggregation.groups.contains_key(&id);
+                    let values = aggregation
+                        .groups
+                        .entry(id.clone())
+                        .or_insert_with(|| aggregation.calls.iter().map(initial).collect());
+                    for (call, value) in aggregation.calls.iter().zip(values.iter_mut()) {
+                        *value = accumulate(call, value, &row, first)?;
+                    }
+                    let results: Vec<(Expr, Value)> = aggregation
+                        .calls
+                        .iter()
+                        .cloned()
+                        .zip(values.iter().cloned())
+                        .collect();
+                    let kept = match &select.having {
+                        Some(having) => eval(having, &row, &results)? == Value::Bool(true),
+                        None => true,
+                    };
+                    if kept {
+                        aggregation.emitted.insert(id);
+                        project(select, &from, &sink, &row, &results, record.timestamp)?
+                    } else if aggregation.emitted.remove(&id) {
+                        Record {
+                            topic: sink.topic.clone(),
+                            key: group,
+                            value: Value::Null,
+                            timestamp: record.timestamp,
+                        }
+                    } else {
+                        continue;
+                    }
+                }
+            };
             let cascaded = self.process(&produced)?;
             out.push(produced);
             out.extend(cascaded);
         }
         Ok(out)
+    }
+}
+
+fn describe_call(call: &Expr) -> String {
+    match call {
+        Expr::Function { name, .. } => name.clone(),
+        _ => String::new(),
     }
 }
 
@@ -192,7 +391,8 @@ fn formats(properties: &Properties, inherit: Option<&Source>) -> Result<(Format,
 /// The sink's columns: key columns selected as they are stay keys.
 fn output_columns(select: &Select, from: &Source) -> Result<Vec<ColumnDef>> {
     let mut columns = Vec::new();
-    for (i, item) in select.items.iter().enumerate() {
+    let mut generated = 0;
+    for item in &select.items {
         match item {
             SelectItem::All => columns.extend(from.columns.iter().cloned()),
             SelectItem::Expr { expr, alias } => {
@@ -207,12 +407,21 @@ fn output_columns(select: &Select, from: &Source) -> Result<Vec<ColumnDef>> {
                 }
                 let name = alias
                     .clone()
-                    .or_else(|| source_column.map(|c| c.name.clone()))
-                    .unwrap_or_else(|| format!("KSQL_COL_{i}"));
+                    .or_else(|| source_column.map(|c| c.name.clone()));
+                let name = name.unwrap_or_else(|| {
+                    generated += 1;
+                    format!("KSQL_COL_{}", generated - 1)
+                });
+                // Grouped, the key is what rows are grouped by; otherwise the source's key.
+                let key = if select.group_by.is_empty() {
+                    source_column.is_some_and(|c| c.key)
+                } else {
+                    select.group_by.contains(expr)
+                };
                 columns.push(ColumnDef {
                     name,
                     ty: source_column.map_or(SqlType::String, |c| c.ty),
-                    key: source_column.is_some_and(|c| c.key),
+                    key,
                 });
             }
         }
@@ -319,7 +528,8 @@ fn project(
     from: &Source,
     sink: &Source,
     row: &Row,
-    record: &Record,
+    aggregates: &[(Expr, Value)],
+    timestamp: i64,
 ) -> Result<Record> {
     let mut values = Vec::new();
     for item in &select.items {
@@ -329,7 +539,7 @@ fn project(
                     values.push(row.get(&column.name).cloned().unwrap_or(Value::Null));
                 }
             }
-            SelectItem::Expr { expr, .. } => values.push(eval(expr, row)?),
+            SelectItem::Expr { expr, .. } => values.push(eval(expr, row, aggregates)?),
         }
     }
     let mut key = Value::Null;
@@ -351,7 +561,7 @@ fn project(
         topic: sink.topic.clone(),
         key,
         value,
-        timestamp: record.timestamp,
+        timestamp,
     })
 }
 
@@ -370,32 +580,39 @@ fn as_f64(v: &Value) -> Option<f64> {
     v.as_f64()
 }
 
-/// SQL's three-valued logic: null in, null out (AND/OR excepted).
-fn eval(expr: &Expr, row: &Row) -> Result<Value> {
+/// SQL's three-valued logic: null in, null out (AND/OR excepted). Aggregate
+/// calls take their current values from `aggregates`.
+fn eval(expr: &Expr, row: &Row, aggregates: &[(Expr, Value)]) -> Result<Value> {
+    let eval = |e: &Expr| eval(e, row, aggregates);
     Ok(match expr {
+        Expr::Function { name, .. } => aggregates
+            .iter()
+            .find(|(call, _)| call == expr)
+            .map(|(_, v)| v.clone())
+            .ok_or_else(|| anyhow!("function {name} is not supported yet"))?,
         Expr::Column(name) => row
             .get(name)
             .cloned()
             .ok_or_else(|| anyhow!("column '{name}' cannot be resolved."))?,
         Expr::Literal(v) => v.clone(),
-        Expr::Not(inner) => match eval(inner, row)? {
+        Expr::Not(inner) => match eval(inner)? {
             Value::Bool(b) => Value::Bool(!b),
             _ => Value::Null,
         },
-        Expr::Negate(inner) => match eval(inner, row)? {
+        Expr::Negate(inner) => match eval(inner)? {
             Value::Number(n) if n.is_i64() => Value::from(-n.as_i64().unwrap_or_default()),
             Value::Number(n) => n.as_f64().map_or(Value::Null, |f| Value::from(-f)),
             _ => Value::Null,
         },
-        Expr::IsNull { expr, negated } => Value::Bool(eval(expr, row)?.is_null() != *negated),
+        Expr::IsNull { expr, negated } => Value::Bool(eval(expr)?.is_null() != *negated),
         Expr::Between {
             expr,
             low,
             high,
             negated,
         } => {
-            let v = eval(expr, row)?;
-            let within = compare(&v, &eval(low, row)?).zip(compare(&v, &eval(high, row)?));
+            let v = eval(expr)?;
+            let within = compare(&v, &eval(low)?).zip(compare(&v, &eval(high)?));
             match within {
                 Some((lo, hi)) => Value::Bool((lo.is_ge() && hi.is_le()) != *negated),
                 None => Value::Null,
@@ -406,17 +623,17 @@ fn eval(expr: &Expr, row: &Row) -> Result<Value> {
             list,
             negated,
         } => {
-            let v = eval(expr, row)?;
+            let v = eval(expr)?;
             if v.is_null() {
                 return Ok(Value::Null);
             }
             let mut found = false;
             for item in list {
-                found |= compare(&v, &eval(item, row)?).is_some_and(|o| o.is_eq());
+                found |= compare(&v, &eval(item)?).is_some_and(|o| o.is_eq());
             }
             Value::Bool(found != *negated)
         }
-        Expr::Binary(op, left, right) => binary(*op, eval(left, row)?, eval(right, row)?),
+        Expr::Binary(op, left, right) => binary(*op, eval(left)?, eval(right)?),
     })
 }
 
@@ -517,6 +734,51 @@ mod tests {
                 value: Value::from("\"a,b\",202"),
                 timestamp: 7
             }]
+        );
+    }
+
+    #[test]
+    fn grouped_counts_and_sums_update_per_record_and_having_retracts() {
+        let mut engine = Engine::default();
+        for s in parse(
+            "CREATE STREAM TEST (ID BIGINT KEY, NAME varchar, VALUE bigint) WITH (kafka_topic='t', value_format='DELIMITED');
+             CREATE TABLE T1 AS SELECT id, count(*), sum(value) AS total FROM test GROUP BY id HAVING sum(value) > 100;",
+        )
+        .unwrap()
+        {
+            engine.execute(&s).unwrap();
+        }
+        let mut feed = |key: i64, value: &str| {
+            engine
+                .process(&Record {
+                    topic: "t".into(),
+                    key: Value::from(key),
+                    value: Value::from(value),
+                    timestamp: 0,
+                })
+                .unwrap()
+        };
+        assert!(
+            feed(0, "zero,0").is_empty(),
+            "never above 100: nothing to retract"
+        );
+        let above = feed(1, "one,101");
+        assert_eq!(
+            (above[0].key.clone(), above[0].value.clone()),
+            (Value::from(1), Value::from("1,101"))
+        );
+        let retracted = feed(1, "one,-5");
+        assert_eq!(
+            retracted[0].value,
+            Value::Null,
+            "a failing HAVING emits a tombstone"
+        );
+        let statements =
+            parse("CREATE STREAM S AS SELECT id, count(*) FROM test GROUP BY id;").unwrap();
+        let error = engine.execute(&statements[0]).unwrap_err().to_string();
+        assert!(
+            error.starts_with("Invalid result type. Your SELECT query produces a TABLE."),
+            "{error}"
         );
     }
 }

@@ -3,9 +3,11 @@
 //! and the runner for ksqlDB's query-validation tests (`qtt`), which feeds the
 //! same engine in-memory topics.
 //!
-//! Today: CREATE STREAM with columns, and CREATE STREAM AS SELECT with
-//! projections and WHERE over JSON and DELIMITED values; the rest of the
-//! dialect (tables, aggregates, windows, the live runtime) is to come.
+//! Today: CREATE STREAM with columns, CREATE STREAM AS SELECT with projections
+//! and WHERE, and CREATE TABLE AS SELECT with one GROUP BY expression, HAVING
+//! and COUNT, SUM, MIN, MAX, EARLIEST_BY_OFFSET, LATEST_BY_OFFSET (an update per
+//! input, tombstones when HAVING retracts), over JSON and DELIMITED values.
+//! Table sources, windows, functions, complex types and the live runtime are to come.
 
 pub mod engine;
 pub mod lexer;

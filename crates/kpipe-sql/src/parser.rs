@@ -52,6 +52,8 @@ pub struct Select {
     pub items: Vec<SelectItem>,
     pub from: String,
     pub filter: Option<Expr>,
+    pub group_by: Vec<Expr>,
+    pub having: Option<Expr>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -98,6 +100,12 @@ pub enum Expr {
         expr: Box<Expr>,
         list: Vec<Expr>,
         negated: bool,
+    },
+    /// A function call; `COUNT(*)` has `star`.
+    Function {
+        name: String,
+        args: Vec<Expr>,
+        star: bool,
     },
 }
 
@@ -295,6 +303,19 @@ impl Parser<'_> {
         } else {
             None
         };
+        let mut group_by = Vec::new();
+        if self.eat("GROUP") {
+            self.expect("BY")?;
+            group_by.push(self.expr()?);
+            while self.eat_symbol(",") {
+                group_by.push(self.expr()?);
+            }
+        }
+        let having = if self.eat("HAVING") {
+            Some(self.expr()?)
+        } else {
+            None
+        };
         if self.eat("EMIT") {
             self.expect("CHANGES")?;
         }
@@ -302,6 +323,8 @@ impl Parser<'_> {
             items,
             from,
             filter,
+            group_by,
+            having,
         })
     }
 
@@ -442,10 +465,29 @@ impl Parser<'_> {
                 return Err(self.expected("an expression"));
             }
             Token::Word { text, .. } => {
-                if self.peek() == Some(&Token::Symbol("(")) {
-                    bail!("function {text} is not supported yet");
+                if !self.eat_symbol("(") {
+                    return Ok(Expr::Column(text));
                 }
-                Expr::Column(text)
+                let mut args = Vec::new();
+                let star = self.eat_symbol("*");
+                if !star && !self.eat_symbol(")") {
+                    args.push(self.expr()?);
+                    while self.eat_symbol(",") {
+                        args.push(self.expr()?);
+                    }
+                } else if !star {
+                    return Ok(Expr::Function {
+                        name: text,
+                        args,
+                        star,
+                    });
+                }
+                self.expect_symbol(")")?;
+                Expr::Function {
+                    name: text,
+                    args,
+                    star,
+                }
             }
             Token::Symbol(_) => {
                 self.at -= 1;
