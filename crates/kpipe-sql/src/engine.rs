@@ -85,14 +85,17 @@ struct Aggregation {
 /// Collects the aggregate calls in `expr`, and refuses unknown functions.
 fn aggregate_calls(expr: &Expr, calls: &mut Vec<Expr>) -> Result<()> {
     match expr {
-        Expr::Function { name, .. } => {
-            if !is_aggregate(expr) {
-                bail!("function {name} is not supported yet");
+        Expr::Function { name, args, .. } => {
+            if is_aggregate(expr) {
+                if !calls.contains(expr) {
+                    calls.push(expr.clone());
+                }
+                return Ok(());
             }
-            if !calls.contains(expr) {
-                calls.push(expr.clone());
+            if !SCALARS.contains(&name.as_str()) {
+                bail!("Can't find any functions with the name '{name}'");
             }
-            Ok(())
+            args.iter().try_for_each(|a| aggregate_calls(a, calls))
         }
         Expr::Not(e) | Expr::Negate(e) | Expr::IsNull { expr: e, .. } => aggregate_calls(e, calls),
         Expr::Binary(_, a, b) => {
@@ -585,11 +588,15 @@ fn as_f64(v: &Value) -> Option<f64> {
 fn eval(expr: &Expr, row: &Row, aggregates: &[(Expr, Value)]) -> Result<Value> {
     let eval = |e: &Expr| eval(e, row, aggregates);
     Ok(match expr {
+        Expr::Function { name, args, .. } if !is_aggregate(expr) => {
+            let values = args.iter().map(eval).collect::<Result<Vec<_>>>()?;
+            scalar(name, &values)?
+        }
         Expr::Function { name, .. } => aggregates
             .iter()
             .find(|(call, _)| call == expr)
             .map(|(_, v)| v.clone())
-            .ok_or_else(|| anyhow!("function {name} is not supported yet"))?,
+            .ok_or_else(|| anyhow!("aggregate {name} needs a GROUP BY"))?,
         Expr::Column(name) => row
             .get(name)
             .cloned()
@@ -635,6 +642,128 @@ fn eval(expr: &Expr, row: &Row, aggregates: &[(Expr, Value)]) -> Result<Value> {
         }
         Expr::Binary(op, left, right) => binary(*op, eval(left)?, eval(right)?),
     })
+}
+
+/// The scalar functions known so far.
+const SCALARS: [&str; 12] = [
+    "ABS",
+    "CONCAT",
+    "COALESCE",
+    "IFNULL",
+    "INITCAP",
+    "LCASE",
+    "LEN",
+    "ROUND",
+    "SUBSTRING",
+    "TRIM",
+    "UCASE",
+    "AS_VALUE",
+];
+
+fn text(v: &Value) -> Option<String> {
+    match v {
+        Value::Null => None,
+        Value::String(s) => Some(s.clone()),
+        other => Some(other.to_string()),
+    }
+}
+
+/// A scalar function of ksqlDB's library; null in, null out unless it says otherwise.
+fn scalar(name: &str, args: &[Value]) -> Result<Value> {
+    if !SCALARS.contains(&name) {
+        bail!("Can't find any functions with the name '{name}'");
+    }
+    let arg = |i: usize| args.get(i).cloned().unwrap_or(Value::Null);
+    Ok(match name {
+        "AS_VALUE" => arg(0),
+        "IFNULL" => {
+            if arg(0).is_null() {
+                arg(1)
+            } else {
+                arg(0)
+            }
+        }
+        "COALESCE" => args
+            .iter()
+            .find(|v| !v.is_null())
+            .cloned()
+            .unwrap_or(Value::Null),
+        "CONCAT" => {
+            if args.iter().all(Value::is_null) {
+                Value::Null
+            } else {
+                Value::String(args.iter().filter_map(text).collect())
+            }
+        }
+        _ if arg(0).is_null() => Value::Null,
+        "ABS" => match arg(0) {
+            Value::Number(n) if n.is_i64() => Value::from(n.as_i64().unwrap_or_default().abs()),
+            Value::Number(n) => n.as_f64().map_or(Value::Null, |f| Value::from(f.abs())),
+            _ => Value::Null,
+        },
+        "LEN" => Value::from(text(&arg(0)).map_or(0, |s| s.chars().count())),
+        "UCASE" => Value::from(text(&arg(0)).unwrap_or_default().to_uppercase()),
+        "LCASE" => Value::from(text(&arg(0)).unwrap_or_default().to_lowercase()),
+        "TRIM" => Value::from(text(&arg(0)).unwrap_or_default().trim()),
+        "INITCAP" => {
+            let s = text(&arg(0)).unwrap_or_default();
+            let mut out = String::with_capacity(s.len());
+            let mut start = true;
+            for c in s.chars() {
+                if start {
+                    out.extend(c.to_uppercase());
+                } else {
+                    out.extend(c.to_lowercase());
+                }
+                start = c.is_whitespace();
+            }
+            Value::from(out)
+        }
+        "SUBSTRING" => {
+            let chars: Vec<char> = text(&arg(0)).unwrap_or_default().chars().collect();
+            let Some(position) = arg(1).as_i64() else {
+                return Ok(Value::Null);
+            };
+            let len = chars.len() as i64;
+            // 1-based; negative counts from the end.
+            let start = if position < 0 {
+                (len + position).max(0)
+            } else {
+                (position - 1).max(0)
+            };
+            let end = match args.get(2) {
+                Some(count) => match count.as_i64() {
+                    Some(count) => (start + count.max(0)).min(len),
+                    None => return Ok(Value::Null),
+                },
+                None => len,
+            };
+            let start = start.min(len);
+            Value::from(
+                chars[start as usize..end.max(start) as usize]
+                    .iter()
+                    .collect::<String>(),
+            )
+        }
+        "ROUND" => match (arg(0), args.get(1).and_then(Value::as_i64)) {
+            (Value::Number(n), _) if n.is_i64() => Value::Number(n),
+            (Value::Number(n), None) => n
+                .as_f64()
+                .map_or(Value::Null, |f| Value::from(round_half_up(f, 0) as i64)),
+            (Value::Number(n), Some(places)) => n
+                .as_f64()
+                .and_then(|f| serde_json::Number::from_f64(round_half_up(f, places)))
+                .map_or(Value::Null, Value::Number),
+            _ => Value::Null,
+        },
+        _ => unreachable!("every name in SCALARS has an arm"),
+    })
+}
+
+/// Rounds half away from zero at `places` decimals, as ksqlDB's ROUND does.
+fn round_half_up(f: f64, places: i64) -> f64 {
+    let scale = 10f64.powi(places as i32);
+    (f * scale).round() / scale
 }
 
 fn compare(a: &Value, b: &Value) -> Option<std::cmp::Ordering> {
@@ -780,5 +909,33 @@ mod tests {
             error.starts_with("Invalid result type. Your SELECT query produces a TABLE."),
             "{error}"
         );
+    }
+
+    #[test]
+    fn scalar_functions_follow_ksqldb() {
+        let v = |s: &str| Value::from(s);
+        assert_eq!(
+            scalar("SUBSTRING", &[v("hello"), Value::from(2), Value::from(3)]).unwrap(),
+            v("ell")
+        );
+        assert_eq!(
+            scalar("SUBSTRING", &[v("hello"), Value::from(-3)]).unwrap(),
+            v("llo")
+        );
+        assert_eq!(
+            scalar("ROUND", &[Value::from(2.5)]).unwrap(),
+            Value::from(3)
+        );
+        assert_eq!(
+            scalar("ROUND", &[Value::from(1.234), Value::from(2)]).unwrap(),
+            Value::from(1.23)
+        );
+        assert_eq!(
+            scalar("INITCAP", &[v("the QUICK fox")]).unwrap(),
+            v("The Quick Fox")
+        );
+        assert_eq!(scalar("IFNULL", &[Value::Null, v("x")]).unwrap(), v("x"));
+        assert_eq!(scalar("LEN", &[Value::Null]).unwrap(), Value::Null);
+        assert!(scalar("WONT_FIND_ME", &[]).is_err());
     }
 }

@@ -6,7 +6,8 @@
 //! Today: CREATE STREAM with columns, CREATE STREAM AS SELECT with projections
 //! and WHERE, and CREATE TABLE AS SELECT with one GROUP BY expression, HAVING
 //! and COUNT, SUM, MIN, MAX, EARLIEST_BY_OFFSET, LATEST_BY_OFFSET (an update per
-//! input, tombstones when HAVING retracts), over JSON and DELIMITED values.
+//! input, tombstones when HAVING retracts), a dozen scalar functions, source
+//! aliases, over JSON and DELIMITED values.
 //! Table sources, windows, functions, complex types and the live runtime are to come.
 
 pub mod engine;

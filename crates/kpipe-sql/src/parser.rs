@@ -298,6 +298,13 @@ impl Parser<'_> {
         }
         self.expect("FROM")?;
         let from = self.identifier("a source name")?;
+        // An alias (`FROM input i` or `FROM input AS i`); qualified columns drop it.
+        if self.eat("AS") {
+            self.identifier("an alias")?;
+        } else if matches!(self.peek(), Some(Token::Word { text, quoted }) if *quoted || !CLAUSES.contains(&text.as_str()))
+        {
+            self.at += 1;
+        }
         let filter = if self.eat("WHERE") {
             Some(self.expr()?)
         } else {
@@ -465,6 +472,9 @@ impl Parser<'_> {
                 return Err(self.expected("an expression"));
             }
             Token::Word { text, .. } => {
+                if self.eat_symbol(".") {
+                    return Ok(Expr::Column(self.identifier("a column name")?));
+                }
                 if !self.eat_symbol("(") {
                     return Ok(Expr::Column(text));
                 }
@@ -496,6 +506,22 @@ impl Parser<'_> {
         })
     }
 }
+
+/// Words that start the clause after FROM (so they are no alias).
+const CLAUSES: [&str; 12] = [
+    "WHERE",
+    "GROUP",
+    "HAVING",
+    "WINDOW",
+    "EMIT",
+    "PARTITION",
+    "JOIN",
+    "LEFT",
+    "INNER",
+    "FULL",
+    "LIMIT",
+    "ON",
+];
 
 /// Words that end an expression rather than name a column.
 const RESERVED: [&str; 11] = [
@@ -559,6 +585,23 @@ mod tests {
             select.filter,
             Some(Expr::Binary(BinaryOp::And, _, _))
         ));
+    }
+
+    #[test]
+    fn source_aliases_and_qualified_columns() {
+        let statements =
+            parse("CREATE STREAM S AS SELECT i.x AS y FROM input i WHERE i.x > 1;").unwrap();
+        let Statement::CreateAs { select, .. } = &statements[0] else {
+            panic!()
+        };
+        assert_eq!(select.from, "INPUT");
+        assert_eq!(
+            select.items[0],
+            SelectItem::Expr {
+                expr: Expr::Column("X".into()),
+                alias: Some("Y".into())
+            }
+        );
     }
 
     #[test]
