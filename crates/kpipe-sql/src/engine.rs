@@ -10,6 +10,7 @@ use serde_json::{Map, Value};
 
 use crate::parser::{
     BinaryOp, ColumnDef, Expr, Properties, Select, SelectItem, SourceKind, SqlType, Statement,
+    Window,
 };
 
 /// A record as the engine sees it: key and value in their topic's logical
@@ -20,6 +21,8 @@ pub struct Record {
     pub key: Value,
     pub value: Value,
     pub timestamp: i64,
+    /// A windowed key's window, `[start, end)` in ms.
+    pub window: Option<(i64, i64)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,7 +62,9 @@ struct Query {
     aggregation: Option<Aggregation>,
 }
 
-const AGGREGATES: [&str; 6] = [
+const AGGREGATES: [&str; 8] = [
+    "TOPK",
+    "TOPKDISTINCT",
     "COUNT",
     "SUM",
     "MIN",
@@ -80,6 +85,8 @@ struct Aggregation {
     groups: HashMap<String, Vec<Value>>,
     /// Groups whose last output was a row, so a failing HAVING must retract it.
     emitted: std::collections::HashSet<String>,
+    /// The highest timestamp seen: windows older than it plus grace are closed.
+    stream_time: i64,
 }
 
 /// Collects the aggregate calls in `expr`, and refuses unknown functions.
@@ -150,6 +157,21 @@ fn accumulate(call: &Expr, current: &Value, row: &Row, first: bool) -> Result<Va
         "EARLIEST_BY_OFFSET" if first || current.is_null() => arg,
         "EARLIEST_BY_OFFSET" => current.clone(),
         "LATEST_BY_OFFSET" if arg.is_null() => current.clone(),
+        "TOPK" | "TOPKDISTINCT" => {
+            let k = match args.get(1) {
+                Some(Expr::Literal(k)) => k.as_u64().unwrap_or(0) as usize,
+                _ => bail!("{name} takes a column and a number: {name}(col, k)"),
+            };
+            let mut top = current.as_array().cloned().unwrap_or_default();
+            let repeated = name == "TOPKDISTINCT" && top.contains(&arg);
+            if !arg.is_null() && !repeated {
+                top.push(arg);
+            }
+            // Highest first; ties keep their arrival order.
+            top.sort_by(|a, b| compare(b, a).unwrap_or(std::cmp::Ordering::Equal));
+            top.truncate(k);
+            Value::Array(top)
+        }
         _ => arg,
     })
 }
@@ -318,53 +340,91 @@ impl Engine {
                 aggregation,
                 ..
             } = &mut self.queries[q];
-            let produced = match aggregation {
-                None => project(select, &from, &sink, &row, &[], record.timestamp)?,
+            let produced: Vec<Record> = match aggregation {
+                None => vec![project(select, &from, &sink, &row, &[], record.timestamp)?],
                 Some(aggregation) => {
                     let group = eval(&select.group_by[0], &row, &[])?;
                     if group.is_null() {
                         continue;
                     }
-                    let id = group.to_string();
-                    let first = !aggregation.groups.contains_key(&id);
-                    let values = aggregation
-                        .groups
-                        .entry(id.clone())
-                        .or_insert_with(|| aggregation.calls.iter().map(initial).collect());
-                    for (call, value) in aggregation.calls.iter().zip(values.iter_mut()) {
-                        *value = accumulate(call, value, &row, first)?;
-                    }
-                    let results: Vec<(Expr, Value)> = aggregation
-                        .calls
-                        .iter()
-                        .cloned()
-                        .zip(values.iter().cloned())
-                        .collect();
-                    let kept = match &select.having {
-                        Some(having) => eval(having, &row, &results)? == Value::Bool(true),
-                        None => true,
-                    };
-                    if kept {
-                        aggregation.emitted.insert(id);
-                        project(select, &from, &sink, &row, &results, record.timestamp)?
-                    } else if aggregation.emitted.remove(&id) {
-                        Record {
-                            topic: sink.topic.clone(),
-                            key: group,
-                            value: Value::Null,
-                            timestamp: record.timestamp,
+                    aggregation.stream_time = aggregation.stream_time.max(record.timestamp);
+                    let mut produced = Vec::new();
+                    for window in
+                        windows_of(select.window, record.timestamp, aggregation.stream_time)
+                    {
+                        let id = format!("{group}@{window:?}");
+                        let first = !aggregation.groups.contains_key(&id);
+                        let values = aggregation
+                            .groups
+                            .entry(id.clone())
+                            .or_insert_with(|| aggregation.calls.iter().map(initial).collect());
+                        for (call, value) in aggregation.calls.iter().zip(values.iter_mut()) {
+                            *value = accumulate(call, value, &row, first)?;
                         }
-                    } else {
-                        continue;
+                        let results: Vec<(Expr, Value)> = aggregation
+                            .calls
+                            .iter()
+                            .cloned()
+                            .zip(values.iter().cloned())
+                            .collect();
+                        let mut row = row.clone();
+                        if let Some((start, end)) = window {
+                            row.insert("WINDOWSTART".into(), Value::from(start));
+                            row.insert("WINDOWEND".into(), Value::from(end));
+                        }
+                        let kept = match &select.having {
+                            Some(having) => eval(having, &row, &results)? == Value::Bool(true),
+                            None => true,
+                        };
+                        if kept {
+                            aggregation.emitted.insert(id);
+                            let mut out =
+                                project(select, &from, &sink, &row, &results, record.timestamp)?;
+                            out.window = window;
+                            produced.push(out);
+                        } else if aggregation.emitted.remove(&id) {
+                            produced.push(Record {
+                                topic: sink.topic.clone(),
+                                key: group.clone(),
+                                value: Value::Null,
+                                timestamp: record.timestamp,
+                                window,
+                            });
+                        }
                     }
+                    produced
                 }
             };
-            let cascaded = self.process(&produced)?;
-            out.push(produced);
-            out.extend(cascaded);
+            for record in produced {
+                let cascaded = self.process(&record)?;
+                out.push(record);
+                out.extend(cascaded);
+            }
         }
         Ok(out)
     }
+}
+
+/// The windows a record at `timestamp` belongs to, oldest first, leaving out
+/// those already closed (end + grace at or before the stream time); `[None]`
+/// when the query is not windowed.
+fn windows_of(window: Option<Window>, timestamp: i64, stream_time: i64) -> Vec<Option<(i64, i64)>> {
+    let Some(w) = window else {
+        return vec![None];
+    };
+    let last_start = timestamp - timestamp.rem_euclid(w.advance);
+    let mut starts = Vec::new();
+    let mut start = last_start;
+    while start > timestamp - w.size && start >= 0 {
+        starts.push(start);
+        start -= w.advance;
+    }
+    starts
+        .into_iter()
+        .rev()
+        .filter(|s| s + w.size + w.grace > stream_time)
+        .map(|s| Some((s, s + w.size)))
+        .collect()
 }
 
 fn describe_call(call: &Expr) -> String {
@@ -565,6 +625,7 @@ fn project(
         key,
         value,
         timestamp,
+        window: None,
     })
 }
 
@@ -852,6 +913,7 @@ mod tests {
             key: Value::from(key),
             value: Value::from(value),
             timestamp: 7,
+            window: None,
         };
         assert!(engine.process(&record("0", "0,zero")).unwrap().is_empty());
         let out = engine.process(&record("101", "101,\"a,b\"")).unwrap();
@@ -861,7 +923,8 @@ mod tests {
                 topic: "S1".into(),
                 key: Value::from("101"),
                 value: Value::from("\"a,b\",202"),
-                timestamp: 7
+                timestamp: 7,
+                window: None,
             }]
         );
     }
@@ -884,6 +947,7 @@ mod tests {
                     key: Value::from(key),
                     value: Value::from(value),
                     timestamp: 0,
+                    window: None,
                 })
                 .unwrap()
         };
@@ -937,5 +1001,41 @@ mod tests {
         assert_eq!(scalar("IFNULL", &[Value::Null, v("x")]).unwrap(), v("x"));
         assert_eq!(scalar("LEN", &[Value::Null]).unwrap(), Value::Null);
         assert!(scalar("WONT_FIND_ME", &[]).is_err());
+    }
+
+    #[test]
+    fn tumbling_windows_key_by_window_and_drop_closed_ones() {
+        let mut engine = Engine::default();
+        for s in parse(
+            "CREATE STREAM TEST (ID BIGINT KEY, VALUE bigint) WITH (kafka_topic='t', value_format='DELIMITED');
+             CREATE TABLE S2 AS SELECT ID, max(value) FROM test WINDOW TUMBLING (SIZE 30 SECONDS, GRACE PERIOD 10 SECONDS) GROUP BY id;",
+        )
+        .unwrap()
+        {
+            engine.execute(&s).unwrap();
+        }
+        let mut feed = |value: &str, timestamp: i64| {
+            engine
+                .process(&Record {
+                    topic: "t".into(),
+                    key: Value::from(0),
+                    value: Value::from(value),
+                    timestamp,
+                    window: None,
+                })
+                .unwrap()
+        };
+        assert_eq!(feed("5", 10_000)[0].window, Some((0, 30_000)));
+        assert_eq!(feed("1", 35_000)[0].window, Some((30_000, 60_000)));
+        let late_but_open = feed("7", 29_000);
+        assert_eq!(
+            (late_but_open[0].value.clone(), late_but_open[0].window),
+            (Value::from("7"), Some((0, 30_000)))
+        );
+        feed("1", 45_000);
+        assert!(
+            feed("9", 1_000).is_empty(),
+            "window [0, 30s) closed at 40s of stream time"
+        );
     }
 }

@@ -8,7 +8,9 @@
 //! and COUNT, SUM, MIN, MAX, EARLIEST_BY_OFFSET, LATEST_BY_OFFSET (an update per
 //! input, tombstones when HAVING retracts), a dozen scalar functions, source
 //! aliases, over JSON and DELIMITED values.
-//! Table sources, windows, functions, complex types and the live runtime are to come.
+//! TUMBLING and HOPPING windows (grace periods, WINDOWSTART/WINDOWEND) and
+//! TOPK/TOPKDISTINCT too. Table sources, session windows, complex types and the
+//! live runtime are to come.
 
 pub mod engine;
 pub mod lexer;

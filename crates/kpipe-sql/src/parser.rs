@@ -51,9 +51,19 @@ pub enum Statement {
 pub struct Select {
     pub items: Vec<SelectItem>,
     pub from: String,
+    pub window: Option<Window>,
     pub filter: Option<Expr>,
     pub group_by: Vec<Expr>,
     pub having: Option<Expr>,
+}
+
+/// `WINDOW TUMBLING (SIZE ..)` or `WINDOW HOPPING (SIZE .., ADVANCE BY ..)`,
+/// in milliseconds; ksqlDB's default grace period is a day.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    pub size: i64,
+    pub advance: i64,
+    pub grace: i64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -305,6 +315,11 @@ impl Parser<'_> {
         {
             self.at += 1;
         }
+        let window = if self.eat("WINDOW") {
+            Some(self.window()?)
+        } else {
+            None
+        };
         let filter = if self.eat("WHERE") {
             Some(self.expr()?)
         } else {
@@ -329,10 +344,73 @@ impl Parser<'_> {
         Ok(Select {
             items,
             from,
+            window,
             filter,
             group_by,
             having,
         })
+    }
+
+    fn window(&mut self) -> Result<Window> {
+        let hopping = if self.eat("HOPPING") {
+            true
+        } else if self.eat("TUMBLING") {
+            false
+        } else if self.peek_is("SESSION") {
+            bail!("SESSION windows are not supported yet");
+        } else {
+            return Err(self.expected("TUMBLING, HOPPING or SESSION"));
+        };
+        self.expect_symbol("(")?;
+        self.expect("SIZE")?;
+        let size = self.duration()?;
+        let mut window = Window {
+            size,
+            advance: size,
+            grace: 24 * 3600 * 1000,
+        };
+        if hopping {
+            self.expect_symbol(",")?;
+            self.expect("ADVANCE")?;
+            self.expect("BY")?;
+            window.advance = self.duration()?;
+        }
+        while self.eat_symbol(",") {
+            if self.eat("GRACE") {
+                self.expect("PERIOD")?;
+                window.grace = self.duration()?;
+            } else if self.eat("RETENTION") {
+                self.duration()?;
+            } else {
+                return Err(self.expected("GRACE PERIOD or RETENTION"));
+            }
+        }
+        self.expect_symbol(")")?;
+        if window.size <= 0 || window.advance <= 0 || window.advance > window.size {
+            bail!("a window needs a positive size and an advance no larger than it");
+        }
+        Ok(window)
+    }
+
+    /// `30 SECONDS` and the like, in milliseconds.
+    fn duration(&mut self) -> Result<i64> {
+        let amount: i64 = match self.peek() {
+            Some(Token::Number(n)) => n
+                .parse()
+                .map_err(|_| anyhow!("{n} is not a whole number"))?,
+            _ => return Err(self.expected("a duration")),
+        };
+        self.at += 1;
+        let unit = self.identifier("a time unit")?;
+        let millis = match unit.trim_end_matches('S') {
+            "MILLISECOND" => 1,
+            "SECOND" => 1000,
+            "MINUTE" => 60_000,
+            "HOUR" => 3_600_000,
+            "DAY" => 86_400_000,
+            _ => bail!("Unknown time unit: '{unit}'"),
+        };
+        Ok(amount * millis)
     }
 
     fn expr(&mut self) -> Result<Expr> {

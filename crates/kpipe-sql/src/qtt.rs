@@ -113,6 +113,9 @@ fn run_test(test: &Value, format: Option<&str>) -> Result<(), String> {
             key: input["key"].clone(),
             value: input["value"].clone(),
             timestamp: input["timestamp"].as_i64().unwrap_or(0),
+            window: input["window"]["start"]
+                .as_i64()
+                .zip(input["window"]["end"].as_i64()),
         };
         produced.extend(engine.process(&record).map_err(|e| e.to_string())?);
     }
