@@ -706,7 +706,7 @@ fn eval(expr: &Expr, row: &Row, aggregates: &[(Expr, Value)]) -> Result<Value> {
 }
 
 /// The scalar functions known so far.
-const SCALARS: [&str; 12] = [
+const SCALARS: [&str; 31] = [
     "ABS",
     "CONCAT",
     "COALESCE",
@@ -719,7 +719,42 @@ const SCALARS: [&str; 12] = [
     "TRIM",
     "UCASE",
     "AS_VALUE",
+    "EXP",
+    "LN",
+    "SQRT",
+    "CBRT",
+    "SIGN",
+    "CEIL",
+    "FLOOR",
+    "SIN",
+    "COS",
+    "TAN",
+    "ASIN",
+    "ACOS",
+    "ATAN",
+    "SINH",
+    "COSH",
+    "TANH",
+    "DEGREES",
+    "RADIANS",
+    "POWER",
 ];
+
+/// A DOUBLE result; NaN and the infinities are written as ksqlDB's JSON writes them.
+fn double(f: f64) -> Value {
+    serde_json::Number::from_f64(f).map_or_else(
+        || {
+            Value::from(if f.is_nan() {
+                "NaN"
+            } else if f > 0.0 {
+                "Infinity"
+            } else {
+                "-Infinity"
+            })
+        },
+        Value::Number,
+    )
+}
 
 fn text(v: &Value) -> Option<String> {
     match v {
@@ -763,6 +798,45 @@ fn scalar(name: &str, args: &[Value]) -> Result<Value> {
             _ => Value::Null,
         },
         "LEN" => Value::from(text(&arg(0)).map_or(0, |s| s.chars().count())),
+        "SIGN" => arg(0).as_f64().map_or(Value::Null, |f| {
+            Value::from(if f > 0.0 {
+                1
+            } else if f < 0.0 {
+                -1
+            } else {
+                0
+            })
+        }),
+        "CEIL" | "FLOOR" if arg(0).is_i64() => arg(0),
+        "POWER" => match (arg(0).as_f64(), arg(1).as_f64()) {
+            (Some(x), Some(y)) => double(x.powf(y)),
+            _ => Value::Null,
+        },
+        "EXP" | "LN" | "SQRT" | "CBRT" | "CEIL" | "FLOOR" | "SIN" | "COS" | "TAN" | "ASIN"
+        | "ACOS" | "ATAN" | "SINH" | "COSH" | "TANH" | "DEGREES" | "RADIANS" => {
+            let Some(x) = arg(0).as_f64() else {
+                return Ok(Value::Null);
+            };
+            double(match name {
+                "EXP" => x.exp(),
+                "LN" => x.ln(),
+                "SQRT" => x.sqrt(),
+                "CBRT" => x.cbrt(),
+                "CEIL" => x.ceil(),
+                "FLOOR" => x.floor(),
+                "SIN" => x.sin(),
+                "COS" => x.cos(),
+                "TAN" => x.tan(),
+                "ASIN" => x.asin(),
+                "ACOS" => x.acos(),
+                "ATAN" => x.atan(),
+                "SINH" => x.sinh(),
+                "COSH" => x.cosh(),
+                "TANH" => x.tanh(),
+                "DEGREES" => x.to_degrees(),
+                _ => x.to_radians(),
+            })
+        }
         "UCASE" => Value::from(text(&arg(0)).unwrap_or_default().to_uppercase()),
         "LCASE" => Value::from(text(&arg(0)).unwrap_or_default().to_lowercase()),
         "TRIM" => Value::from(text(&arg(0)).unwrap_or_default().trim()),

@@ -295,7 +295,9 @@ impl Parser<'_> {
                 items.push(SelectItem::All);
             } else {
                 let expr = self.expr()?;
-                let alias = if self.eat("AS") {
+                // `expr AS name`, or just `expr name`.
+                let implicit = matches!(self.peek(), Some(Token::Word { text, quoted }) if *quoted || text != "FROM");
+                let alias = if self.eat("AS") || implicit {
                     Some(self.identifier("an alias")?)
                 } else {
                     None
