@@ -23,6 +23,8 @@ pub struct Record {
     pub timestamp: i64,
     /// A windowed key's window, `[start, end)` in ms.
     pub window: Option<(i64, i64)>,
+    pub partition: i32,
+    pub offset: i64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -211,6 +213,15 @@ impl Engine {
                 columns,
                 properties,
             } => {
+                if let Some(c) = columns
+                    .iter()
+                    .find(|c| PSEUDO_COLUMNS.contains(&c.name.as_str()))
+                {
+                    bail!(
+                        "'{}' is a reserved column name. You cannot use it as a name for a column.",
+                        c.name
+                    );
+                }
                 let topic = text_property(properties, "KAFKA_TOPIC")?.ok_or_else(|| {
                     anyhow!("Missing required property \"KAFKA_TOPIC\" for {name}")
                 })?;
@@ -389,6 +400,8 @@ impl Engine {
                                 value: Value::Null,
                                 timestamp: record.timestamp,
                                 window,
+                                partition: 0,
+                                offset: 0,
                             });
                         }
                     }
@@ -452,6 +465,9 @@ fn formats(properties: &Properties, inherit: Option<&Source>) -> Result<(Format,
 }
 
 /// The sink's columns: key columns selected as they are stay keys.
+/// Columns every record has besides its own.
+const PSEUDO_COLUMNS: [&str; 3] = ["ROWTIME", "ROWPARTITION", "ROWOFFSET"];
+
 fn output_columns(select: &Select, from: &Source) -> Result<Vec<ColumnDef>> {
     let mut columns = Vec::new();
     let mut generated = 0;
@@ -463,8 +479,17 @@ fn output_columns(select: &Select, from: &Source) -> Result<Vec<ColumnDef>> {
                     Expr::Column(c) => from.columns.iter().find(|d| d.name == *c),
                     _ => None,
                 };
+                if let Some(alias) = alias.as_deref().filter(|a| PSEUDO_COLUMNS.contains(a)) {
+                    bail!("`{alias}` is a reserved column name. You cannot use it as an alias for a column.");
+                }
                 if let Expr::Column(c) = expr {
-                    if source_column.is_none() {
+                    let pseudo = PSEUDO_COLUMNS.contains(&c.as_str())
+                        || (!select.group_by.is_empty() || select.window.is_some())
+                            && (c == "WINDOWSTART" || c == "WINDOWEND");
+                    if pseudo && alias.is_none() && PSEUDO_COLUMNS.contains(&c.as_str()) {
+                        bail!("Reserved column name in select: `{c}`. Please remove or alias the column.");
+                    }
+                    if source_column.is_none() && !pseudo {
                         bail!("SELECT column '{c}' cannot be resolved.");
                     }
                 }
@@ -543,6 +568,8 @@ fn decode(source: &Source, record: &Record) -> Result<Option<Row>> {
         }
     }
     row.insert("ROWTIME".into(), Value::from(record.timestamp));
+    row.insert("ROWPARTITION".into(), Value::from(record.partition));
+    row.insert("ROWOFFSET".into(), Value::from(record.offset));
     Ok(Some(row))
 }
 
@@ -626,6 +653,8 @@ fn project(
         value,
         timestamp,
         window: None,
+        partition: 0,
+        offset: 0,
     })
 }
 
@@ -988,6 +1017,8 @@ mod tests {
             value: Value::from(value),
             timestamp: 7,
             window: None,
+            partition: 0,
+            offset: 0,
         };
         assert!(engine.process(&record("0", "0,zero")).unwrap().is_empty());
         let out = engine.process(&record("101", "101,\"a,b\"")).unwrap();
@@ -999,6 +1030,8 @@ mod tests {
                 value: Value::from("\"a,b\",202"),
                 timestamp: 7,
                 window: None,
+                partition: 0,
+                offset: 0,
             }]
         );
     }
@@ -1022,6 +1055,8 @@ mod tests {
                     value: Value::from(value),
                     timestamp: 0,
                     window: None,
+                    partition: 0,
+                    offset: 0,
                 })
                 .unwrap()
         };
@@ -1096,6 +1131,8 @@ mod tests {
                     value: Value::from(value),
                     timestamp,
                     window: None,
+                    partition: 0,
+                    offset: 0,
                 })
                 .unwrap()
         };
@@ -1111,5 +1148,48 @@ mod tests {
             feed("9", 1_000).is_empty(),
             "window [0, 30s) closed at 40s of stream time"
         );
+    }
+
+    #[test]
+    fn pseudo_columns_are_readable_and_reserved() {
+        let mut engine = Engine::default();
+        for s in parse(
+            "CREATE STREAM I (K STRING KEY, V INT) WITH (kafka_topic='t', value_format='JSON');
+             CREATE STREAM O AS SELECT K, ROWPARTITION AS P, ROWOFFSET + 1 AS NEXT FROM I;",
+        )
+        .unwrap()
+        {
+            engine.execute(&s).unwrap();
+        }
+        let out = engine
+            .process(&Record {
+                topic: "t".into(),
+                key: Value::from("k"),
+                value: serde_json::json!({"V": 1}),
+                timestamp: 0,
+                window: None,
+                partition: 2,
+                offset: 41,
+            })
+            .unwrap();
+        assert_eq!(out[0].value, serde_json::json!({"P": 2, "NEXT": 42}));
+        for (sql, error) in [
+            (
+                "CREATE STREAM X (ROWOFFSET INT) WITH (kafka_topic='x', value_format='JSON');",
+                "'ROWOFFSET' is a reserved column name",
+            ),
+            (
+                "CREATE STREAM Y AS SELECT V AS ROWTIME FROM I;",
+                "`ROWTIME` is a reserved column name",
+            ),
+            (
+                "CREATE STREAM Z AS SELECT ROWPARTITION FROM I;",
+                "Reserved column name in select: `ROWPARTITION`",
+            ),
+        ] {
+            let statement = &parse(sql).unwrap()[0];
+            let message = engine.execute(statement).unwrap_err().to_string();
+            assert!(message.starts_with(error), "{message}");
+        }
     }
 }

@@ -107,7 +107,14 @@ fn run_test(test: &Value, format: Option<&str>) -> Result<(), String> {
         ));
     }
     let mut produced: Vec<Record> = Vec::new();
+    // Offsets per (topic, partition), as a broker would assign them.
+    let mut offsets: std::collections::HashMap<(String, i32), i64> = Default::default();
     for input in test["inputs"].as_array().into_iter().flatten() {
+        let topic = input["topic"].as_str().unwrap_or_default().to_string();
+        let partition = input["partition"].as_i64().unwrap_or(0) as i32;
+        let next = offsets.entry((topic, partition)).or_default();
+        let offset = *next;
+        *next += 1;
         let record = Record {
             topic: input["topic"].as_str().unwrap_or_default().to_string(),
             key: input["key"].clone(),
@@ -116,6 +123,8 @@ fn run_test(test: &Value, format: Option<&str>) -> Result<(), String> {
             window: input["window"]["start"]
                 .as_i64()
                 .zip(input["window"]["end"].as_i64()),
+            partition,
+            offset,
         };
         produced.extend(engine.process(&record).map_err(|e| e.to_string())?);
     }
