@@ -122,6 +122,24 @@ fn aggregate_calls(expr: &Expr, calls: &mut Vec<Expr>) -> Result<()> {
             aggregate_calls(expr, calls)?;
             list.iter().try_for_each(|e| aggregate_calls(e, calls))
         }
+        Expr::Case {
+            operand,
+            branches,
+            otherwise,
+        } => {
+            for e in operand.iter().chain(otherwise.iter()) {
+                aggregate_calls(e, calls)?;
+            }
+            branches.iter().try_for_each(|(w, t)| {
+                aggregate_calls(w, calls)?;
+                aggregate_calls(t, calls)
+            })
+        }
+        Expr::Cast { expr, .. } => aggregate_calls(expr, calls),
+        Expr::Like { expr, pattern, .. } => {
+            aggregate_calls(expr, calls)?;
+            aggregate_calls(pattern, calls)
+        }
         Expr::Column(_) | Expr::Literal(_) => Ok(()),
     }
 }
@@ -731,7 +749,70 @@ fn eval(expr: &Expr, row: &Row, aggregates: &[(Expr, Value)]) -> Result<Value> {
             Value::Bool(found != *negated)
         }
         Expr::Binary(op, left, right) => binary(*op, eval(left)?, eval(right)?),
+        Expr::Case {
+            operand,
+            branches,
+            otherwise,
+        } => {
+            let subject = operand.as_deref().map(&eval).transpose()?;
+            for (when, then) in branches {
+                let matched = match &subject {
+                    Some(v) => compare(v, &eval(when)?).is_some_and(|o| o.is_eq()),
+                    None => eval(when)? == Value::Bool(true),
+                };
+                if matched {
+                    return eval(then);
+                }
+            }
+            match otherwise {
+                Some(e) => eval(e)?,
+                None => Value::Null,
+            }
+        }
+        Expr::Cast { expr, ty } => cast(&eval(expr)?, *ty),
+        Expr::Like {
+            expr,
+            pattern,
+            negated,
+        } => match (eval(expr)?, eval(pattern)?) {
+            (Value::String(text), Value::String(pattern)) => {
+                let chars: Vec<char> = text.chars().collect();
+                let pattern: Vec<char> = pattern.chars().collect();
+                Value::Bool(like(&chars, &pattern) != *negated)
+            }
+            _ => Value::Null,
+        },
     })
+}
+
+/// SQL LIKE: `%` any run, `_` any one character.
+fn like(text: &[char], pattern: &[char]) -> bool {
+    match pattern.split_first() {
+        None => text.is_empty(),
+        Some(('%', rest)) => (0..=text.len()).any(|i| like(&text[i..], rest)),
+        Some(('_', rest)) => !text.is_empty() && like(&text[1..], rest),
+        Some((c, rest)) => text.first() == Some(c) && like(&text[1..], rest),
+    }
+}
+
+/// CAST(value AS ty); a value that does not convert becomes null.
+fn cast(value: &Value, ty: SqlType) -> Value {
+    match (ty, value) {
+        (SqlType::Int | SqlType::BigInt, Value::Number(n)) if !n.is_i64() => n
+            .as_f64()
+            .map_or(Value::Null, |f| Value::from(f.trunc() as i64)),
+        (SqlType::Double, Value::Number(n)) => n.as_f64().map_or(Value::Null, double),
+        (SqlType::String, Value::Number(n)) if !n.is_i64() => {
+            // Java prints doubles with a fractional part: 1.0, not 1.
+            let f = n.as_f64().unwrap_or_default();
+            Value::from(if f.fract() == 0.0 && f.abs() < 1e7 {
+                format!("{f:.1}")
+            } else {
+                n.to_string()
+            })
+        }
+        _ => coerce(value, ty),
+    }
 }
 
 /// The scalar functions known so far.
@@ -1191,5 +1272,34 @@ mod tests {
             let message = engine.execute(statement).unwrap_err().to_string();
             assert!(message.starts_with(error), "{message}");
         }
+    }
+
+    #[test]
+    fn case_cast_and_like() {
+        let mut engine = Engine::default();
+        for s in parse(
+            "CREATE STREAM I (K STRING KEY, V INT, N STRING) WITH (kafka_topic='t', value_format='JSON');
+             CREATE STREAM O AS SELECT K, CASE WHEN V < 10 THEN 'small' WHEN V < 100 THEN 'medium' ELSE 'large' END AS SIZE,
+               CAST(V AS STRING) AS S, CAST(V AS DOUBLE) / 4 AS Q, N LIKE 'a_c%' AS M FROM I;",
+        )
+        .unwrap()
+        {
+            engine.execute(&s).unwrap();
+        }
+        let out = engine
+            .process(&Record {
+                topic: "t".into(),
+                key: Value::from("k"),
+                value: serde_json::json!({"V": 50, "N": "abcdef"}),
+                timestamp: 0,
+                window: None,
+                partition: 0,
+                offset: 0,
+            })
+            .unwrap();
+        assert_eq!(
+            out[0].value,
+            serde_json::json!({"SIZE": "medium", "S": "50", "Q": 12.5, "M": true})
+        );
     }
 }

@@ -111,6 +111,21 @@ pub enum Expr {
         list: Vec<Expr>,
         negated: bool,
     },
+    /// `CASE [operand] WHEN .. THEN .. [ELSE ..] END`.
+    Case {
+        operand: Option<Box<Expr>>,
+        branches: Vec<(Expr, Expr)>,
+        otherwise: Option<Box<Expr>>,
+    },
+    Cast {
+        expr: Box<Expr>,
+        ty: SqlType,
+    },
+    Like {
+        expr: Box<Expr>,
+        pattern: Box<Expr>,
+        negated: bool,
+    },
     /// A function call; `COUNT(*)` has `star`.
     Function {
         name: String,
@@ -486,8 +501,15 @@ impl Parser<'_> {
                 negated,
             });
         }
+        if self.eat("LIKE") {
+            return Ok(Expr::Like {
+                expr: Box::new(left),
+                pattern: Box::new(self.additive()?),
+                negated,
+            });
+        }
         if negated {
-            return Err(self.expected("BETWEEN or IN after NOT"));
+            return Err(self.expected("BETWEEN, IN or LIKE after NOT"));
         }
         Ok(left)
     }
@@ -542,6 +564,44 @@ impl Parser<'_> {
                 inner
             }
             ref t if t.is("NULL") => Expr::Literal(Value::Null),
+            ref t if t.is("CASE") => {
+                let operand = if self.peek_is("WHEN") {
+                    None
+                } else {
+                    Some(Box::new(self.expr()?))
+                };
+                let mut branches = Vec::new();
+                while self.eat("WHEN") {
+                    let when = self.expr()?;
+                    self.expect("THEN")?;
+                    branches.push((when, self.expr()?));
+                }
+                if branches.is_empty() {
+                    return Err(self.expected("WHEN"));
+                }
+                let otherwise = if self.eat("ELSE") {
+                    Some(Box::new(self.expr()?))
+                } else {
+                    None
+                };
+                self.expect("END")?;
+                Expr::Case {
+                    operand,
+                    branches,
+                    otherwise,
+                }
+            }
+            ref t if t.is("CAST") && self.peek() == Some(&Token::Symbol("(")) => {
+                self.expect_symbol("(")?;
+                let expr = self.expr()?;
+                self.expect("AS")?;
+                let ty = self.sql_type()?;
+                self.expect_symbol(")")?;
+                Expr::Cast {
+                    expr: Box::new(expr),
+                    ty,
+                }
+            }
             ref t if t.is("TRUE") => Expr::Literal(Value::Bool(true)),
             ref t if t.is("FALSE") => Expr::Literal(Value::Bool(false)),
             Token::Word {
@@ -604,8 +664,9 @@ const CLAUSES: [&str; 12] = [
 ];
 
 /// Words that end an expression rather than name a column.
-const RESERVED: [&str; 11] = [
+const RESERVED: [&str; 16] = [
     "FROM", "WHERE", "SELECT", "GROUP", "HAVING", "WINDOW", "EMIT", "AS", "AND", "OR", "BY",
+    "WHEN", "THEN", "ELSE", "END", "LIKE",
 ];
 
 fn number(text: &str) -> Option<Value> {
