@@ -333,6 +333,38 @@ impl Engine {
                 });
                 Ok(())
             }
+            Statement::InsertInto { target, select } => {
+                let into = self
+                    .sources
+                    .get(target)
+                    .ok_or_else(|| anyhow!("{target} does not exist."))?;
+                let from = self
+                    .sources
+                    .get(&select.from)
+                    .ok_or_else(|| anyhow!("{} does not exist.", select.from))?;
+                if into.kind == SourceKind::Table
+                    || from.kind == SourceKind::Table
+                    || !select.group_by.is_empty()
+                {
+                    bail!("INSERT INTO can only write stream query results into a stream");
+                }
+                let columns = output_columns(select, from)?;
+                let same = columns.len() == into.columns.len()
+                    && columns
+                        .iter()
+                        .zip(&into.columns)
+                        .all(|(a, b)| a.name == b.name && a.key == b.key);
+                if !same {
+                    bail!("Incompatible schema between results and sink.");
+                }
+                self.queries.push(Query {
+                    from: select.from.clone(),
+                    sink: target.clone(),
+                    select: select.clone(),
+                    aggregation: None,
+                });
+                Ok(())
+            }
         }
     }
 

@@ -45,6 +45,8 @@ pub enum Statement {
         properties: Properties,
         select: Select,
     },
+    /// `INSERT INTO target SELECT ...`: another query writing into a stream.
+    InsertInto { target: String, select: Select },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -220,6 +222,20 @@ impl Parser<'_> {
     }
 
     fn statement(&mut self) -> Result<Statement> {
+        if self.eat("INSERT") {
+            self.expect("INTO")?;
+            let target = self.identifier("a stream name")?;
+            if self.peek_is("VALUES") || self.peek() == Some(&Token::Symbol("(")) {
+                bail!("INSERT INTO ... VALUES is not supported yet");
+            }
+            return Ok(Statement::InsertInto {
+                target,
+                select: self.select()?,
+            });
+        }
+        if !self.peek_is("CREATE") {
+            return Err(self.expected("CREATE or INSERT"));
+        }
         self.expect("CREATE")?;
         let kind = if self.eat("STREAM") {
             SourceKind::Stream
