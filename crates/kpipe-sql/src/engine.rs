@@ -89,6 +89,24 @@ struct Aggregation {
     emitted: std::collections::HashSet<String>,
     /// The highest timestamp seen: windows older than it plus grace are closed.
     stream_time: i64,
+    /// Session windows: per group, its sessions `(start, end, values)`.
+    sessions: HashMap<String, Vec<(i64, i64, Vec<Value>)>>,
+}
+
+/// Two sessions' values of one aggregate call, `older` first, merged into one.
+fn merge(call: &Expr, older: &Value, newer: &Value) -> Value {
+    let Expr::Function { name, .. } = call else {
+        unreachable!("only calls are merged")
+    };
+    match name.as_str() {
+        _ if older.is_null() => newer.clone(),
+        _ if newer.is_null() => older.clone(),
+        "COUNT" | "SUM" => arithmetic(BinaryOp::Add, older, newer),
+        "MIN" if compare(newer, older).is_some_and(|o| o.is_lt()) => newer.clone(),
+        "MAX" if compare(newer, older).is_some_and(|o| o.is_gt()) => newer.clone(),
+        "MIN" | "MAX" | "EARLIEST_BY_OFFSET" => older.clone(),
+        _ => newer.clone(),
+    }
 }
 
 /// Collects the aggregate calls in `expr`, and refuses unknown functions.
@@ -409,6 +427,24 @@ impl Engine {
                         continue;
                     }
                     aggregation.stream_time = aggregation.stream_time.max(record.timestamp);
+                    if let Some(w) = select.window.filter(|w| w.session) {
+                        let produced = session_update(
+                            aggregation,
+                            select,
+                            &from,
+                            &sink,
+                            &row,
+                            &group,
+                            w,
+                            record.timestamp,
+                        )?;
+                        for record in produced {
+                            let cascaded = self.process(&record)?;
+                            out.push(record);
+                            out.extend(cascaded);
+                        }
+                        continue;
+                    }
                     let mut produced = Vec::new();
                     for window in
                         windows_of(select.window, record.timestamp, aggregation.stream_time)
@@ -466,6 +502,99 @@ impl Engine {
         }
         Ok(out)
     }
+}
+
+/// Adds a row to its group's session: merges every session within the gap of
+/// `timestamp` into one, retracting the merged ones (as tombstones stamped with
+/// their end), unless the merged session would already be closed.
+#[allow(clippy::too_many_arguments)]
+fn session_update(
+    aggregation: &mut Aggregation,
+    select: &Select,
+    from: &Source,
+    sink: &Source,
+    row: &Row,
+    group: &Value,
+    window: Window,
+    timestamp: i64,
+) -> Result<Vec<Record>> {
+    let id = group.to_string();
+    let sessions = aggregation.sessions.entry(id.clone()).or_default();
+    // Closed sessions are gone, as from Kafka Streams' session store.
+    let stream_time = aggregation.stream_time;
+    sessions.retain(|(_, end, _)| *end + window.size + window.grace >= stream_time);
+    let (mut merged, kept): (Vec<_>, Vec<_>) =
+        std::mem::take(sessions)
+            .into_iter()
+            .partition(|(start, end, _)| {
+                *end + window.size >= timestamp && *start - window.size <= timestamp
+            });
+    merged.sort_by_key(|(start, _, _)| *start);
+    let start = merged
+        .iter()
+        .map(|s| s.0)
+        .min()
+        .unwrap_or(timestamp)
+        .min(timestamp);
+    let end = merged
+        .iter()
+        .map(|s| s.1)
+        .max()
+        .unwrap_or(timestamp)
+        .max(timestamp);
+    *sessions = kept;
+    if end + window.size + window.grace < stream_time {
+        sessions.extend(merged);
+        return Ok(Vec::new());
+    }
+    let mut values: Vec<Value> = aggregation.calls.iter().map(initial).collect();
+    for (_, _, old) in &merged {
+        for ((call, value), old) in aggregation.calls.iter().zip(values.iter_mut()).zip(old) {
+            *value = merge(call, value, old);
+        }
+    }
+    let first = merged.is_empty();
+    for (call, value) in aggregation.calls.iter().zip(values.iter_mut()) {
+        *value = accumulate(call, value, row, first)?;
+    }
+    let mut out = Vec::new();
+    for (old_start, old_end, _) in &merged {
+        if aggregation
+            .emitted
+            .remove(&format!("{id}@{old_start},{old_end}"))
+        {
+            out.push(Record {
+                topic: sink.topic.clone(),
+                key: group.clone(),
+                value: Value::Null,
+                timestamp: *old_end,
+                window: Some((*old_start, *old_end)),
+                partition: 0,
+                offset: 0,
+            });
+        }
+    }
+    let results: Vec<(Expr, Value)> = aggregation
+        .calls
+        .iter()
+        .cloned()
+        .zip(values.iter().cloned())
+        .collect();
+    let mut row = row.clone();
+    row.insert("WINDOWSTART".into(), Value::from(start));
+    row.insert("WINDOWEND".into(), Value::from(end));
+    let kept = match &select.having {
+        Some(having) => eval(having, &row, &results)? == Value::Bool(true),
+        None => true,
+    };
+    if kept {
+        aggregation.emitted.insert(format!("{id}@{start},{end}"));
+        let mut record = project(select, from, sink, &row, &results, timestamp)?;
+        record.window = Some((start, end));
+        out.push(record);
+    }
+    sessions.push((start, end, values));
+    Ok(out)
 }
 
 /// The windows a record at `timestamp` belongs to, oldest first, leaving out
@@ -1332,6 +1461,48 @@ mod tests {
         assert_eq!(
             out[0].value,
             serde_json::json!({"SIZE": "medium", "S": "50", "Q": 12.5, "M": true})
+        );
+    }
+
+    #[test]
+    fn sessions_merge_and_retract_what_they_replace() {
+        let mut engine = Engine::default();
+        for s in parse(
+            "CREATE STREAM TEST (ID BIGINT KEY, VALUE bigint) WITH (kafka_topic='t', value_format='DELIMITED');
+             CREATE TABLE S2 AS SELECT ID, count(*) FROM test WINDOW SESSION (30 SECONDS) GROUP BY id;",
+        )
+        .unwrap()
+        {
+            engine.execute(&s).unwrap();
+        }
+        let mut feed = |timestamp: i64| {
+            engine
+                .process(&Record {
+                    topic: "t".into(),
+                    key: Value::from(0),
+                    value: Value::from("1"),
+                    timestamp,
+                    window: None,
+                    partition: 0,
+                    offset: 0,
+                })
+                .unwrap()
+                .into_iter()
+                .map(|r| (r.value, r.window, r.timestamp))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(feed(0), [(Value::from("1"), Some((0, 0)), 0)]);
+        assert_eq!(
+            feed(100_000),
+            [(Value::from("1"), Some((100_000, 100_000)), 100_000)]
+        );
+        assert_eq!(
+            feed(20_000),
+            [
+                (Value::Null, Some((0, 0)), 0),
+                (Value::from("2"), Some((0, 20_000)), 20_000)
+            ],
+            "the old session is retracted, stamped with its end"
         );
     }
 }

@@ -8,9 +8,9 @@
 //! and COUNT, SUM, MIN, MAX, EARLIEST_BY_OFFSET, LATEST_BY_OFFSET (an update per
 //! input, tombstones when HAVING retracts), a dozen scalar functions, source
 //! aliases, over JSON and DELIMITED values.
-//! TUMBLING and HOPPING windows (grace periods, WINDOWSTART/WINDOWEND) and
-//! TOPK/TOPKDISTINCT too. Table sources, session windows, complex types and the
-//! live runtime are to come.
+//! TUMBLING, HOPPING and SESSION windows (grace periods, WINDOWSTART/WINDOWEND),
+//! TOPK/TOPKDISTINCT, CASE, CAST, LIKE and INSERT INTO too. Table sources,
+//! complex types and the live runtime are to come.
 
 pub mod engine;
 pub mod lexer;

@@ -59,13 +59,15 @@ pub struct Select {
     pub having: Option<Expr>,
 }
 
-/// `WINDOW TUMBLING (SIZE ..)` or `WINDOW HOPPING (SIZE .., ADVANCE BY ..)`,
-/// in milliseconds; ksqlDB's default grace period is a day.
+/// `WINDOW TUMBLING (SIZE ..)`, `WINDOW HOPPING (SIZE .., ADVANCE BY ..)` or
+/// `WINDOW SESSION (gap)`, in milliseconds; ksqlDB's default grace period is a day.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Window {
+    /// The size, or a session's inactivity gap.
     pub size: i64,
     pub advance: i64,
     pub grace: i64,
+    pub session: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -385,22 +387,24 @@ impl Parser<'_> {
     }
 
     fn window(&mut self) -> Result<Window> {
-        let hopping = if self.eat("HOPPING") {
-            true
-        } else if self.eat("TUMBLING") {
+        let session = self.eat("SESSION");
+        let hopping = if session || self.eat("TUMBLING") {
             false
-        } else if self.peek_is("SESSION") {
-            bail!("SESSION windows are not supported yet");
+        } else if self.eat("HOPPING") {
+            true
         } else {
             return Err(self.expected("TUMBLING, HOPPING or SESSION"));
         };
         self.expect_symbol("(")?;
-        self.expect("SIZE")?;
+        if !session {
+            self.expect("SIZE")?;
+        }
         let size = self.duration()?;
         let mut window = Window {
             size,
             advance: size,
             grace: 24 * 3600 * 1000,
+            session,
         };
         if hopping {
             self.expect_symbol(",")?;
