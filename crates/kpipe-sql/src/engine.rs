@@ -458,38 +458,22 @@ impl Engine {
                         for (call, value) in aggregation.calls.iter().zip(values.iter_mut()) {
                             *value = accumulate(call, value, &row, first)?;
                         }
-                        let results: Vec<(Expr, Value)> = aggregation
-                            .calls
-                            .iter()
-                            .cloned()
-                            .zip(values.iter().cloned())
-                            .collect();
-                        let mut row = row.clone();
-                        if let Some((start, end)) = window {
-                            row.insert("WINDOWSTART".into(), Value::from(start));
-                            row.insert("WINDOWEND".into(), Value::from(end));
-                        }
-                        let kept = match &select.having {
-                            Some(having) => eval(having, &row, &results)? == Value::Bool(true),
-                            None => true,
+                        let values = values.clone();
+                        let target = Emit {
+                            group: &group,
+                            id: &id,
+                            window,
+                            timestamp: record.timestamp,
                         };
-                        if kept {
-                            aggregation.emitted.insert(id);
-                            let mut out =
-                                project(select, &from, &sink, &row, &results, record.timestamp)?;
-                            out.window = window;
-                            produced.push(out);
-                        } else if aggregation.emitted.remove(&id) {
-                            produced.push(Record {
-                                topic: sink.topic.clone(),
-                                key: group.clone(),
-                                value: Value::Null,
-                                timestamp: record.timestamp,
-                                window,
-                                partition: 0,
-                                offset: 0,
-                            });
-                        }
+                        produced.extend(emit(
+                            aggregation,
+                            select,
+                            &from,
+                            &sink,
+                            &row,
+                            &values,
+                            target,
+                        )?);
                     }
                     produced
                 }
@@ -574,6 +558,42 @@ fn session_update(
             });
         }
     }
+    let session_id = format!("{id}@{start},{end}");
+    let target = Emit {
+        group,
+        id: &session_id,
+        window: Some((start, end)),
+        timestamp,
+    };
+    out.extend(emit(aggregation, select, from, sink, row, &values, target)?);
+    aggregation
+        .sessions
+        .entry(id)
+        .or_default()
+        .push((start, end, values));
+    Ok(out)
+}
+
+/// Where a group's new values go.
+struct Emit<'a> {
+    group: &'a Value,
+    /// The group (and window) as the key of `Aggregation::emitted`.
+    id: &'a str,
+    window: Option<(i64, i64)>,
+    timestamp: i64,
+}
+
+/// A group's new values as a sink record; when HAVING now rejects a group that
+/// was emitted before, a tombstone instead; else nothing.
+fn emit(
+    aggregation: &mut Aggregation,
+    select: &Select,
+    from: &Source,
+    sink: &Source,
+    row: &Row,
+    values: &[Value],
+    target: Emit<'_>,
+) -> Result<Option<Record>> {
     let results: Vec<(Expr, Value)> = aggregation
         .calls
         .iter()
@@ -581,20 +601,32 @@ fn session_update(
         .zip(values.iter().cloned())
         .collect();
     let mut row = row.clone();
-    row.insert("WINDOWSTART".into(), Value::from(start));
-    row.insert("WINDOWEND".into(), Value::from(end));
+    if let Some((start, end)) = target.window {
+        row.insert("WINDOWSTART".into(), Value::from(start));
+        row.insert("WINDOWEND".into(), Value::from(end));
+    }
     let kept = match &select.having {
         Some(having) => eval(having, &row, &results)? == Value::Bool(true),
         None => true,
     };
     if kept {
-        aggregation.emitted.insert(format!("{id}@{start},{end}"));
-        let mut record = project(select, from, sink, &row, &results, timestamp)?;
-        record.window = Some((start, end));
-        out.push(record);
+        aggregation.emitted.insert(target.id.to_string());
+        let mut record = project(select, from, sink, &row, &results, target.timestamp)?;
+        record.window = target.window;
+        return Ok(Some(record));
     }
-    sessions.push((start, end, values));
-    Ok(out)
+    if !aggregation.emitted.remove(target.id) {
+        return Ok(None);
+    }
+    Ok(Some(Record {
+        topic: sink.topic.clone(),
+        key: target.group.clone(),
+        value: Value::Null,
+        timestamp: target.timestamp,
+        window: target.window,
+        partition: 0,
+        offset: 0,
+    }))
 }
 
 /// The windows a record at `timestamp` belongs to, oldest first, leaving out
