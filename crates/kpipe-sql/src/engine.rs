@@ -62,6 +62,9 @@ struct Query {
     select: Select,
     /// For GROUP BY: the aggregate calls and their state per group.
     aggregation: Option<Aggregation>,
+    /// A table source's current rows (those passing WHERE), by key, so an
+    /// update can retract what the old row contributed.
+    table_rows: HashMap<String, Row>,
 }
 
 const AGGREGATES: [&str; 8] = [
@@ -284,11 +287,9 @@ impl Engine {
                     .get(&select.from)
                     .ok_or_else(|| anyhow!("{} does not exist.", select.from))?
                     .clone();
-                if from.kind == SourceKind::Table {
-                    bail!("tables as sources are not supported yet");
-                }
                 let aggregated = !select.group_by.is_empty();
-                match (kind, aggregated) {
+                let produces_table = aggregated || from.kind == SourceKind::Table;
+                match (kind, produces_table) {
                     (SourceKind::Stream, true) => bail!(
                         "Invalid result type. Your SELECT query produces a TABLE. Please use CREATE TABLE AS SELECT statement instead."
                     ),
@@ -296,6 +297,9 @@ impl Engine {
                         "Invalid result type. Your SELECT query produces a STREAM. Please use CREATE STREAM AS SELECT statement instead."
                     ),
                     _ => {}
+                }
+                if from.kind == SourceKind::Table && select.window.is_some() {
+                    bail!("WINDOW clauses can only be used on streams");
                 }
                 let aggregation = if aggregated {
                     if select.group_by.len() > 1 {
@@ -309,6 +313,14 @@ impl Engine {
                     }
                     if let Some(having) = &select.having {
                         aggregate_calls(having, &mut calls)?;
+                    }
+                    if from.kind == SourceKind::Table {
+                        if let Some(Expr::Function { name, .. }) = calls
+                            .iter()
+                            .find(|c| !matches!(c, Expr::Function { name, .. } if name == "COUNT" || name == "SUM"))
+                        {
+                            bail!("aggregating a table with {name} is not supported yet");
+                        }
                     }
                     Some(Aggregation {
                         calls,
@@ -348,6 +360,7 @@ impl Engine {
                     sink: name.clone(),
                     select: select.clone(),
                     aggregation,
+                    table_rows: HashMap::new(),
                 });
                 Ok(())
             }
@@ -380,6 +393,7 @@ impl Engine {
                     sink: target.clone(),
                     select: select.clone(),
                     aggregation: None,
+                    table_rows: HashMap::new(),
                 });
                 Ok(())
             }
@@ -404,6 +418,15 @@ impl Engine {
                 continue;
             }
             let sink = &self.sources[&self.queries[q].sink];
+            if from.kind == SourceKind::Table {
+                let (from, sink) = (from.clone(), sink.clone());
+                for produced in table_update(&mut self.queries[q], &from, &sink, record)? {
+                    let cascaded = self.process(&produced)?;
+                    out.push(produced);
+                    out.extend(cascaded);
+                }
+                continue;
+            }
             let Some(row) = decode(from, record)? else {
                 continue;
             };
@@ -572,6 +595,105 @@ fn session_update(
         .or_default()
         .push((start, end, values));
     Ok(out)
+}
+
+/// A change to a table source: the row for the record's key is replaced (or
+/// deleted by a tombstone, or by no longer passing WHERE). Grouped, the old
+/// row's contribution is retracted from its group before the new one is added;
+/// otherwise the sink row follows the source row.
+fn table_update(
+    query: &mut Query,
+    from: &Source,
+    sink: &Source,
+    record: &Record,
+) -> Result<Vec<Record>> {
+    let key_id = record.key.to_string();
+    let mut new_row = decode(from, record)?;
+    if let (Some(row), Some(filter)) = (&new_row, &query.select.filter) {
+        if eval(filter, row, &[])? != Value::Bool(true) {
+            new_row = None;
+        }
+    }
+    let old_row = match &new_row {
+        Some(row) => query.table_rows.insert(key_id, row.clone()),
+        None => query.table_rows.remove(&key_id),
+    };
+    let Some(aggregation) = &mut query.aggregation else {
+        return Ok(match (new_row, old_row) {
+            (Some(row), _) => vec![project(
+                &query.select,
+                from,
+                sink,
+                &row,
+                &[],
+                record.timestamp,
+            )?],
+            (None, Some(_)) => vec![Record {
+                topic: sink.topic.clone(),
+                key: record.key.clone(),
+                value: Value::Null,
+                timestamp: record.timestamp,
+                window: None,
+                partition: 0,
+                offset: 0,
+            }],
+            (None, None) => Vec::new(),
+        });
+    };
+    let mut out = Vec::new();
+    for (row, retract) in [(old_row, true), (new_row, false)] {
+        let Some(row) = row else { continue };
+        let group = eval(&query.select.group_by[0], &row, &[])?;
+        if group.is_null() {
+            continue;
+        }
+        let id = group.to_string();
+        let first = !aggregation.groups.contains_key(&id);
+        let mut values = aggregation
+            .groups
+            .remove(&id)
+            .unwrap_or_else(|| aggregation.calls.iter().map(initial).collect());
+        for (call, value) in aggregation.calls.iter().zip(values.iter_mut()) {
+            *value = if retract {
+                retracted(call, value, &row)?
+            } else {
+                accumulate(call, value, &row, first)?
+            };
+        }
+        let target = Emit {
+            group: &group,
+            id: &id,
+            window: None,
+            timestamp: record.timestamp,
+        };
+        out.extend(emit(
+            aggregation,
+            &query.select,
+            from,
+            sink,
+            &row,
+            &values,
+            target,
+        )?);
+        aggregation.groups.insert(id, values);
+    }
+    Ok(out)
+}
+
+/// COUNT or SUM without `row`'s contribution (the only aggregates a table update can undo).
+fn retracted(call: &Expr, current: &Value, row: &Row) -> Result<Value> {
+    let Expr::Function { name, args, star } = call else {
+        unreachable!("only calls are retracted")
+    };
+    let arg = match args.first() {
+        Some(a) if !*star => eval(a, row, &[])?,
+        _ => Value::Bool(true),
+    };
+    Ok(match name.as_str() {
+        "COUNT" => Value::from(current.as_i64().unwrap_or(0) - i64::from(!arg.is_null())),
+        _ if arg.is_null() => current.clone(),
+        _ => arithmetic(BinaryOp::Sub, current, &arg),
+    })
 }
 
 /// Where a group's new values go.
@@ -1536,5 +1658,56 @@ mod tests {
             ],
             "the old session is retracted, stamped with its end"
         );
+    }
+
+    #[test]
+    fn table_sources_retract_the_old_row_before_adding_the_new() {
+        let mut engine = Engine::default();
+        for s in parse(
+            "CREATE TABLE INPUT (ID STRING PRIMARY KEY, NAME STRING) WITH (kafka_topic='t', value_format='DELIMITED');
+             CREATE TABLE OUTPUT AS SELECT NAME, COUNT(1) FROM INPUT GROUP BY NAME;",
+        )
+        .unwrap()
+        {
+            engine.execute(&s).unwrap();
+        }
+        let mut feed = |key: &str, value: Value| {
+            engine
+                .process(&Record {
+                    topic: "t".into(),
+                    key: Value::from(key),
+                    value,
+                    timestamp: 0,
+                    window: None,
+                    partition: 0,
+                    offset: 0,
+                })
+                .unwrap()
+                .into_iter()
+                .map(|r| (r.key, r.value))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            feed("0", Value::from("bob")),
+            [(Value::from("bob"), Value::from("1"))]
+        );
+        assert_eq!(
+            feed("0", Value::from("john")),
+            [
+                (Value::from("bob"), Value::from("0")),
+                (Value::from("john"), Value::from("1"))
+            ]
+        );
+        assert_eq!(
+            feed("0", Value::Null),
+            [(Value::from("john"), Value::from("0"))],
+            "a tombstone retracts"
+        );
+        let stream_from_table = parse("CREATE STREAM S AS SELECT * FROM INPUT;").unwrap();
+        assert!(engine
+            .execute(&stream_from_table[0])
+            .unwrap_err()
+            .to_string()
+            .contains("produces a TABLE"));
     }
 }

@@ -9,8 +9,8 @@
 //! input, tombstones when HAVING retracts), a dozen scalar functions, source
 //! aliases, over JSON and DELIMITED values.
 //! TUMBLING, HOPPING and SESSION windows (grace periods, WINDOWSTART/WINDOWEND),
-//! TOPK/TOPKDISTINCT, CASE, CAST, LIKE and INSERT INTO too. Table sources,
-//! complex types and the live runtime are to come.
+//! TOPK/TOPKDISTINCT, CASE, CAST, LIKE, INSERT INTO and table sources (updates
+//! retract the old row) too. Complex types, joins and the live runtime are to come.
 
 pub mod engine;
 pub mod lexer;
