@@ -112,6 +112,52 @@ fn merge(call: &Expr, older: &Value, newer: &Value) -> Value {
     }
 }
 
+/// ksqlDB's rules for a grouped SELECT, with its words: no aggregate in GROUP
+/// BY, the grouping expressions selected, every other column aggregated.
+fn check_grouping(sink: &str, select: &Select) -> Result<()> {
+    for group in &select.group_by {
+        let mut calls = Vec::new();
+        aggregate_calls(group, &mut calls)?;
+        if let Some(call) = calls.first() {
+            let name = describe_call(call);
+            bail!(
+                "GROUP BY does not support aggregate functions: {name} is an aggregate function."
+            );
+        }
+    }
+    let selected: Vec<&Expr> = select
+        .items
+        .iter()
+        .filter_map(|item| match item {
+            SelectItem::Expr { expr, .. } => Some(expr),
+            SelectItem::All => None,
+        })
+        .collect();
+    for group in &select.group_by {
+        if !selected.contains(&group) {
+            if let Expr::Column(column) = group {
+                bail!(
+                    "The query used to build `{sink}` must include the grouping expression {column} in its projection (eg, SELECT {column}...)."
+                );
+            }
+        }
+    }
+    for expr in selected {
+        if let Expr::Column(column) = expr {
+            if !select.group_by.contains(expr)
+                && !PSEUDO_COLUMNS.contains(&column.as_str())
+                && column != "WINDOWSTART"
+                && column != "WINDOWEND"
+            {
+                bail!(
+                    "Non-aggregate SELECT expression(s) not part of GROUP BY: {column}\nEither add the column(s) to the GROUP BY or remove them from the SELECT."
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Collects the aggregate calls in `expr`, and refuses unknown functions.
 fn aggregate_calls(expr: &Expr, calls: &mut Vec<Expr>) -> Result<()> {
     match expr {
@@ -302,6 +348,7 @@ impl Engine {
                     bail!("WINDOW clauses can only be used on streams");
                 }
                 let aggregation = if aggregated {
+                    check_grouping(name, select)?;
                     if select.group_by.len() > 1 {
                         bail!("GROUP BY on more than one expression is not supported yet");
                     }
@@ -342,6 +389,9 @@ impl Engine {
                     None
                 };
                 let columns = output_columns(select, &from)?;
+                if !columns.is_empty() && columns.iter().all(|c| c.key) {
+                    bail!("The projection contains no value columns.");
+                }
                 let topic =
                     text_property(properties, "KAFKA_TOPIC")?.unwrap_or_else(|| name.clone());
                 let (key_format, value_format) = formats(properties, Some(&from))?;
@@ -1709,5 +1759,21 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("produces a TABLE"));
+    }
+
+    #[test]
+    fn grouping_rules_speak_ksqldb() {
+        let mut engine = Engine::default();
+        let create = parse("CREATE STREAM I (K STRING KEY, A INT, B INT) WITH (kafka_topic='t', value_format='JSON');").unwrap();
+        engine.execute(&create[0]).unwrap();
+        for (sql, error) in [
+            ("CREATE TABLE O AS SELECT A, COUNT(*) FROM I GROUP BY SUM(B);", "GROUP BY does not support aggregate functions: SUM is an aggregate function."),
+            ("CREATE TABLE O AS SELECT COUNT(*) AS C FROM I GROUP BY A;", "The query used to build `O` must include the grouping expression A in its projection"),
+            ("CREATE TABLE O AS SELECT A, B, COUNT(*) FROM I GROUP BY A;", "Non-aggregate SELECT expression(s) not part of GROUP BY: B"),
+            ("CREATE TABLE O AS SELECT A FROM I GROUP BY A;", "The projection contains no value columns."),
+        ] {
+            let message = engine.execute(&parse(sql).unwrap()[0]).unwrap_err().to_string();
+            assert!(message.starts_with(error), "{sql}: {message}");
+        }
     }
 }
