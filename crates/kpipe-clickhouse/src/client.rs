@@ -193,11 +193,24 @@ impl ClickHouse {
     /// The server's (major, minor) version.
     pub async fn version(&self) -> Result<(u32, u32), ServerError> {
         let text = self.execute("SELECT version()", &[]).await?;
-        let mut parts = text
-            .trim()
-            .split('.')
-            .map(|p| p.parse::<u32>().unwrap_or(0));
-        Ok((parts.next().unwrap_or(0), parts.next().unwrap_or(0)))
+        parse_version(text.trim()).ok_or_else(|| ServerError {
+            code: None,
+            message: format!(
+                "ClickHouse reported a version kpipe cannot read: {:?}",
+                text.trim()
+            ),
+            permanent: true,
+        })
+    }
+}
+
+/// `(major, minor)` from a version such as `18.16.1`, `24.8` or `22`.
+pub fn parse_version(text: &str) -> Option<(u32, u32)> {
+    let mut parts = text.split('.').map(str::parse::<u32>);
+    match (parts.next(), parts.next()) {
+        (Some(Ok(major)), Some(Ok(minor))) => Some((major, minor)),
+        (Some(Ok(major)), None) => Some((major, 0)),
+        _ => None,
     }
 }
 
@@ -264,6 +277,13 @@ mod tests {
             parse_error("Code: 60. DB::Exception: Table default.x does not exist. (UNKNOWN_TABLE) (version 23.8.1.1)\n"),
             (Some(60), "Table default.x does not exist. (UNKNOWN_TABLE)".into())
         );
+    }
+
+    #[test]
+    fn versions() {
+        assert_eq!(parse_version("18.16.1"), Some((18, 16)));
+        assert_eq!(parse_version("24"), Some((24, 0)));
+        assert_eq!(parse_version("latest"), None);
     }
 
     #[test]

@@ -203,6 +203,22 @@ impl ClientContext for QuietContext {
 
 impl ConsumerContext for QuietContext {}
 
+/// Implements `rdkafka::ClientContext` for a context that keeps a
+/// [`QuietContext`] in field `$field`: librdkafka's logs and errors go there.
+#[macro_export]
+macro_rules! quiet_client_context {
+    ($context:ty, $field:ident) => {
+        impl rdkafka::ClientContext for $context {
+            fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+                rdkafka::ClientContext::log(&self.$field, level, fac, message);
+            }
+            fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+                rdkafka::ClientContext::error(&self.$field, error, reason);
+            }
+        }
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

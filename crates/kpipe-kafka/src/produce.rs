@@ -10,7 +10,6 @@ use anyhow::{anyhow, bail, Result};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{DeliveryResult, Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _, ProducerContext};
-use rdkafka::ClientContext;
 
 use crate::client::{ClientOptions, QuietContext};
 
@@ -24,14 +23,7 @@ pub struct DeliveryCounter {
     quiet: QuietContext,
 }
 
-impl ClientContext for DeliveryCounter {
-    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
-        self.quiet.log(level, fac, message);
-    }
-    fn error(&self, error: KafkaError, reason: &str) {
-        self.quiet.error(error, reason);
-    }
-}
+crate::quiet_client_context!(DeliveryCounter, quiet);
 
 impl ProducerContext for DeliveryCounter {
     type DeliveryOpaque = ();

@@ -22,7 +22,6 @@ use kpipe_kafka::sink::{commit_written, end_offsets, is_transient, reached, Dead
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::ClientContext;
 
 use crate::file::{Codec, PartitionBy, TimeSource};
 use crate::store::Lake;
@@ -63,14 +62,7 @@ struct SinkContext {
     revoked: Mutex<Vec<i32>>,
 }
 
-impl ClientContext for SinkContext {
-    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
-        self.quiet.log(level, fac, message);
-    }
-    fn error(&self, error: KafkaError, reason: &str) {
-        self.quiet.error(error, reason);
-    }
-}
+kpipe_kafka::quiet_client_context!(SinkContext, quiet);
 
 impl ConsumerContext for SinkContext {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {

@@ -211,16 +211,23 @@ fn aggregate_calls(expr: &Expr, calls: &mut Vec<Expr>) -> Result<()> {
     }
 }
 
-/// The next value of an aggregate call after `row`.
-fn accumulate(call: &Expr, current: &Value, row: &Row, first: bool) -> Result<Value> {
+/// An aggregate call's name, arguments and first argument's value for `row`
+/// (`COUNT(*)` and `COUNT()` count every row: their argument is `true`).
+fn call_argument<'a>(call: &'a Expr, row: &Row) -> Result<(&'a str, &'a [Expr], Value)> {
     let Expr::Function { name, args, star } = call else {
-        unreachable!("only calls are accumulated")
+        unreachable!("only calls aggregate")
     };
     let arg = match args.first() {
         Some(a) if !*star => eval(a, row, &[])?,
         _ => Value::Bool(true),
     };
-    Ok(match name.as_str() {
+    Ok((name, args, arg))
+}
+
+/// The next value of an aggregate call after `row`.
+fn accumulate(call: &Expr, current: &Value, row: &Row, first: bool) -> Result<Value> {
+    let (name, args, arg) = call_argument(call, row)?;
+    Ok(match name {
         "COUNT" => Value::from(current.as_i64().unwrap_or(0) + i64::from(!arg.is_null())),
         "SUM" if arg.is_null() => current.clone(),
         "SUM" if current.is_null() => arg,
@@ -732,14 +739,8 @@ fn table_update(
 
 /// COUNT or SUM without `row`'s contribution (the only aggregates a table update can undo).
 fn retracted(call: &Expr, current: &Value, row: &Row) -> Result<Value> {
-    let Expr::Function { name, args, star } = call else {
-        unreachable!("only calls are retracted")
-    };
-    let arg = match args.first() {
-        Some(a) if !*star => eval(a, row, &[])?,
-        _ => Value::Bool(true),
-    };
-    Ok(match name.as_str() {
+    let (name, _, arg) = call_argument(call, row)?;
+    Ok(match name {
         "COUNT" => Value::from(current.as_i64().unwrap_or(0) - i64::from(!arg.is_null())),
         _ if arg.is_null() => current.clone(),
         _ => arithmetic(BinaryOp::Sub, current, &arg),

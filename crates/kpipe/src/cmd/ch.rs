@@ -126,11 +126,9 @@ pub fn run(args: ChArgs, kafka: &KafkaArgs) -> Result<()> {
 }
 
 fn parse_version(text: &str) -> Result<(u32, u32)> {
-    let mut parts = text.split('.').map(str::parse::<u32>);
-    match (parts.next(), parts.next()) {
-        (Some(Ok(major)), Some(Ok(minor))) => Ok((major, minor)),
-        (Some(Ok(major)), None) => Ok((major, 0)),
-        _ => bail!("--server-version takes a version like 18.16 or 24.8, not {text:?}"),
+    match kpipe_clickhouse::client::parse_version(text) {
+        Some(version) => Ok(version),
+        None => bail!("--server-version takes a version like 18.16 or 24.8, not {text:?}"),
     }
 }
 

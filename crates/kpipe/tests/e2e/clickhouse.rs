@@ -163,17 +163,50 @@ const MUSIC_TABLE: &str = "CREATE TABLE raw.music (
     processing_time DateTime DEFAULT now()
 ) ENGINE = MergeTree() ORDER BY (kafka_partition, kafka_offset)";
 
-#[test]
-fn direct_sink_loads_music_events_exactly_once_and_dead_letters_bad_rows() {
+/// A broker holding `events` music events and a ClickHouse with `raw.music`.
+fn music_loaded(events: u64, seed: u64) -> (BrokerProcess, ClickHouseServer) {
     let broker = BrokerProcess::start();
     let ch = ClickHouseServer::start();
     ch.query("CREATE DATABASE raw");
     ch.query(MUSIC_TABLE);
     broker.create_topic("music_events", 3, &[]);
-    broker.create_topic("music_dlq", 1, &[]);
     broker
-        .kpipe(&["gen", "music", "--count", "100000", "--seed", "9"], "")
+        .kpipe(
+            &[
+                "gen",
+                "music",
+                "--count",
+                &events.to_string(),
+                "--seed",
+                &seed.to_string(),
+            ],
+            "",
+        )
         .out();
+    (broker, ch)
+}
+
+/// `kpipe sink clickhouse` from music_events into raw.music, until the end, plus `extra`.
+fn music_sink_args<'a>(url: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "sink",
+        "clickhouse",
+        "--topic",
+        "music_events",
+        "--table",
+        "raw.music",
+        "--url",
+        url,
+        "--until-end",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+#[test]
+fn direct_sink_loads_music_events_exactly_once_and_dead_letters_bad_rows() {
+    let (broker, ch) = music_loaded(100_000, 9);
+    broker.create_topic("music_dlq", 1, &[]);
     // Two bad messages: not JSON, and a time the server cannot read.
     broker
         .kpipe(
@@ -182,26 +215,15 @@ fn direct_sink_loads_music_events_exactly_once_and_dead_letters_bad_rows() {
         )
         .out();
     let sink = |group: &str| {
-        broker.kpipe(
-            &[
-                "sink",
-                "clickhouse",
-                "--topic",
-                "music_events",
-                "--table",
-                "raw.music",
-                "--url",
-                &ch.url,
-                "--group",
-                group,
-                "--until-end",
-                "--dlq-topic",
-                "music_dlq",
-                "--batch-rows",
-                "20000",
-            ],
-            "",
-        )
+        let extra = [
+            "--group",
+            group,
+            "--dlq-topic",
+            "music_dlq",
+            "--batch-rows",
+            "20000",
+        ];
+        broker.kpipe(&music_sink_args(&ch.url, &extra), "")
     };
     let report = sink("loader");
     assert!(report.ok, "{}", report.stderr);
@@ -269,28 +291,9 @@ fn direct_sink_loads_music_events_exactly_once_and_dead_letters_bad_rows() {
 
 #[test]
 fn direct_sink_rides_out_a_clickhouse_crash_without_duplicates() {
-    let broker = BrokerProcess::start();
-    let mut ch = ClickHouseServer::start();
-    ch.query("CREATE DATABASE raw");
-    ch.query(MUSIC_TABLE);
-    broker.create_topic("music_events", 3, &[]);
-    broker
-        .kpipe(&["gen", "music", "--count", "200000", "--seed", "4"], "")
-        .out();
+    let (broker, mut ch) = music_loaded(200_000, 4);
     let sink = broker
-        .command(&[
-            "sink",
-            "clickhouse",
-            "--topic",
-            "music_events",
-            "--table",
-            "raw.music",
-            "--url",
-            &ch.url,
-            "--until-end",
-            "--batch-rows",
-            "5000",
-        ])
+        .command(&music_sink_args(&ch.url, &["--batch-rows", "5000"]))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
