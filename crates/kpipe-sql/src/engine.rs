@@ -8,9 +8,11 @@ use std::collections::HashMap;
 use anyhow::{anyhow, bail, Result};
 use serde_json::{Map, Value};
 
+use crate::aggregate::{accumulate, aggregate_calls, describe_call, initial, merge, retracted};
+use crate::eval::{eval, Row};
+use crate::format::{decode, delimited_text, Format};
 use crate::parser::{
-    BinaryOp, ColumnDef, Expr, Properties, Select, SelectItem, SourceKind, SqlType, Statement,
-    Window,
+    ColumnDef, Expr, Properties, Select, SelectItem, SourceKind, SqlType, Statement, Window,
 };
 
 /// A record as the engine sees it: key and value in their topic's logical
@@ -27,31 +29,13 @@ pub struct Record {
     pub offset: i64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Format {
-    Json,
-    Delimited,
-    Kafka,
-}
-
-impl Format {
-    fn parse(name: &str) -> Result<Format> {
-        match name.to_ascii_uppercase().as_str() {
-            "JSON" => Ok(Format::Json),
-            "DELIMITED" => Ok(Format::Delimited),
-            "KAFKA" => Ok(Format::Kafka),
-            other => bail!("format {other} is not supported"),
-        }
-    }
-}
-
 #[derive(Debug, Clone)]
-struct Source {
-    kind: SourceKind,
-    topic: String,
-    columns: Vec<ColumnDef>,
-    key_format: Format,
-    value_format: Format,
+pub(crate) struct Source {
+    pub(crate) kind: SourceKind,
+    pub(crate) topic: String,
+    pub(crate) columns: Vec<ColumnDef>,
+    pub(crate) key_format: Format,
+    pub(crate) value_format: Format,
 }
 
 /// A running CREATE ... AS SELECT.
@@ -67,21 +51,6 @@ struct Query {
     table_rows: HashMap<String, Row>,
 }
 
-const AGGREGATES: [&str; 8] = [
-    "TOPK",
-    "TOPKDISTINCT",
-    "COUNT",
-    "SUM",
-    "MIN",
-    "MAX",
-    "EARLIEST_BY_OFFSET",
-    "LATEST_BY_OFFSET",
-];
-
-fn is_aggregate(expr: &Expr) -> bool {
-    matches!(expr, Expr::Function { name, .. } if AGGREGATES.contains(&name.as_str()))
-}
-
 #[derive(Debug, Clone, Default)]
 struct Aggregation {
     /// Every distinct aggregate call of the SELECT and HAVING, in order.
@@ -94,22 +63,6 @@ struct Aggregation {
     stream_time: i64,
     /// Session windows: per group, its sessions `(start, end, values)`.
     sessions: HashMap<String, Vec<(i64, i64, Vec<Value>)>>,
-}
-
-/// Two sessions' values of one aggregate call, `older` first, merged into one.
-fn merge(call: &Expr, older: &Value, newer: &Value) -> Value {
-    let Expr::Function { name, .. } = call else {
-        unreachable!("only calls are merged")
-    };
-    match name.as_str() {
-        _ if older.is_null() => newer.clone(),
-        _ if newer.is_null() => older.clone(),
-        "COUNT" | "SUM" => arithmetic(BinaryOp::Add, older, newer),
-        "MIN" if compare(newer, older).is_some_and(|o| o.is_lt()) => newer.clone(),
-        "MAX" if compare(newer, older).is_some_and(|o| o.is_gt()) => newer.clone(),
-        "MIN" | "MAX" | "EARLIEST_BY_OFFSET" => older.clone(),
-        _ => newer.clone(),
-    }
 }
 
 /// ksqlDB's rules for a grouped SELECT, with its words: no aggregate in GROUP
@@ -156,126 +109,6 @@ fn check_grouping(sink: &str, select: &Select) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Collects the aggregate calls in `expr`, and refuses unknown functions.
-fn aggregate_calls(expr: &Expr, calls: &mut Vec<Expr>) -> Result<()> {
-    match expr {
-        Expr::Function { name, args, .. } => {
-            if is_aggregate(expr) {
-                if !calls.contains(expr) {
-                    calls.push(expr.clone());
-                }
-                return Ok(());
-            }
-            if !SCALARS.contains(&name.as_str()) {
-                bail!("Can't find any functions with the name '{name}'");
-            }
-            args.iter().try_for_each(|a| aggregate_calls(a, calls))
-        }
-        Expr::Not(e) | Expr::Negate(e) | Expr::IsNull { expr: e, .. } => aggregate_calls(e, calls),
-        Expr::Binary(_, a, b) => {
-            aggregate_calls(a, calls)?;
-            aggregate_calls(b, calls)
-        }
-        Expr::Between {
-            expr, low, high, ..
-        } => {
-            aggregate_calls(expr, calls)?;
-            aggregate_calls(low, calls)?;
-            aggregate_calls(high, calls)
-        }
-        Expr::In { expr, list, .. } => {
-            aggregate_calls(expr, calls)?;
-            list.iter().try_for_each(|e| aggregate_calls(e, calls))
-        }
-        Expr::Case {
-            operand,
-            branches,
-            otherwise,
-        } => {
-            for e in operand.iter().chain(otherwise.iter()) {
-                aggregate_calls(e, calls)?;
-            }
-            branches.iter().try_for_each(|(w, t)| {
-                aggregate_calls(w, calls)?;
-                aggregate_calls(t, calls)
-            })
-        }
-        Expr::Cast { expr, .. } => aggregate_calls(expr, calls),
-        Expr::Like { expr, pattern, .. } => {
-            aggregate_calls(expr, calls)?;
-            aggregate_calls(pattern, calls)
-        }
-        Expr::Column(_) | Expr::Literal(_) => Ok(()),
-    }
-}
-
-/// An aggregate call's name, arguments and first argument's value for `row`
-/// (`COUNT(*)` and `COUNT()` count every row: their argument is `true`).
-fn call_argument<'a>(call: &'a Expr, row: &Row) -> Result<(&'a str, &'a [Expr], Value)> {
-    let Expr::Function { name, args, star } = call else {
-        unreachable!("only calls aggregate")
-    };
-    let arg = match args.first() {
-        Some(a) if !*star => eval(a, row, &[])?,
-        _ => Value::Bool(true),
-    };
-    Ok((name, args, arg))
-}
-
-/// The next value of an aggregate call after `row`.
-fn accumulate(call: &Expr, current: &Value, row: &Row, first: bool) -> Result<Value> {
-    let (name, args, arg) = call_argument(call, row)?;
-    Ok(match name {
-        "COUNT" => Value::from(current.as_i64().unwrap_or(0) + i64::from(!arg.is_null())),
-        "SUM" if arg.is_null() => current.clone(),
-        "SUM" if current.is_null() => arg,
-        "SUM" => arithmetic(BinaryOp::Add, current, &arg),
-        "MIN" | "MAX" if arg.is_null() => current.clone(),
-        "MIN" | "MAX" if current.is_null() => arg,
-        "MIN" => {
-            if compare(&arg, current).is_some_and(|o| o.is_lt()) {
-                arg
-            } else {
-                current.clone()
-            }
-        }
-        "MAX" => {
-            if compare(&arg, current).is_some_and(|o| o.is_gt()) {
-                arg
-            } else {
-                current.clone()
-            }
-        }
-        "EARLIEST_BY_OFFSET" if first || current.is_null() => arg,
-        "EARLIEST_BY_OFFSET" => current.clone(),
-        "LATEST_BY_OFFSET" if arg.is_null() => current.clone(),
-        "TOPK" | "TOPKDISTINCT" => {
-            let k = match args.get(1) {
-                Some(Expr::Literal(k)) => k.as_u64().unwrap_or(0) as usize,
-                _ => bail!("{name} takes a column and a number: {name}(col, k)"),
-            };
-            let mut top = current.as_array().cloned().unwrap_or_default();
-            let repeated = name == "TOPKDISTINCT" && top.contains(&arg);
-            if !arg.is_null() && !repeated {
-                top.push(arg);
-            }
-            // Highest first; ties keep their arrival order.
-            top.sort_by(|a, b| compare(b, a).unwrap_or(std::cmp::Ordering::Equal));
-            top.truncate(k);
-            Value::Array(top)
-        }
-        _ => arg,
-    })
-}
-
-/// What an aggregate reports before its first value.
-fn initial(call: &Expr) -> Value {
-    match call {
-        Expr::Function { name, .. } if name == "COUNT" => Value::from(0),
-        _ => Value::Null,
-    }
 }
 
 #[derive(Default)]
@@ -737,16 +570,6 @@ fn table_update(
     Ok(out)
 }
 
-/// COUNT or SUM without `row`'s contribution (the only aggregates a table update can undo).
-fn retracted(call: &Expr, current: &Value, row: &Row) -> Result<Value> {
-    let (name, _, arg) = call_argument(call, row)?;
-    Ok(match name {
-        "COUNT" => Value::from(current.as_i64().unwrap_or(0) - i64::from(!arg.is_null())),
-        _ if arg.is_null() => current.clone(),
-        _ => arithmetic(BinaryOp::Sub, current, &arg),
-    })
-}
-
 /// Where a group's new values go.
 struct Emit<'a> {
     group: &'a Value,
@@ -824,13 +647,6 @@ fn windows_of(window: Option<Window>, timestamp: i64, stream_time: i64) -> Vec<O
         .collect()
 }
 
-fn describe_call(call: &Expr) -> String {
-    match call {
-        Expr::Function { name, .. } => name.clone(),
-        _ => String::new(),
-    }
-}
-
 fn formats(properties: &Properties, inherit: Option<&Source>) -> Result<(Format, Format)> {
     let both = text_property(properties, "FORMAT")?;
     let value = text_property(properties, "VALUE_FORMAT")?.or(both.clone());
@@ -901,102 +717,6 @@ fn output_columns(select: &Select, from: &Source) -> Result<Vec<ColumnDef>> {
     Ok(columns)
 }
 
-type Row = HashMap<String, Value>;
-
-/// The record's columns, or None for a tombstone.
-fn decode(source: &Source, record: &Record) -> Result<Option<Row>> {
-    if record.value.is_null() {
-        return Ok(None);
-    }
-    let mut row = Row::new();
-    let keys: Vec<&ColumnDef> = source.columns.iter().filter(|c| c.key).collect();
-    if let [key] = keys.as_slice() {
-        row.insert(key.name.clone(), coerce(&record.key, key.ty));
-    }
-    let values: Vec<&ColumnDef> = source.columns.iter().filter(|c| !c.key).collect();
-    match source.value_format {
-        Format::Json => {
-            let Value::Object(object) = &record.value else {
-                return Ok(None);
-            };
-            for column in &values {
-                let field = object.get(&column.name).or_else(|| {
-                    object
-                        .iter()
-                        .find(|(k, _)| k.eq_ignore_ascii_case(&column.name))
-                        .map(|(_, v)| v)
-                });
-                row.insert(
-                    column.name.clone(),
-                    field.map_or(Value::Null, |v| coerce(v, column.ty)),
-                );
-            }
-        }
-        Format::Delimited | Format::Kafka => {
-            let text = match &record.value {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            };
-            let fields = split_delimited(&text);
-            if fields.len() != values.len() {
-                return Ok(None);
-            }
-            for (column, field) in values.iter().zip(fields) {
-                let value = if field.is_empty() {
-                    Value::Null
-                } else {
-                    coerce(&Value::String(field), column.ty)
-                };
-                row.insert(column.name.clone(), value);
-            }
-        }
-    }
-    row.insert("ROWTIME".into(), Value::from(record.timestamp));
-    row.insert("ROWPARTITION".into(), Value::from(record.partition));
-    row.insert("ROWOFFSET".into(), Value::from(record.offset));
-    Ok(Some(row))
-}
-
-/// DELIMITED fields: commas separate, double quotes quote (`""` is a quote).
-fn split_delimited(text: &str) -> Vec<String> {
-    let mut fields = vec![String::new()];
-    let mut quoted = false;
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '"' if quoted && chars.peek() == Some(&'"') => {
-                fields.last_mut().expect("a field").push('"');
-                chars.next();
-            }
-            '"' => quoted = !quoted,
-            ',' if !quoted => fields.push(String::new()),
-            c => fields.last_mut().expect("a field").push(c),
-        }
-    }
-    fields
-}
-
-fn coerce(value: &Value, ty: SqlType) -> Value {
-    match (ty, value) {
-        (_, Value::Null) => Value::Null,
-        (SqlType::Int | SqlType::BigInt, Value::Number(n)) => {
-            n.as_i64().map_or(Value::Null, Value::from)
-        }
-        (SqlType::Int | SqlType::BigInt, Value::String(s)) => {
-            s.trim().parse::<i64>().map_or(Value::Null, Value::from)
-        }
-        (SqlType::Double, Value::Number(n)) => n.as_f64().map_or(Value::Null, Value::from),
-        (SqlType::Double, Value::String(s)) => {
-            s.trim().parse::<f64>().map_or(Value::Null, Value::from)
-        }
-        (SqlType::Boolean, Value::Bool(b)) => Value::Bool(*b),
-        (SqlType::Boolean, Value::String(s)) => Value::Bool(s.eq_ignore_ascii_case("true")),
-        (SqlType::String, Value::String(s)) => Value::String(s.clone()),
-        (SqlType::String, other) => Value::String(other.to_string()),
-        _ => Value::Null,
-    }
-}
-
 fn project(
     select: &Select,
     from: &Source,
@@ -1040,406 +760,6 @@ fn project(
         partition: 0,
         offset: 0,
     })
-}
-
-fn delimited_text(value: &Value) -> String {
-    match value {
-        Value::Null => String::new(),
-        Value::String(s) if s.contains([',', '"', '\n']) => {
-            format!("\"{}\"", s.replace('"', "\"\""))
-        }
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
-}
-
-fn as_f64(v: &Value) -> Option<f64> {
-    v.as_f64()
-}
-
-/// SQL's three-valued logic: null in, null out (AND/OR excepted). Aggregate
-/// calls take their current values from `aggregates`.
-fn eval(expr: &Expr, row: &Row, aggregates: &[(Expr, Value)]) -> Result<Value> {
-    let eval = |e: &Expr| eval(e, row, aggregates);
-    Ok(match expr {
-        Expr::Function { name, args, .. } if !is_aggregate(expr) => {
-            let values = args.iter().map(eval).collect::<Result<Vec<_>>>()?;
-            scalar(name, &values)?
-        }
-        Expr::Function { name, .. } => aggregates
-            .iter()
-            .find(|(call, _)| call == expr)
-            .map(|(_, v)| v.clone())
-            .ok_or_else(|| anyhow!("aggregate {name} needs a GROUP BY"))?,
-        Expr::Column(name) => row
-            .get(name)
-            .cloned()
-            .ok_or_else(|| anyhow!("column '{name}' cannot be resolved."))?,
-        Expr::Literal(v) => v.clone(),
-        Expr::Not(inner) => match eval(inner)? {
-            Value::Bool(b) => Value::Bool(!b),
-            _ => Value::Null,
-        },
-        Expr::Negate(inner) => match eval(inner)? {
-            Value::Number(n) if n.is_i64() => Value::from(-n.as_i64().unwrap_or_default()),
-            Value::Number(n) => n.as_f64().map_or(Value::Null, |f| Value::from(-f)),
-            _ => Value::Null,
-        },
-        Expr::IsNull { expr, negated } => Value::Bool(eval(expr)?.is_null() != *negated),
-        Expr::Between {
-            expr,
-            low,
-            high,
-            negated,
-        } => {
-            let v = eval(expr)?;
-            let within = compare(&v, &eval(low)?).zip(compare(&v, &eval(high)?));
-            match within {
-                Some((lo, hi)) => Value::Bool((lo.is_ge() && hi.is_le()) != *negated),
-                None => Value::Null,
-            }
-        }
-        Expr::In {
-            expr,
-            list,
-            negated,
-        } => {
-            let v = eval(expr)?;
-            if v.is_null() {
-                return Ok(Value::Null);
-            }
-            let mut found = false;
-            for item in list {
-                found |= compare(&v, &eval(item)?).is_some_and(|o| o.is_eq());
-            }
-            Value::Bool(found != *negated)
-        }
-        Expr::Binary(op, left, right) => binary(*op, eval(left)?, eval(right)?),
-        Expr::Case {
-            operand,
-            branches,
-            otherwise,
-        } => {
-            let subject = operand.as_deref().map(&eval).transpose()?;
-            for (when, then) in branches {
-                let matched = match &subject {
-                    Some(v) => compare(v, &eval(when)?).is_some_and(|o| o.is_eq()),
-                    None => eval(when)? == Value::Bool(true),
-                };
-                if matched {
-                    return eval(then);
-                }
-            }
-            match otherwise {
-                Some(e) => eval(e)?,
-                None => Value::Null,
-            }
-        }
-        Expr::Cast { expr, ty } => cast(&eval(expr)?, *ty),
-        Expr::Like {
-            expr,
-            pattern,
-            negated,
-        } => match (eval(expr)?, eval(pattern)?) {
-            (Value::String(text), Value::String(pattern)) => {
-                let chars: Vec<char> = text.chars().collect();
-                let pattern: Vec<char> = pattern.chars().collect();
-                Value::Bool(like(&chars, &pattern) != *negated)
-            }
-            _ => Value::Null,
-        },
-    })
-}
-
-/// SQL LIKE: `%` any run, `_` any one character.
-fn like(text: &[char], pattern: &[char]) -> bool {
-    match pattern.split_first() {
-        None => text.is_empty(),
-        Some(('%', rest)) => (0..=text.len()).any(|i| like(&text[i..], rest)),
-        Some(('_', rest)) => !text.is_empty() && like(&text[1..], rest),
-        Some((c, rest)) => text.first() == Some(c) && like(&text[1..], rest),
-    }
-}
-
-/// CAST(value AS ty); a value that does not convert becomes null.
-fn cast(value: &Value, ty: SqlType) -> Value {
-    match (ty, value) {
-        (SqlType::Int | SqlType::BigInt, Value::Number(n)) if !n.is_i64() => n
-            .as_f64()
-            .map_or(Value::Null, |f| Value::from(f.trunc() as i64)),
-        (SqlType::Double, Value::Number(n)) => n.as_f64().map_or(Value::Null, double),
-        (SqlType::String, Value::Number(n)) if !n.is_i64() => {
-            // Java prints doubles with a fractional part: 1.0, not 1.
-            let f = n.as_f64().unwrap_or_default();
-            Value::from(if f.fract() == 0.0 && f.abs() < 1e7 {
-                format!("{f:.1}")
-            } else {
-                n.to_string()
-            })
-        }
-        _ => coerce(value, ty),
-    }
-}
-
-/// The scalar functions known so far.
-const SCALARS: [&str; 31] = [
-    "ABS",
-    "CONCAT",
-    "COALESCE",
-    "IFNULL",
-    "INITCAP",
-    "LCASE",
-    "LEN",
-    "ROUND",
-    "SUBSTRING",
-    "TRIM",
-    "UCASE",
-    "AS_VALUE",
-    "EXP",
-    "LN",
-    "SQRT",
-    "CBRT",
-    "SIGN",
-    "CEIL",
-    "FLOOR",
-    "SIN",
-    "COS",
-    "TAN",
-    "ASIN",
-    "ACOS",
-    "ATAN",
-    "SINH",
-    "COSH",
-    "TANH",
-    "DEGREES",
-    "RADIANS",
-    "POWER",
-];
-
-/// A DOUBLE result; NaN and the infinities are written as ksqlDB's JSON writes them.
-fn double(f: f64) -> Value {
-    serde_json::Number::from_f64(f).map_or_else(
-        || {
-            Value::from(if f.is_nan() {
-                "NaN"
-            } else if f > 0.0 {
-                "Infinity"
-            } else {
-                "-Infinity"
-            })
-        },
-        Value::Number,
-    )
-}
-
-fn text(v: &Value) -> Option<String> {
-    match v {
-        Value::Null => None,
-        Value::String(s) => Some(s.clone()),
-        other => Some(other.to_string()),
-    }
-}
-
-/// A scalar function of ksqlDB's library; null in, null out unless it says otherwise.
-fn scalar(name: &str, args: &[Value]) -> Result<Value> {
-    if !SCALARS.contains(&name) {
-        bail!("Can't find any functions with the name '{name}'");
-    }
-    let arg = |i: usize| args.get(i).cloned().unwrap_or(Value::Null);
-    Ok(match name {
-        "AS_VALUE" => arg(0),
-        "IFNULL" => {
-            if arg(0).is_null() {
-                arg(1)
-            } else {
-                arg(0)
-            }
-        }
-        "COALESCE" => args
-            .iter()
-            .find(|v| !v.is_null())
-            .cloned()
-            .unwrap_or(Value::Null),
-        "CONCAT" => {
-            if args.iter().all(Value::is_null) {
-                Value::Null
-            } else {
-                Value::String(args.iter().filter_map(text).collect())
-            }
-        }
-        _ if arg(0).is_null() => Value::Null,
-        "ABS" => match arg(0) {
-            Value::Number(n) if n.is_i64() => Value::from(n.as_i64().unwrap_or_default().abs()),
-            Value::Number(n) => n.as_f64().map_or(Value::Null, |f| Value::from(f.abs())),
-            _ => Value::Null,
-        },
-        "LEN" => Value::from(text(&arg(0)).map_or(0, |s| s.chars().count())),
-        "SIGN" => arg(0).as_f64().map_or(Value::Null, |f| {
-            Value::from(if f > 0.0 {
-                1
-            } else if f < 0.0 {
-                -1
-            } else {
-                0
-            })
-        }),
-        "CEIL" | "FLOOR" if arg(0).is_i64() => arg(0),
-        "POWER" => match (arg(0).as_f64(), arg(1).as_f64()) {
-            (Some(x), Some(y)) => double(x.powf(y)),
-            _ => Value::Null,
-        },
-        "EXP" | "LN" | "SQRT" | "CBRT" | "CEIL" | "FLOOR" | "SIN" | "COS" | "TAN" | "ASIN"
-        | "ACOS" | "ATAN" | "SINH" | "COSH" | "TANH" | "DEGREES" | "RADIANS" => {
-            let Some(x) = arg(0).as_f64() else {
-                return Ok(Value::Null);
-            };
-            double(match name {
-                "EXP" => x.exp(),
-                "LN" => x.ln(),
-                "SQRT" => x.sqrt(),
-                "CBRT" => x.cbrt(),
-                "CEIL" => x.ceil(),
-                "FLOOR" => x.floor(),
-                "SIN" => x.sin(),
-                "COS" => x.cos(),
-                "TAN" => x.tan(),
-                "ASIN" => x.asin(),
-                "ACOS" => x.acos(),
-                "ATAN" => x.atan(),
-                "SINH" => x.sinh(),
-                "COSH" => x.cosh(),
-                "TANH" => x.tanh(),
-                "DEGREES" => x.to_degrees(),
-                _ => x.to_radians(),
-            })
-        }
-        "UCASE" => Value::from(text(&arg(0)).unwrap_or_default().to_uppercase()),
-        "LCASE" => Value::from(text(&arg(0)).unwrap_or_default().to_lowercase()),
-        "TRIM" => Value::from(text(&arg(0)).unwrap_or_default().trim()),
-        "INITCAP" => {
-            let s = text(&arg(0)).unwrap_or_default();
-            let mut out = String::with_capacity(s.len());
-            let mut start = true;
-            for c in s.chars() {
-                if start {
-                    out.extend(c.to_uppercase());
-                } else {
-                    out.extend(c.to_lowercase());
-                }
-                start = c.is_whitespace();
-            }
-            Value::from(out)
-        }
-        "SUBSTRING" => {
-            let chars: Vec<char> = text(&arg(0)).unwrap_or_default().chars().collect();
-            let Some(position) = arg(1).as_i64() else {
-                return Ok(Value::Null);
-            };
-            let len = chars.len() as i64;
-            // 1-based; negative counts from the end.
-            let start = if position < 0 {
-                (len + position).max(0)
-            } else {
-                (position - 1).max(0)
-            };
-            let end = match args.get(2) {
-                Some(count) => match count.as_i64() {
-                    Some(count) => (start + count.max(0)).min(len),
-                    None => return Ok(Value::Null),
-                },
-                None => len,
-            };
-            let start = start.min(len);
-            Value::from(
-                chars[start as usize..end.max(start) as usize]
-                    .iter()
-                    .collect::<String>(),
-            )
-        }
-        "ROUND" => match (arg(0), args.get(1).and_then(Value::as_i64)) {
-            (Value::Number(n), _) if n.is_i64() => Value::Number(n),
-            (Value::Number(n), None) => n
-                .as_f64()
-                .map_or(Value::Null, |f| Value::from(round_half_up(f, 0) as i64)),
-            (Value::Number(n), Some(places)) => n
-                .as_f64()
-                .and_then(|f| serde_json::Number::from_f64(round_half_up(f, places)))
-                .map_or(Value::Null, Value::Number),
-            _ => Value::Null,
-        },
-        _ => unreachable!("every name in SCALARS has an arm"),
-    })
-}
-
-/// Rounds half away from zero at `places` decimals, as ksqlDB's ROUND does.
-fn round_half_up(f: f64, places: i64) -> f64 {
-    let scale = 10f64.powi(places as i32);
-    (f * scale).round() / scale
-}
-
-fn compare(a: &Value, b: &Value) -> Option<std::cmp::Ordering> {
-    match (a, b) {
-        (Value::Number(_), Value::Number(_)) => as_f64(a)?.partial_cmp(&as_f64(b)?),
-        (Value::String(x), Value::String(y)) => Some(x.cmp(y)),
-        (Value::Bool(x), Value::Bool(y)) => Some(x.cmp(y)),
-        _ => None,
-    }
-}
-
-fn binary(op: BinaryOp, a: Value, b: Value) -> Value {
-    use BinaryOp as B;
-    match op {
-        B::And => match (a, b) {
-            (Value::Bool(false), _) | (_, Value::Bool(false)) => Value::Bool(false),
-            (Value::Bool(true), Value::Bool(true)) => Value::Bool(true),
-            _ => Value::Null,
-        },
-        B::Or => match (a, b) {
-            (Value::Bool(true), _) | (_, Value::Bool(true)) => Value::Bool(true),
-            (Value::Bool(false), Value::Bool(false)) => Value::Bool(false),
-            _ => Value::Null,
-        },
-        B::Eq | B::NotEq | B::Lt | B::LtEq | B::Gt | B::GtEq => match compare(&a, &b) {
-            Some(o) => Value::Bool(match op {
-                B::Eq => o.is_eq(),
-                B::NotEq => o.is_ne(),
-                B::Lt => o.is_lt(),
-                B::LtEq => o.is_le(),
-                B::Gt => o.is_gt(),
-                _ => o.is_ge(),
-            }),
-            None => Value::Null,
-        },
-        B::Add if a.is_string() || b.is_string() => match (a, b) {
-            (Value::String(x), Value::String(y)) => Value::String(x + &y),
-            _ => Value::Null,
-        },
-        B::Add | B::Sub | B::Mul | B::Div | B::Rem => arithmetic(op, &a, &b),
-    }
-}
-
-fn arithmetic(op: BinaryOp, a: &Value, b: &Value) -> Value {
-    use BinaryOp as B;
-    if let (Some(x), Some(y)) = (a.as_i64(), b.as_i64()) {
-        return match op {
-            B::Add => x.checked_add(y).map_or(Value::Null, Value::from),
-            B::Sub => x.checked_sub(y).map_or(Value::Null, Value::from),
-            B::Mul => x.checked_mul(y).map_or(Value::Null, Value::from),
-            B::Div => x.checked_div(y).map_or(Value::Null, Value::from),
-            _ => x.checked_rem(y).map_or(Value::Null, Value::from),
-        };
-    }
-    let (Some(x), Some(y)) = (a.as_f64(), b.as_f64()) else {
-        return Value::Null;
-    };
-    let r = match op {
-        B::Add => x + y,
-        B::Sub => x - y,
-        B::Mul => x * y,
-        B::Div => x / y,
-        _ => x % y,
-    };
-    serde_json::Number::from_f64(r).map_or(Value::Null, Value::Number)
 }
 
 #[cfg(test)]
@@ -1529,34 +849,6 @@ mod tests {
             error.starts_with("Invalid result type. Your SELECT query produces a TABLE."),
             "{error}"
         );
-    }
-
-    #[test]
-    fn scalar_functions_follow_ksqldb() {
-        let v = |s: &str| Value::from(s);
-        assert_eq!(
-            scalar("SUBSTRING", &[v("hello"), Value::from(2), Value::from(3)]).unwrap(),
-            v("ell")
-        );
-        assert_eq!(
-            scalar("SUBSTRING", &[v("hello"), Value::from(-3)]).unwrap(),
-            v("llo")
-        );
-        assert_eq!(
-            scalar("ROUND", &[Value::from(2.5)]).unwrap(),
-            Value::from(3)
-        );
-        assert_eq!(
-            scalar("ROUND", &[Value::from(1.234), Value::from(2)]).unwrap(),
-            Value::from(1.23)
-        );
-        assert_eq!(
-            scalar("INITCAP", &[v("the QUICK fox")]).unwrap(),
-            v("The Quick Fox")
-        );
-        assert_eq!(scalar("IFNULL", &[Value::Null, v("x")]).unwrap(), v("x"));
-        assert_eq!(scalar("LEN", &[Value::Null]).unwrap(), Value::Null);
-        assert!(scalar("WONT_FIND_ME", &[]).is_err());
     }
 
     #[test]

@@ -12,7 +12,11 @@
 //! TOPK/TOPKDISTINCT, CASE, CAST, LIKE, INSERT INTO and table sources (updates
 //! retract the old row) too. Complex types, joins and the live runtime are to come.
 
+mod aggregate;
 pub mod engine;
+mod eval;
+mod format;
+mod functions;
 pub mod lexer;
 pub mod parser;
 pub mod qtt;

@@ -1,0 +1,206 @@
+//! Expression evaluation over a row, with SQL's null rules.
+
+use std::collections::HashMap;
+
+use anyhow::{anyhow, Result};
+use serde_json::Value;
+
+use crate::aggregate::is_aggregate;
+use crate::format::coerce;
+use crate::functions::{double, scalar};
+use crate::parser::{BinaryOp, Expr, SqlType};
+
+pub(crate) type Row = HashMap<String, Value>;
+
+/// SQL's three-valued logic: null in, null out (AND/OR excepted). Aggregate
+/// calls take their current values from `aggregates`.
+pub(crate) fn eval(expr: &Expr, row: &Row, aggregates: &[(Expr, Value)]) -> Result<Value> {
+    let eval = |e: &Expr| eval(e, row, aggregates);
+    Ok(match expr {
+        Expr::Function { name, args, .. } if !is_aggregate(expr) => {
+            let values = args.iter().map(eval).collect::<Result<Vec<_>>>()?;
+            scalar(name, &values)?
+        }
+        Expr::Function { name, .. } => aggregates
+            .iter()
+            .find(|(call, _)| call == expr)
+            .map(|(_, v)| v.clone())
+            .ok_or_else(|| anyhow!("aggregate {name} needs a GROUP BY"))?,
+        Expr::Column(name) => row
+            .get(name)
+            .cloned()
+            .ok_or_else(|| anyhow!("column '{name}' cannot be resolved."))?,
+        Expr::Literal(v) => v.clone(),
+        Expr::Not(inner) => match eval(inner)? {
+            Value::Bool(b) => Value::Bool(!b),
+            _ => Value::Null,
+        },
+        Expr::Negate(inner) => match eval(inner)? {
+            Value::Number(n) if n.is_i64() => Value::from(-n.as_i64().unwrap_or_default()),
+            Value::Number(n) => n.as_f64().map_or(Value::Null, |f| Value::from(-f)),
+            _ => Value::Null,
+        },
+        Expr::IsNull { expr, negated } => Value::Bool(eval(expr)?.is_null() != *negated),
+        Expr::Between {
+            expr,
+            low,
+            high,
+            negated,
+        } => {
+            let v = eval(expr)?;
+            let within = compare(&v, &eval(low)?).zip(compare(&v, &eval(high)?));
+            match within {
+                Some((lo, hi)) => Value::Bool((lo.is_ge() && hi.is_le()) != *negated),
+                None => Value::Null,
+            }
+        }
+        Expr::In {
+            expr,
+            list,
+            negated,
+        } => {
+            let v = eval(expr)?;
+            if v.is_null() {
+                return Ok(Value::Null);
+            }
+            let mut found = false;
+            for item in list {
+                found |= compare(&v, &eval(item)?).is_some_and(|o| o.is_eq());
+            }
+            Value::Bool(found != *negated)
+        }
+        Expr::Binary(op, left, right) => binary(*op, eval(left)?, eval(right)?),
+        Expr::Case {
+            operand,
+            branches,
+            otherwise,
+        } => {
+            let subject = operand.as_deref().map(&eval).transpose()?;
+            for (when, then) in branches {
+                let matched = match &subject {
+                    Some(v) => compare(v, &eval(when)?).is_some_and(|o| o.is_eq()),
+                    None => eval(when)? == Value::Bool(true),
+                };
+                if matched {
+                    return eval(then);
+                }
+            }
+            match otherwise {
+                Some(e) => eval(e)?,
+                None => Value::Null,
+            }
+        }
+        Expr::Cast { expr, ty } => cast(&eval(expr)?, *ty),
+        Expr::Like {
+            expr,
+            pattern,
+            negated,
+        } => match (eval(expr)?, eval(pattern)?) {
+            (Value::String(text), Value::String(pattern)) => {
+                let chars: Vec<char> = text.chars().collect();
+                let pattern: Vec<char> = pattern.chars().collect();
+                Value::Bool(like(&chars, &pattern) != *negated)
+            }
+            _ => Value::Null,
+        },
+    })
+}
+
+/// SQL LIKE: `%` any run, `_` any one character.
+pub(crate) fn like(text: &[char], pattern: &[char]) -> bool {
+    match pattern.split_first() {
+        None => text.is_empty(),
+        Some(('%', rest)) => (0..=text.len()).any(|i| like(&text[i..], rest)),
+        Some(('_', rest)) => !text.is_empty() && like(&text[1..], rest),
+        Some((c, rest)) => text.first() == Some(c) && like(&text[1..], rest),
+    }
+}
+
+/// CAST(value AS ty); a value that does not convert becomes null.
+pub(crate) fn cast(value: &Value, ty: SqlType) -> Value {
+    match (ty, value) {
+        (SqlType::Int | SqlType::BigInt, Value::Number(n)) if !n.is_i64() => n
+            .as_f64()
+            .map_or(Value::Null, |f| Value::from(f.trunc() as i64)),
+        (SqlType::Double, Value::Number(n)) => n.as_f64().map_or(Value::Null, double),
+        (SqlType::String, Value::Number(n)) if !n.is_i64() => {
+            // Java prints doubles with a fractional part: 1.0, not 1.
+            let f = n.as_f64().unwrap_or_default();
+            Value::from(if f.fract() == 0.0 && f.abs() < 1e7 {
+                format!("{f:.1}")
+            } else {
+                n.to_string()
+            })
+        }
+        _ => coerce(value, ty),
+    }
+}
+
+pub(crate) fn compare(a: &Value, b: &Value) -> Option<std::cmp::Ordering> {
+    match (a, b) {
+        (Value::Number(_), Value::Number(_)) => as_f64(a)?.partial_cmp(&as_f64(b)?),
+        (Value::String(x), Value::String(y)) => Some(x.cmp(y)),
+        (Value::Bool(x), Value::Bool(y)) => Some(x.cmp(y)),
+        _ => None,
+    }
+}
+
+pub(crate) fn binary(op: BinaryOp, a: Value, b: Value) -> Value {
+    use BinaryOp as B;
+    match op {
+        B::And => match (a, b) {
+            (Value::Bool(false), _) | (_, Value::Bool(false)) => Value::Bool(false),
+            (Value::Bool(true), Value::Bool(true)) => Value::Bool(true),
+            _ => Value::Null,
+        },
+        B::Or => match (a, b) {
+            (Value::Bool(true), _) | (_, Value::Bool(true)) => Value::Bool(true),
+            (Value::Bool(false), Value::Bool(false)) => Value::Bool(false),
+            _ => Value::Null,
+        },
+        B::Eq | B::NotEq | B::Lt | B::LtEq | B::Gt | B::GtEq => match compare(&a, &b) {
+            Some(o) => Value::Bool(match op {
+                B::Eq => o.is_eq(),
+                B::NotEq => o.is_ne(),
+                B::Lt => o.is_lt(),
+                B::LtEq => o.is_le(),
+                B::Gt => o.is_gt(),
+                _ => o.is_ge(),
+            }),
+            None => Value::Null,
+        },
+        B::Add if a.is_string() || b.is_string() => match (a, b) {
+            (Value::String(x), Value::String(y)) => Value::String(x + &y),
+            _ => Value::Null,
+        },
+        B::Add | B::Sub | B::Mul | B::Div | B::Rem => arithmetic(op, &a, &b),
+    }
+}
+
+pub(crate) fn arithmetic(op: BinaryOp, a: &Value, b: &Value) -> Value {
+    use BinaryOp as B;
+    if let (Some(x), Some(y)) = (a.as_i64(), b.as_i64()) {
+        return match op {
+            B::Add => x.checked_add(y).map_or(Value::Null, Value::from),
+            B::Sub => x.checked_sub(y).map_or(Value::Null, Value::from),
+            B::Mul => x.checked_mul(y).map_or(Value::Null, Value::from),
+            B::Div => x.checked_div(y).map_or(Value::Null, Value::from),
+            _ => x.checked_rem(y).map_or(Value::Null, Value::from),
+        };
+    }
+    let (Some(x), Some(y)) = (a.as_f64(), b.as_f64()) else {
+        return Value::Null;
+    };
+    let r = match op {
+        B::Add => x + y,
+        B::Sub => x - y,
+        B::Mul => x * y,
+        B::Div => x / y,
+        _ => x % y,
+    };
+    serde_json::Number::from_f64(r).map_or(Value::Null, Value::Number)
+}
+
+pub(crate) fn as_f64(v: &Value) -> Option<f64> {
+    v.as_f64()
+}
