@@ -3,7 +3,8 @@
 //! source into a record of its sink, in offset order. The engine only sees
 //! `Record`s, so the QTT runner's in-memory topics and a live broker feed it alike.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Result};
 use serde_json::{Map, Value};
@@ -12,7 +13,8 @@ use crate::aggregate::{accumulate, aggregate_calls, describe_call, initial, merg
 use crate::eval::{eval, Row};
 use crate::format::{decode, delimited_text, Format};
 use crate::parser::{
-    ColumnDef, Expr, Properties, Select, SelectItem, SourceKind, SqlType, Statement, Window,
+    ColumnDef, EmitMode, Expr, Properties, Select, SelectItem, SourceKind, SqlType, Statement,
+    Window,
 };
 
 /// A record as the engine sees it: key and value in their topic's logical
@@ -36,13 +38,20 @@ pub(crate) struct Source {
     pub(crate) columns: Vec<ColumnDef>,
     pub(crate) key_format: Format,
     pub(crate) value_format: Format,
+    /// The window of a windowed aggregation's sink: its keys carry one.
+    pub(crate) window: Option<Window>,
 }
 
-/// A running CREATE ... AS SELECT.
+/// A running query: persistent (CREATE ... AS SELECT, INSERT INTO) or a
+/// transient SELECT, whose sink has no topic anyone else reads.
 #[derive(Debug, Clone)]
-struct Query {
-    from: String,
-    sink: String,
+pub(crate) struct Query {
+    /// ksqlDB's style: `CSAS_OUTPUT_0`, `CTAS_T_1`, `INSERTQUERY_2`, `TRANSIENT_3`.
+    pub(crate) id: String,
+    /// A SELECT of a session, not a CREATE ... AS SELECT or INSERT INTO.
+    pub(crate) transient: bool,
+    pub(crate) from: String,
+    pub(crate) sink: String,
     select: Select,
     /// For GROUP BY: the aggregate calls and their state per group.
     aggregation: Option<Aggregation>,
@@ -61,8 +70,46 @@ struct Aggregation {
     emitted: std::collections::HashSet<String>,
     /// The highest timestamp seen: windows older than it plus grace are closed.
     stream_time: i64,
+    /// Time windows by the stream time that closes them (end + grace), so
+    /// their state is dropped then, and EMIT FINAL emits them.
+    closing: BTreeSet<(i64, String)>,
+    /// EMIT FINAL: each open window's latest input row and timestamp.
+    pending: HashMap<String, Pending>,
     /// Session windows: per group, its sessions `(start, end, values)`.
     sessions: HashMap<String, Vec<(i64, i64, Vec<Value>)>>,
+}
+
+#[derive(Debug, Clone)]
+struct Pending {
+    group: Value,
+    window: Option<(i64, i64)>,
+    row: Row,
+    timestamp: i64,
+}
+
+/// What a statement did, for the session to report.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Executed {
+    Created {
+        kind: SourceKind,
+        name: String,
+    },
+    /// A persistent query started, writing into `sink`.
+    Started {
+        id: String,
+        sink: String,
+    },
+    /// A transient SELECT registered: a push query, or a pull query (no EMIT).
+    Transient {
+        id: String,
+        pull: bool,
+    },
+    Dropped {
+        name: String,
+    },
+    Terminated {
+        ids: Vec<String>,
+    },
 }
 
 /// ksqlDB's rules for a grouped SELECT, with its words: no aggregate in GROUP
@@ -111,10 +158,12 @@ fn check_grouping(sink: &str, select: &Select) -> Result<()> {
     Ok(())
 }
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct Engine {
-    sources: HashMap<String, Source>,
-    queries: Vec<Query>,
+    pub(crate) sources: HashMap<String, Arc<Source>>,
+    pub(crate) queries: Vec<Query>,
+    /// Numbers query ids, as ksqlDB does, across the session.
+    query_count: usize,
 }
 
 fn property<'a>(properties: &'a Properties, name: &str) -> Option<&'a Value> {
@@ -130,7 +179,7 @@ fn text_property(properties: &Properties, name: &str) -> Result<Option<String>> 
 }
 
 impl Engine {
-    pub fn execute(&mut self, statement: &Statement) -> Result<()> {
+    pub fn execute(&mut self, statement: &Statement) -> Result<Executed> {
         match statement {
             Statement::CreateSource {
                 kind,
@@ -159,8 +208,13 @@ impl Engine {
                         columns: columns.clone(),
                         key_format,
                         value_format,
+                        window: None,
                     },
-                )
+                )?;
+                Ok(Executed::Created {
+                    kind: *kind,
+                    name: name.clone(),
+                })
             }
             Statement::CreateAs {
                 kind,
@@ -168,91 +222,98 @@ impl Engine {
                 properties,
                 select,
             } => {
+                let id = self.create_as(*kind, name, properties, select, false)?;
+                Ok(Executed::Started {
+                    id,
+                    sink: name.clone(),
+                })
+            }
+            Statement::Query(select) => {
+                let pull = select.emit.is_none();
                 let from = self
                     .sources
                     .get(&select.from)
-                    .ok_or_else(|| anyhow!("{} does not exist.", select.from))?
-                    .clone();
-                let aggregated = !select.group_by.is_empty();
-                let produces_table = aggregated || from.kind == SourceKind::Table;
-                match (kind, produces_table) {
-                    (SourceKind::Stream, true) => bail!(
-                        "Invalid result type. Your SELECT query produces a TABLE. Please use CREATE TABLE AS SELECT statement instead."
-                    ),
-                    (SourceKind::Table, false) => bail!(
-                        "Invalid result type. Your SELECT query produces a STREAM. Please use CREATE STREAM AS SELECT statement instead."
-                    ),
-                    _ => {}
+                    .ok_or_else(|| anyhow!("{} does not exist.", select.from))?;
+                if pull && !select.group_by.is_empty() {
+                    bail!("Pull queries don't support GROUP BY clauses. See https://cnfl.io/queries for more info.\nAdd EMIT CHANGES if you intended to issue a push query.");
                 }
-                if from.kind == SourceKind::Table && select.window.is_some() {
-                    bail!("WINDOW clauses can only be used on streams");
+                if pull && select.window.is_some() {
+                    bail!("Pull queries don't support WINDOW clauses. See https://cnfl.io/queries for more info.\nAdd EMIT CHANGES if you intended to issue a push query.");
                 }
-                let aggregation = if aggregated {
-                    check_grouping(name, select)?;
-                    if select.group_by.len() > 1 {
-                        bail!("GROUP BY on more than one expression is not supported yet");
-                    }
-                    let mut calls = Vec::new();
-                    for item in &select.items {
-                        if let SelectItem::Expr { expr, .. } = item {
-                            aggregate_calls(expr, &mut calls)?;
-                        }
-                    }
-                    if let Some(having) = &select.having {
-                        aggregate_calls(having, &mut calls)?;
-                    }
-                    if from.kind == SourceKind::Table {
-                        if let Some(Expr::Function { name, .. }) = calls
-                            .iter()
-                            .find(|c| !matches!(c, Expr::Function { name, .. } if name == "COUNT" || name == "SUM"))
-                        {
-                            bail!("aggregating a table with {name} is not supported yet");
-                        }
-                    }
-                    Some(Aggregation {
-                        calls,
-                        ..Aggregation::default()
-                    })
+                let kind = if select.group_by.is_empty() {
+                    from.kind
                 } else {
-                    for item in &select.items {
-                        if let SelectItem::Expr { expr, .. } = item {
-                            let mut calls = Vec::new();
-                            aggregate_calls(expr, &mut calls)?;
-                            if !calls.is_empty() {
-                                bail!(
-                                    "Use of aggregate function {} requires a GROUP BY clause.",
-                                    describe_call(&calls[0])
-                                );
-                            }
+                    SourceKind::Table
+                };
+                let name = format!("TRANSIENT_{}", self.query_count);
+                let properties = vec![
+                    ("KEY_FORMAT".to_string(), Value::from("JSON")),
+                    ("VALUE_FORMAT".to_string(), Value::from("JSON")),
+                ];
+                let id = self.create_as(kind, &name, &properties, select, true)?;
+                Ok(Executed::Transient { id, pull })
+            }
+            Statement::Drop {
+                kind,
+                name,
+                if_exists,
+                ..
+            } => {
+                let Some(source) = self.sources.get(name) else {
+                    if *if_exists {
+                        return Ok(Executed::Dropped { name: name.clone() });
+                    }
+                    bail!("Source {name} does not exist.");
+                };
+                if source.kind != *kind {
+                    bail!(
+                        "{name} is a {}, not a {}.",
+                        kind_word(source.kind),
+                        kind_word(*kind)
+                    );
+                }
+                let users: Vec<&str> = self
+                    .queries
+                    .iter()
+                    .filter(|q| q.from == *name || q.sink == *name)
+                    .map(|q| q.id.as_str())
+                    .collect();
+                if !users.is_empty() {
+                    bail!(
+                        "Cannot drop {name}. The following queries read from or write to it: {}. Terminate them first.",
+                        users.join(", ")
+                    );
+                }
+                self.sources.remove(name);
+                Ok(Executed::Dropped { name: name.clone() })
+            }
+            Statement::Terminate { query } => {
+                let ids: Vec<String> = match query {
+                    Some(id) => {
+                        let Some(query) =
+                            self.queries.iter().find(|q| q.id.eq_ignore_ascii_case(id))
+                        else {
+                            bail!("Unknown queryId: {id}");
+                        };
+                        vec![query.id.clone()]
+                    }
+                    None => self.queries.iter().map(|q| q.id.clone()).collect(),
+                };
+                for id in &ids {
+                    if let Some(at) = self.queries.iter().position(|q| q.id == *id) {
+                        let query = self.queries.remove(at);
+                        if query.transient {
+                            self.sources.remove(&query.sink);
                         }
                     }
-                    None
-                };
-                let columns = output_columns(select, &from)?;
-                if !columns.is_empty() && columns.iter().all(|c| c.key) {
-                    bail!("The projection contains no value columns.");
                 }
-                let topic =
-                    text_property(properties, "KAFKA_TOPIC")?.unwrap_or_else(|| name.clone());
-                let (key_format, value_format) = formats(properties, Some(&from))?;
-                self.add(
-                    name,
-                    Source {
-                        kind: *kind,
-                        topic,
-                        columns,
-                        key_format,
-                        value_format,
-                    },
-                )?;
-                self.queries.push(Query {
-                    from: select.from.clone(),
-                    sink: name.clone(),
-                    select: select.clone(),
-                    aggregation,
-                    table_rows: HashMap::new(),
-                });
-                Ok(())
+                Ok(Executed::Terminated { ids })
+            }
+            Statement::Set { .. }
+            | Statement::Unset { .. }
+            | Statement::Show(_)
+            | Statement::Describe { .. } => {
+                bail!("SET, UNSET, SHOW and DESCRIBE are answered by a session, not the engine")
             }
             Statement::InsertInto { target, select } => {
                 let into = self
@@ -269,7 +330,7 @@ impl Engine {
                 {
                     bail!("INSERT INTO can only write stream query results into a stream");
                 }
-                let columns = output_columns(select, from)?;
+                let columns = output_columns(select, from, false)?;
                 let same = columns.len() == into.columns.len()
                     && columns
                         .iter()
@@ -278,23 +339,138 @@ impl Engine {
                 if !same {
                     bail!("Incompatible schema between results and sink.");
                 }
+                let id = format!("INSERTQUERY_{}", self.query_count);
+                self.query_count += 1;
                 self.queries.push(Query {
+                    id: id.clone(),
+                    transient: false,
                     from: select.from.clone(),
                     sink: target.clone(),
                     select: select.clone(),
                     aggregation: None,
                     table_rows: HashMap::new(),
                 });
-                Ok(())
+                Ok(Executed::Started {
+                    id,
+                    sink: target.clone(),
+                })
             }
         }
+    }
+
+    /// Registers a CREATE ... AS SELECT (or a transient SELECT into `name`) and
+    /// returns its query id.
+    fn create_as(
+        &mut self,
+        kind: SourceKind,
+        name: &str,
+        properties: &Properties,
+        select: &Select,
+        transient: bool,
+    ) -> Result<String> {
+        if select.window.is_some_and(|w| w.session) && select.emit == Some(EmitMode::Final) {
+            bail!("EMIT FINAL is not supported for SESSION windows yet.");
+        }
+        let from = self
+            .sources
+            .get(&select.from)
+            .ok_or_else(|| anyhow!("{} does not exist.", select.from))?
+            .clone();
+        let aggregated = !select.group_by.is_empty();
+        let produces_table = aggregated || from.kind == SourceKind::Table;
+        match (kind, produces_table) {
+            (SourceKind::Stream, true) => bail!(
+                "Invalid result type. Your SELECT query produces a TABLE. Please use CREATE TABLE AS SELECT statement instead."
+            ),
+            (SourceKind::Table, false) => bail!(
+                "Invalid result type. Your SELECT query produces a STREAM. Please use CREATE STREAM AS SELECT statement instead."
+            ),
+            _ => {}
+        }
+        if from.kind == SourceKind::Table && select.window.is_some() {
+            bail!("WINDOW clauses can only be used on streams");
+        }
+        let aggregation = if aggregated {
+            check_grouping(name, select)?;
+            if select.group_by.len() > 1 {
+                bail!("GROUP BY on more than one expression is not supported yet");
+            }
+            let mut calls = Vec::new();
+            for item in &select.items {
+                if let SelectItem::Expr { expr, .. } = item {
+                    aggregate_calls(expr, &mut calls)?;
+                }
+            }
+            if let Some(having) = &select.having {
+                aggregate_calls(having, &mut calls)?;
+            }
+            if from.kind == SourceKind::Table {
+                if let Some(Expr::Function { name, .. }) = calls
+                    .iter()
+                    .find(|c| !matches!(c, Expr::Function { name, .. } if name == "COUNT" || name == "SUM"))
+                {
+                    bail!("aggregating a table with {name} is not supported yet");
+                }
+            }
+            Some(Aggregation {
+                calls,
+                ..Aggregation::default()
+            })
+        } else {
+            for item in &select.items {
+                if let SelectItem::Expr { expr, .. } = item {
+                    let mut calls = Vec::new();
+                    aggregate_calls(expr, &mut calls)?;
+                    if !calls.is_empty() {
+                        bail!(
+                            "Use of aggregate function {} requires a GROUP BY clause.",
+                            describe_call(&calls[0])
+                        );
+                    }
+                }
+            }
+            None
+        };
+        let columns = output_columns(select, &from, transient)?;
+        if !columns.is_empty() && columns.iter().all(|c| c.key) {
+            bail!("The projection contains no value columns.");
+        }
+        let topic = text_property(properties, "KAFKA_TOPIC")?.unwrap_or_else(|| name.to_string());
+        let (key_format, value_format) = formats(properties, Some(&from))?;
+        self.add(
+            name,
+            Source {
+                kind,
+                topic,
+                columns,
+                key_format,
+                value_format,
+                window: select.window.filter(|_| aggregated),
+            },
+        )?;
+        let id = match (transient, kind) {
+            (true, _) => name.to_string(),
+            (false, SourceKind::Stream) => format!("CSAS_{name}_{}", self.query_count),
+            (false, SourceKind::Table) => format!("CTAS_{name}_{}", self.query_count),
+        };
+        self.query_count += 1;
+        self.queries.push(Query {
+            id: id.clone(),
+            transient,
+            from: select.from.clone(),
+            sink: name.to_string(),
+            select: select.clone(),
+            aggregation,
+            table_rows: HashMap::new(),
+        });
+        Ok(id)
     }
 
     fn add(&mut self, name: &str, source: Source) -> Result<()> {
         if self.sources.contains_key(name) {
             bail!("Cannot add stream '{name}': A stream with the same name already exists");
         }
-        self.sources.insert(name.to_string(), source);
+        self.sources.insert(name.to_string(), Arc::new(source));
         Ok(())
     }
 
@@ -359,17 +535,31 @@ impl Engine {
                         continue;
                     }
                     let mut produced = Vec::new();
+                    let final_only = select.emit == Some(EmitMode::Final);
                     for window in
                         windows_of(select.window, record.timestamp, aggregation.stream_time)
                     {
                         let id = format!("{group}@{window:?}");
                         let first = !aggregation.groups.contains_key(&id);
+                        if let (true, Some((_, end)), Some(w)) = (first, window, select.window) {
+                            aggregation.closing.insert((end + w.grace, id.clone()));
+                        }
                         let values = aggregation
                             .groups
                             .entry(id.clone())
                             .or_insert_with(|| aggregation.calls.iter().map(initial).collect());
                         for (call, value) in aggregation.calls.iter().zip(values.iter_mut()) {
                             *value = accumulate(call, value, &row, first)?;
+                        }
+                        if final_only {
+                            let pending = Pending {
+                                group: group.clone(),
+                                window,
+                                row: row.clone(),
+                                timestamp: record.timestamp,
+                            };
+                            aggregation.pending.insert(id, pending);
+                            continue;
                         }
                         let values = values.clone();
                         let target = Emit {
@@ -388,6 +578,7 @@ impl Engine {
                             target,
                         )?);
                     }
+                    produced.extend(close_windows(aggregation, select, &from, &sink)?);
                     produced
                 }
             };
@@ -570,6 +761,47 @@ fn table_update(
     Ok(out)
 }
 
+/// Forgets the windows the stream time has closed; under EMIT FINAL, emits
+/// each one's final row first (HAVING applied), oldest close first.
+fn close_windows(
+    aggregation: &mut Aggregation,
+    select: &Select,
+    from: &Source,
+    sink: &Source,
+) -> Result<Vec<Record>> {
+    let mut out = Vec::new();
+    while aggregation
+        .closing
+        .first()
+        .is_some_and(|(close, _)| *close <= aggregation.stream_time)
+    {
+        let Some((_, id)) = aggregation.closing.pop_first() else {
+            break;
+        };
+        let values = aggregation.groups.remove(&id);
+        aggregation.emitted.remove(&id);
+        if let (Some(values), Some(last)) = (values, aggregation.pending.remove(&id)) {
+            let target = Emit {
+                group: &last.group,
+                id: &id,
+                window: last.window,
+                timestamp: last.timestamp,
+            };
+            out.extend(emit(
+                aggregation,
+                select,
+                from,
+                sink,
+                &last.row,
+                &values,
+                target,
+            )?);
+            aggregation.emitted.remove(&id);
+        }
+    }
+    Ok(out)
+}
+
 /// Where a group's new values go.
 struct Emit<'a> {
     group: &'a Value,
@@ -668,7 +900,9 @@ fn formats(properties: &Properties, inherit: Option<&Source>) -> Result<(Format,
 /// Columns every record has besides its own.
 const PSEUDO_COLUMNS: [&str; 3] = ["ROWTIME", "ROWPARTITION", "ROWOFFSET"];
 
-fn output_columns(select: &Select, from: &Source) -> Result<Vec<ColumnDef>> {
+/// The sink's columns. A transient SELECT may name the pseudo columns
+/// unaliased (seed 03: `SELECT ROWPARTITION, ROWOFFSET, * FROM payments`).
+fn output_columns(select: &Select, from: &Source, transient: bool) -> Result<Vec<ColumnDef>> {
     let mut columns = Vec::new();
     let mut generated = 0;
     for item in &select.items {
@@ -686,16 +920,21 @@ fn output_columns(select: &Select, from: &Source) -> Result<Vec<ColumnDef>> {
                     let pseudo = PSEUDO_COLUMNS.contains(&c.as_str())
                         || (!select.group_by.is_empty() || select.window.is_some())
                             && (c == "WINDOWSTART" || c == "WINDOWEND");
-                    if pseudo && alias.is_none() && PSEUDO_COLUMNS.contains(&c.as_str()) {
+                    if pseudo
+                        && alias.is_none()
+                        && !transient
+                        && PSEUDO_COLUMNS.contains(&c.as_str())
+                    {
                         bail!("Reserved column name in select: `{c}`. Please remove or alias the column.");
                     }
                     if source_column.is_none() && !pseudo {
                         bail!("SELECT column '{c}' cannot be resolved.");
                     }
                 }
-                let name = alias
-                    .clone()
-                    .or_else(|| source_column.map(|c| c.name.clone()));
+                let name = alias.clone().or_else(|| match expr {
+                    Expr::Column(c) => Some(c.clone()),
+                    _ => None,
+                });
                 let name = name.unwrap_or_else(|| {
                     generated += 1;
                     format!("KSQL_COL_{}", generated - 1)
@@ -708,13 +947,45 @@ fn output_columns(select: &Select, from: &Source) -> Result<Vec<ColumnDef>> {
                 };
                 columns.push(ColumnDef {
                     name,
-                    ty: source_column.map_or(SqlType::String, |c| c.ty),
+                    ty: expression_type(expr, from),
                     key,
                 });
             }
         }
     }
     Ok(columns)
+}
+
+/// The SQL type of a selected expression, as far as DESCRIBE and display need it.
+fn expression_type(expr: &Expr, from: &Source) -> SqlType {
+    match expr {
+        Expr::Column(c) => match c.as_str() {
+            "ROWTIME" | "ROWOFFSET" | "WINDOWSTART" | "WINDOWEND" => SqlType::BigInt,
+            "ROWPARTITION" => SqlType::Int,
+            _ => from
+                .columns
+                .iter()
+                .find(|d| d.name == *c)
+                .map_or(SqlType::String, |d| d.ty),
+        },
+        Expr::Function { name, args, .. } => match name.as_str() {
+            "FROM_UNIXTIME" => SqlType::Timestamp,
+            "COUNT" => SqlType::BigInt,
+            "SUM" | "MIN" | "MAX" | "ABS" | "EARLIEST_BY_OFFSET" | "LATEST_BY_OFFSET" => args
+                .first()
+                .map_or(SqlType::BigInt, |a| expression_type(a, from)),
+            _ => SqlType::String,
+        },
+        Expr::Cast { ty, .. } => *ty,
+        _ => SqlType::String,
+    }
+}
+
+fn kind_word(kind: SourceKind) -> &'static str {
+    match kind {
+        SourceKind::Stream => "stream",
+        SourceKind::Table => "table",
+    }
 }
 
 fn project(

@@ -101,10 +101,10 @@ pub(crate) fn split_delimited(text: &str) -> Vec<String> {
 pub(crate) fn coerce(value: &Value, ty: SqlType) -> Value {
     match (ty, value) {
         (_, Value::Null) => Value::Null,
-        (SqlType::Int | SqlType::BigInt, Value::Number(n)) => {
+        (SqlType::Int | SqlType::BigInt | SqlType::Timestamp, Value::Number(n)) => {
             n.as_i64().map_or(Value::Null, Value::from)
         }
-        (SqlType::Int | SqlType::BigInt, Value::String(s)) => {
+        (SqlType::Int | SqlType::BigInt | SqlType::Timestamp, Value::String(s)) => {
             s.trim().parse::<i64>().map_or(Value::Null, Value::from)
         }
         (SqlType::Double, Value::Number(n)) => n.as_f64().map_or(Value::Null, Value::from),

@@ -4,8 +4,9 @@ use anyhow::{bail, Result};
 use serde_json::Value;
 
 /// The scalar functions known so far.
-pub(crate) const SCALARS: [&str; 31] = [
+pub(crate) const SCALARS: [&str; 32] = [
     "ABS",
+    "FROM_UNIXTIME",
     "CONCAT",
     "COALESCE",
     "IFNULL",
@@ -95,6 +96,8 @@ pub(crate) fn scalar(name: &str, args: &[Value]) -> Result<Value> {
             Value::Number(n) => n.as_f64().map_or(Value::Null, |f| Value::from(f.abs())),
             _ => Value::Null,
         },
+        // A TIMESTAMP is its epoch milliseconds; display formats it.
+        "FROM_UNIXTIME" => arg(0).as_i64().map_or(Value::Null, Value::from),
         "LEN" => Value::from(text(&arg(0)).map_or(0, |s| s.chars().count())),
         "SIGN" => arg(0).as_f64().map_or(Value::Null, |f| {
             Value::from(if f > 0.0 {

@@ -13,6 +13,7 @@
 //! retract the old row) too. Complex types, joins and the live runtime are to come.
 
 mod aggregate;
+pub mod catalog;
 pub mod engine;
 mod eval;
 mod format;
@@ -20,3 +21,4 @@ mod functions;
 pub mod lexer;
 pub mod parser;
 pub mod qtt;
+pub mod wire;

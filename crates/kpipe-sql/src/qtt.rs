@@ -90,8 +90,11 @@ fn run_test(test: &Value, format: Option<&str>) -> Result<(), String> {
         if let Some(format) = format {
             sql = sql.replace("{FORMAT}", format);
         }
-        let result = parse(&sql)
-            .and_then(|statements| statements.iter().try_for_each(|s| engine.execute(s)));
+        let result = parse(&sql).and_then(|statements| {
+            statements
+                .iter()
+                .try_for_each(|s| engine.execute(s).map(drop))
+        });
         if let Err(error) = result {
             let error = error.to_string();
             return match expected_error {
