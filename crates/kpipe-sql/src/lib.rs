@@ -19,6 +19,7 @@ mod eval;
 mod format;
 mod functions;
 pub mod lexer;
+pub mod live;
 pub mod parser;
 pub mod qtt;
 pub mod wire;

@@ -21,6 +21,12 @@ pub struct Message<'a> {
     pub offset: i64,
 }
 
+/// A record as message bytes: None for a null key or a tombstone.
+pub struct Encoded {
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+}
+
 impl Engine {
     /// The record a message is, read with the formats of the source over its topic.
     pub fn decode_message(&self, message: &Message<'_>) -> Result<Record> {
@@ -46,9 +52,8 @@ impl Engine {
         })
     }
 
-    /// A record the queries wrote, as message key and value bytes (None for a
-    /// null key or a tombstone).
-    pub fn encode_message(&self, record: &Record) -> Result<(Option<Vec<u8>>, Option<Vec<u8>>)> {
+    /// A record the queries wrote, as message key and value bytes.
+    pub fn encode_message(&self, record: &Record) -> Result<Encoded> {
         let sink = self
             .source_over(&record.topic)
             .ok_or_else(|| anyhow!("no stream or table writes topic {}", record.topic))?;
@@ -60,7 +65,7 @@ impl Engine {
             Value::Null => None,
             value => Some(encode_value(sink, value)?),
         };
-        Ok((key, value))
+        Ok(Encoded { key, value })
     }
 
     fn source_over(&self, topic: &str) -> Option<&Source> {
@@ -239,7 +244,7 @@ mod tests {
         let record = engine.decode_message(&message).unwrap();
         assert_eq!(record.key, Value::from(7));
         let out = engine.process(&record).unwrap();
-        let (key, value) = engine.encode_message(&out[0]).unwrap();
+        let Encoded { key, value } = engine.encode_message(&out[0]).unwrap();
         let mut expected_key = b"Carol".to_vec();
         expected_key.extend_from_slice(&10_000i64.to_be_bytes());
         assert_eq!(key.unwrap(), expected_key);
