@@ -1,11 +1,14 @@
-//! Value formats: how a record's key and value turn into a row's columns and back.
+//! Serialization formats: how a record's key and value turn into a row's
+//! columns and back. JSON keys and values are JSON; DELIMITED ones are
+//! comma-separated text; KAFKA holds one primitive column.
 
 use anyhow::{bail, Result};
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::engine::{Record, Source};
 use crate::eval::Row;
 use crate::parser::{ColumnDef, SqlType};
+use crate::types::{coerce, field};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Format {
@@ -23,53 +26,72 @@ impl Format {
             other => bail!("format {other} is not supported"),
         }
     }
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Format::Json => "JSON",
+            Format::Delimited => "DELIMITED",
+            Format::Kafka => "KAFKA",
+        }
+    }
+
+    /// Refuses key or value columns this format cannot hold, in ksqlDB's words.
+    pub(crate) fn check(self, columns: &[&ColumnDef]) -> Result<()> {
+        if self == Format::Json {
+            return Ok(());
+        }
+        if let Some(column) = columns.iter().find(|c| !c.ty.is_primitive()) {
+            let kind = match column.ty {
+                SqlType::Array(_) => "ARRAY",
+                SqlType::Map(..) => "MAP",
+                _ => "STRUCT",
+            };
+            bail!(
+                "The '{}' format does not support type '{kind}', column: `{}`",
+                self.name(),
+                column.name
+            );
+        }
+        Ok(())
+    }
 }
 
-/// The record's columns, or None for a tombstone.
+/// The record's columns, or None for a tombstone (or a value that does not parse).
 pub(crate) fn decode(source: &Source, record: &Record) -> Result<Option<Row>> {
     if record.value.is_null() {
         return Ok(None);
     }
-    let mut row = Row::new();
-    let keys: Vec<&ColumnDef> = source.columns.iter().filter(|c| c.key).collect();
-    if let [key] = keys.as_slice() {
-        row.insert(key.name.clone(), coerce(&record.key, key.ty));
-    }
+    let mut row = decode_key(source, &record.key);
     let values: Vec<&ColumnDef> = source.columns.iter().filter(|c| !c.key).collect();
     match source.value_format {
-        Format::Json => {
-            let Value::Object(object) = &record.value else {
-                return Ok(None);
-            };
-            for column in &values {
-                let field = object.get(&column.name).or_else(|| {
-                    object
-                        .iter()
-                        .find(|(k, _)| k.eq_ignore_ascii_case(&column.name))
-                        .map(|(_, v)| v)
-                });
-                row.insert(
-                    column.name.clone(),
-                    field.map_or(Value::Null, |v| coerce(v, column.ty)),
-                );
+        Format::Json => match (&record.value, values.as_slice()) {
+            (value, [only]) if !source.wrap_single_value => {
+                row.insert(only.name.clone(), coerce(value, &only.ty));
             }
-        }
+            (Value::Object(object), _) => {
+                for column in &values {
+                    let value =
+                        field(object, &column.name).map_or(Value::Null, |v| coerce(v, &column.ty));
+                    row.insert(column.name.clone(), value);
+                }
+            }
+            _ => return Ok(None),
+        },
         Format::Delimited | Format::Kafka => {
             let text = match &record.value {
                 Value::String(s) => s.clone(),
                 other => other.to_string(),
             };
-            let fields = split_delimited(&text);
+            let fields = if source.value_format == Format::Kafka {
+                vec![text]
+            } else {
+                split_delimited(&text)
+            };
             if fields.len() != values.len() {
                 return Ok(None);
             }
-            for (column, field) in values.iter().zip(fields) {
-                let value = if field.is_empty() {
-                    Value::Null
-                } else {
-                    coerce(&Value::String(field), column.ty)
-                };
-                row.insert(column.name.clone(), value);
+            for (column, text) in values.iter().zip(fields) {
+                row.insert(column.name.clone(), delimited_field(text, &column.ty));
             }
         }
     }
@@ -77,6 +99,100 @@ pub(crate) fn decode(source: &Source, record: &Record) -> Result<Option<Row>> {
     row.insert("ROWPARTITION".into(), Value::from(record.partition));
     row.insert("ROWOFFSET".into(), Value::from(record.offset));
     Ok(Some(row))
+}
+
+/// The key columns of a record's key: one column is the key itself; several
+/// are a JSON object's fields or DELIMITED fields.
+pub(crate) fn decode_key(source: &Source, key: &Value) -> Row {
+    let columns: Vec<&ColumnDef> = source.columns.iter().filter(|c| c.key).collect();
+    let mut row = Row::new();
+    match (columns.as_slice(), source.key_format) {
+        ([], _) => {}
+        ([only], Format::Delimited) => {
+            let text = key.as_str().map_or_else(|| key.to_string(), String::from);
+            let value = if key.is_null() {
+                Value::Null
+            } else {
+                delimited_field(text, &only.ty)
+            };
+            row.insert(only.name.clone(), value);
+        }
+        ([only], _) => {
+            row.insert(only.name.clone(), coerce(key, &only.ty));
+        }
+        (many, Format::Delimited) => {
+            let fields = key.as_str().map(split_delimited).unwrap_or_default();
+            for (i, column) in many.iter().enumerate() {
+                let value = fields.get(i).map_or(Value::Null, |text| {
+                    delimited_field(text.clone(), &column.ty)
+                });
+                row.insert(column.name.clone(), value);
+            }
+        }
+        (many, _) => {
+            for column in many {
+                let value = match key {
+                    Value::Object(object) => {
+                        field(object, &column.name).map_or(Value::Null, |v| coerce(v, &column.ty))
+                    }
+                    _ => Value::Null,
+                };
+                row.insert(column.name.clone(), value);
+            }
+        }
+    }
+    row
+}
+
+/// A DELIMITED field's text as a value of `ty`; empty is null.
+fn delimited_field(text: String, ty: &SqlType) -> Value {
+    if text.is_empty() {
+        Value::Null
+    } else {
+        coerce(&Value::String(text), ty)
+    }
+}
+
+/// A key from its columns' values, in key order.
+pub(crate) fn encode_key(format: Format, columns: &[(&ColumnDef, Value)]) -> Value {
+    match (columns, format) {
+        ([], _) => Value::Null,
+        ([(_, Value::Null)], _) => Value::Null,
+        ([(column, value)], Format::Delimited) => Value::String(delimited_text(value, &column.ty)),
+        ([(_, value)], _) => value.clone(),
+        (many, Format::Delimited) => Value::String(
+            many.iter()
+                .map(|(c, v)| delimited_text(v, &c.ty))
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
+        (many, _) => Value::Object(
+            many.iter()
+                .map(|(c, v)| (c.name.clone(), v.clone()))
+                .collect::<Map<_, _>>(),
+        ),
+    }
+}
+
+/// A value from its columns' values, in column order.
+pub(crate) fn encode_value(sink: &Source, columns: &[(&ColumnDef, Value)]) -> Value {
+    match (sink.value_format, columns) {
+        (Format::Json, [(_, value)]) if !sink.wrap_single_value => value.clone(),
+        (Format::Json, _) => Value::Object(
+            columns
+                .iter()
+                .map(|(c, v)| (c.name.clone(), v.clone()))
+                .collect(),
+        ),
+        (Format::Kafka, [(_, value)]) => value.clone(),
+        (Format::Delimited | Format::Kafka, _) => Value::String(
+            columns
+                .iter()
+                .map(|(c, v)| delimited_text(v, &c.ty))
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
+    }
 }
 
 /// DELIMITED fields: commas separate, double quotes quote (`""` is a quote).
@@ -98,34 +214,57 @@ pub(crate) fn split_delimited(text: &str) -> Vec<String> {
     fields
 }
 
-pub(crate) fn coerce(value: &Value, ty: SqlType) -> Value {
-    match (ty, value) {
-        (_, Value::Null) => Value::Null,
-        (SqlType::Int | SqlType::BigInt, Value::Number(n)) => {
-            n.as_i64().map_or(Value::Null, Value::from)
+/// A value as a DELIMITED field: DECIMALs with all their scale's digits,
+/// text quoted when it holds a separator or quote.
+pub(crate) fn delimited_text(value: &Value, ty: &SqlType) -> String {
+    match (value, ty) {
+        (Value::Null, _) => String::new(),
+        (Value::Number(n), SqlType::Decimal { scale, .. }) => {
+            format!("{:.*}", *scale as usize, n.as_f64().unwrap_or_default())
         }
-        (SqlType::Int | SqlType::BigInt, Value::String(s)) => {
-            s.trim().parse::<i64>().map_or(Value::Null, Value::from)
+        (Value::String(s), _) if s.contains([',', '"', '\n']) => {
+            format!("\"{}\"", s.replace('"', "\"\""))
         }
-        (SqlType::Double, Value::Number(n)) => n.as_f64().map_or(Value::Null, Value::from),
-        (SqlType::Double, Value::String(s)) => {
-            s.trim().parse::<f64>().map_or(Value::Null, Value::from)
-        }
-        (SqlType::Boolean, Value::Bool(b)) => Value::Bool(*b),
-        (SqlType::Boolean, Value::String(s)) => Value::Bool(s.eq_ignore_ascii_case("true")),
-        (SqlType::String, Value::String(s)) => Value::String(s.clone()),
-        (SqlType::String, other) => Value::String(other.to_string()),
-        _ => Value::Null,
+        (Value::String(s), _) => s.clone(),
+        (other, _) => other.to_string(),
     }
 }
 
-pub(crate) fn delimited_text(value: &Value) -> String {
-    match value {
-        Value::Null => String::new(),
-        Value::String(s) if s.contains([',', '"', '\n']) => {
-            format!("\"{}\"", s.replace('"', "\"\""))
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn column(name: &str, ty: SqlType, key: bool) -> ColumnDef {
+        ColumnDef {
+            name: name.into(),
+            ty,
+            key,
         }
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
+    }
+
+    #[test]
+    fn several_key_columns_are_an_object_in_json_and_fields_in_delimited() {
+        let a = column("A", SqlType::String, true);
+        let b = column("B", SqlType::Int, true);
+        let values = [(&a, Value::from("x")), (&b, Value::from(1))];
+        assert_eq!(
+            encode_key(Format::Json, &values),
+            serde_json::json!({"A": "x", "B": 1})
+        );
+        assert_eq!(encode_key(Format::Delimited, &values), Value::from("x,1"));
+        assert_eq!(encode_key(Format::Kafka, &values[1..]), Value::from(1));
+    }
+
+    #[test]
+    fn decimals_keep_their_scale_in_delimited_text() {
+        let ty = SqlType::Decimal {
+            precision: 4,
+            scale: 2,
+        };
+        assert_eq!(delimited_text(&Value::from(12.3), &ty), "12.30");
+        assert_eq!(
+            delimited_text(&Value::from("a,b"), &SqlType::String),
+            "\"a,b\""
+        );
     }
 }

@@ -3,8 +3,10 @@
 use anyhow::{bail, Result};
 use serde_json::Value;
 
+use crate::parser::SqlType;
+
 /// The scalar functions known so far.
-pub(crate) const SCALARS: [&str; 31] = [
+pub(crate) const SCALARS: &[&str] = &[
     "ABS",
     "CONCAT",
     "COALESCE",
@@ -36,7 +38,40 @@ pub(crate) const SCALARS: [&str; 31] = [
     "DEGREES",
     "RADIANS",
     "POWER",
+    "FILTER",
+    "TRANSFORM",
+    "REDUCE",
 ];
+
+/// The type a scalar function returns for arguments of `args`' types (a
+/// lambda's type is its body's).
+pub(crate) fn return_type(name: &str, args: &[SqlType]) -> Result<SqlType> {
+    if !SCALARS.contains(&name) {
+        bail!("Can't find any functions with the name '{name}'");
+    }
+    let arg = |i: usize| args.get(i).cloned().unwrap_or(SqlType::String);
+    Ok(match name {
+        "LEN" | "SIGN" => SqlType::Int,
+        "CONCAT" | "INITCAP" | "LCASE" | "UCASE" | "TRIM" | "SUBSTRING" => SqlType::String,
+        "ROUND" if args.len() > 1 => arg(0),
+        "ROUND" => match arg(0) {
+            SqlType::Double => SqlType::BigInt,
+            SqlType::Decimal { precision, scale } => SqlType::Decimal {
+                precision: precision - scale + 1,
+                scale: 0,
+            },
+            other => other,
+        },
+        "EXP" | "LN" | "SQRT" | "CBRT" | "SIN" | "COS" | "TAN" | "ASIN" | "ACOS" | "ATAN"
+        | "SINH" | "COSH" | "TANH" | "DEGREES" | "RADIANS" | "POWER" => SqlType::Double,
+        "TRANSFORM" => match arg(0) {
+            SqlType::Map(..) => SqlType::Map(Box::new(arg(1)), Box::new(arg(2))),
+            _ => SqlType::Array(Box::new(arg(1))),
+        },
+        "REDUCE" => arg(1),
+        _ => arg(0),
+    })
+}
 
 /// A DOUBLE result; NaN and the infinities are written as ksqlDB's JSON writes them.
 pub(crate) fn double(f: f64) -> Value {

@@ -22,8 +22,9 @@ impl Token {
     }
 }
 
-const SYMBOLS: [&str; 18] = [
-    "<=", ">=", "!=", "<>", "->", "=>", "(", ")", ",", ";", "*", "=", "<", ">", "+", "-", "/", "%",
+const SYMBOLS: [&str; 21] = [
+    "<=", ">=", "!=", "<>", "->", "=>", ":=", "(", ")", "[", "]", ",", ";", "*", "=", "<", ">",
+    "+", "-", "/", "%",
 ];
 
 /// Splits `sql` into tokens, each with its byte position (for error messages).

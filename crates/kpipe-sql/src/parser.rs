@@ -12,13 +12,25 @@ pub enum SourceKind {
     Table,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SqlType {
     Int,
     BigInt,
     Double,
     String,
     Boolean,
+    Decimal {
+        precision: u32,
+        scale: u32,
+    },
+    Bytes,
+    Timestamp,
+    Date,
+    Time,
+    Array(Box<SqlType>),
+    Map(Box<SqlType>, Box<SqlType>),
+    /// Fields in declaration order; names as written (unquoted ones upper-cased).
+    Struct(Vec<(String, SqlType)>),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -128,6 +140,33 @@ pub enum Expr {
     Like {
         expr: Box<Expr>,
         pattern: Box<Expr>,
+        negated: bool,
+    },
+    /// `base[index]`: an array element (from 1; negative from the end) or a map value.
+    Subscript {
+        base: Box<Expr>,
+        index: Box<Expr>,
+    },
+    /// `base->field`: a struct's field.
+    Field {
+        base: Box<Expr>,
+        field: String,
+    },
+    /// `ARRAY[a, b, ..]`.
+    Array(Vec<Expr>),
+    /// `MAP(k := v, ..)`.
+    Map(Vec<(Expr, Expr)>),
+    /// `STRUCT(name := v, ..)`.
+    Struct(Vec<(String, Expr)>),
+    /// `x => body` or `(x, y) => body`, an argument of FILTER, TRANSFORM and the like.
+    Lambda {
+        params: Vec<String>,
+        body: Box<Expr>,
+    },
+    /// `a IS [NOT] DISTINCT FROM b`: equality where two nulls are equal.
+    DistinctFrom {
+        left: Box<Expr>,
+        right: Box<Expr>,
         negated: bool,
     },
     /// A function call; `COUNT(*)` has `star`.
@@ -295,8 +334,65 @@ impl Parser<'_> {
             "DOUBLE" => SqlType::Double,
             "STRING" | "VARCHAR" => SqlType::String,
             "BOOLEAN" => SqlType::Boolean,
-            other => bail!("type {other} is not supported yet"),
+            "BYTES" => SqlType::Bytes,
+            "TIMESTAMP" => SqlType::Timestamp,
+            "DATE" => SqlType::Date,
+            "TIME" => SqlType::Time,
+            "DECIMAL" => {
+                self.expect_symbol("(")?;
+                let precision = self.whole_number()?;
+                self.expect_symbol(",")?;
+                let scale = self.whole_number()?;
+                self.expect_symbol(")")?;
+                if precision == 0 || scale > precision {
+                    bail!("DECIMAL precision must be >= 1 and scale must be <= precision: DECIMAL({precision}, {scale})");
+                }
+                SqlType::Decimal { precision, scale }
+            }
+            "ARRAY" => {
+                self.expect_symbol("<")?;
+                let element = self.sql_type()?;
+                self.expect_symbol(">")?;
+                SqlType::Array(Box::new(element))
+            }
+            "MAP" => {
+                self.expect_symbol("<")?;
+                let key = self.sql_type()?;
+                self.expect_symbol(",")?;
+                let value = self.sql_type()?;
+                self.expect_symbol(">")?;
+                SqlType::Map(Box::new(key), Box::new(value))
+            }
+            "STRUCT" => {
+                self.expect_symbol("<")?;
+                let mut fields = Vec::new();
+                if !self.eat_symbol(">") {
+                    loop {
+                        let name = self.identifier("a field name")?;
+                        fields.push((name, self.sql_type()?));
+                        if self.eat_symbol(">") {
+                            break;
+                        }
+                        self.expect_symbol(",")?;
+                    }
+                }
+                SqlType::Struct(fields)
+            }
+            other => bail!("Unknown type: {other}"),
         })
+    }
+
+    fn whole_number(&mut self) -> Result<u32> {
+        match self.peek() {
+            Some(Token::Number(n)) => {
+                let n = n
+                    .parse()
+                    .map_err(|_| anyhow!("{n} is not a whole number"))?;
+                self.at += 1;
+                Ok(n)
+            }
+            _ => Err(self.expected("a whole number")),
+        }
     }
 
     fn properties(&mut self) -> Result<Properties> {
@@ -363,9 +459,25 @@ impl Parser<'_> {
         let mut group_by = Vec::new();
         if self.eat("GROUP") {
             self.expect("BY")?;
-            group_by.push(self.expr()?);
-            while self.eat_symbol(",") {
-                group_by.push(self.expr()?);
+            // `GROUP BY a, b` or one grouping set `GROUP BY (a, b)`; no boolean operators.
+            let at = self.at;
+            let set = self.eat_symbol("(") && {
+                let first = self.additive()?;
+                group_by.push(first);
+                self.peek() == Some(&Token::Symbol(","))
+            };
+            if set {
+                while self.eat_symbol(",") {
+                    group_by.push(self.additive()?);
+                }
+                self.expect_symbol(")")?;
+            } else {
+                self.at = at;
+                group_by.clear();
+                group_by.push(self.additive()?);
+                while self.eat_symbol(",") {
+                    group_by.push(self.additive()?);
+                }
             }
         }
         let having = if self.eat("HAVING") {
@@ -490,6 +602,14 @@ impl Parser<'_> {
         }
         if self.eat("IS") {
             let negated = self.eat("NOT");
+            if self.eat("DISTINCT") {
+                self.expect("FROM")?;
+                return Ok(Expr::DistinctFrom {
+                    left: Box::new(left),
+                    right: Box::new(self.additive()?),
+                    negated,
+                });
+            }
             self.expect("NULL")?;
             return Ok(Expr::IsNull {
                 expr: Box::new(left),
@@ -565,7 +685,81 @@ impl Parser<'_> {
         if self.eat_symbol("-") {
             return Ok(Expr::Negate(Box::new(self.unary()?)));
         }
-        self.primary()
+        self.postfix()
+    }
+
+    /// A primary expression followed by any `[index]` and `->field`.
+    fn postfix(&mut self) -> Result<Expr> {
+        let mut expr = self.primary()?;
+        loop {
+            if self.eat_symbol("[") {
+                let index = self.expr()?;
+                self.expect_symbol("]")?;
+                expr = Expr::Subscript {
+                    base: Box::new(expr),
+                    index: Box::new(index),
+                };
+            } else if self.eat_symbol("->") {
+                expr = Expr::Field {
+                    base: Box::new(expr),
+                    field: self.identifier("a field name")?,
+                };
+            } else {
+                return Ok(expr);
+            }
+        }
+    }
+
+    /// `expr`, or a lambda `x => expr` / `(x, y) => expr` where a function takes one.
+    fn argument(&mut self) -> Result<Expr> {
+        let word = |t: Option<&(Token, usize)>| matches!(t, Some((Token::Word { .. }, _)));
+        let symbol = |t: Option<&(Token, usize)>, s: &str| matches!(t, Some((Token::Symbol(x), _)) if *x == s);
+        let at = self.at;
+        let single = word(self.tokens.get(at)) && symbol(self.tokens.get(at + 1), "=>");
+        let mut params = Vec::new();
+        if single {
+            params.push(self.identifier("a lambda parameter")?);
+        } else if symbol(self.tokens.get(at), "(") && word(self.tokens.get(at + 1)) {
+            self.at += 1;
+            loop {
+                params.push(self.identifier("a lambda parameter")?);
+                if !self.eat_symbol(",") {
+                    break;
+                }
+            }
+            if !(self.eat_symbol(")") && self.peek() == Some(&Token::Symbol("=>"))) {
+                self.at = at;
+                params.clear();
+            }
+        }
+        if params.is_empty() {
+            return self.expr();
+        }
+        self.expect_symbol("=>")?;
+        Ok(Expr::Lambda {
+            params,
+            body: Box::new(self.expr()?),
+        })
+    }
+
+    /// `name := expr, ...)` of MAP and STRUCT constructors, after the `(`.
+    fn assignments<K>(
+        &mut self,
+        mut key: impl FnMut(&mut Self) -> Result<K>,
+    ) -> Result<Vec<(K, Expr)>> {
+        let mut entries = Vec::new();
+        if self.eat_symbol(")") {
+            return Ok(entries);
+        }
+        loop {
+            let k = key(self)?;
+            self.expect_symbol(":=")?;
+            entries.push((k, self.expr()?));
+            if self.eat_symbol(")") {
+                return Ok(entries);
+            }
+            self.expect_symbol(",")?;
+        }
     }
 
     fn primary(&mut self) -> Result<Expr> {
@@ -622,6 +816,25 @@ impl Parser<'_> {
                     ty,
                 }
             }
+            ref t if t.is("ARRAY") && self.eat_symbol("[") => {
+                let mut elements = Vec::new();
+                if !self.eat_symbol("]") {
+                    loop {
+                        elements.push(self.expr()?);
+                        if self.eat_symbol("]") {
+                            break;
+                        }
+                        self.expect_symbol(",")?;
+                    }
+                }
+                Expr::Array(elements)
+            }
+            ref t if t.is("MAP") && self.eat_symbol("(") => {
+                Expr::Map(self.assignments(|p| p.expr())?)
+            }
+            ref t if t.is("STRUCT") && self.eat_symbol("(") => {
+                Expr::Struct(self.assignments(|p| p.identifier("a field name"))?)
+            }
             ref t if t.is("TRUE") => Expr::Literal(Value::Bool(true)),
             ref t if t.is("FALSE") => Expr::Literal(Value::Bool(false)),
             Token::Word {
@@ -641,9 +854,9 @@ impl Parser<'_> {
                 let mut args = Vec::new();
                 let star = self.eat_symbol("*");
                 if !star && !self.eat_symbol(")") {
-                    args.push(self.expr()?);
+                    args.push(self.argument()?);
                     while self.eat_symbol(",") {
-                        args.push(self.expr()?);
+                        args.push(self.argument()?);
                     }
                 } else if !star {
                     return Ok(Expr::Function {
