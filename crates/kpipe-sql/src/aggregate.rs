@@ -281,13 +281,6 @@ pub(crate) fn retracted(call: &Expr, current: &Value, row: &Row) -> Result<Value
     })
 }
 
-pub(crate) fn describe_call(call: &Expr) -> String {
-    match call {
-        Expr::Function { name, .. } => name.clone(),
-        _ => String::new(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,13 +9,16 @@ use anyhow::{anyhow, bail, Result};
 use serde_json::Value;
 
 use crate::aggregate::{
-    accumulate, aggregate_calls, describe_call, initial, merge, result, retracted,
-    AggregateSettings, RETRACTABLE, STRUCT_STATE,
+    accumulate, aggregate_calls, initial, merge, result, retracted, AggregateSettings, RETRACTABLE,
+    STRUCT_STATE,
 };
 use crate::eval::{eval, Row};
 use crate::format::{decode, decode_key, encode_key, encode_value, Format};
 use crate::parser::{ColumnDef, Expr, Properties, Select, SourceKind, SqlType, Statement, Window};
-use crate::plan::{check_grouping, listing, output_columns, projection, PSEUDO_COLUMNS};
+use crate::plan::{
+    check_grouping, check_no_aggregates, listing, output_columns, projection, unresolved_column,
+    PSEUDO_COLUMNS,
+};
 
 /// A record as the engine sees it: key and value in their topic's logical
 /// form (a JSON value for JSON, a string for DELIMITED and KAFKA).
@@ -41,6 +44,8 @@ pub(crate) struct Source {
     /// Whether a single value column is a field of a JSON object (the
     /// default) or the whole value (`WRAP_SINGLE_VALUE=false`).
     pub(crate) wrap_single_value: bool,
+    /// Whether keys carry a window (the source of WINDOWSTART and WINDOWEND).
+    pub(crate) windowed: bool,
 }
 
 /// A running CREATE ... AS SELECT.
@@ -100,6 +105,12 @@ impl Engine {
         self.properties.insert(name.to_string(), value.to_string());
     }
 
+    fn new_planner(&self) -> bool {
+        self.properties
+            .get("ksql.new.query.planner.enabled")
+            .is_some_and(|v| v == "true")
+    }
+
     fn aggregate_settings(&self) -> Result<AggregateSettings> {
         let mut settings = AggregateSettings::default();
         if let Some(limit) = self.properties.get("ksql.functions.collect_list.limit") {
@@ -138,6 +149,7 @@ impl Engine {
                     key_format,
                     value_format,
                     wrap_single_value: wrap_single_value(properties, value_format, columns)?,
+                    windowed: window_type(properties)?,
                 };
                 check_formats(&source)?;
                 self.add(name, source)
@@ -154,6 +166,16 @@ impl Engine {
                     .ok_or_else(|| anyhow!("{} does not exist.", select.from))?
                     .clone();
                 let aggregated = !select.group_by.is_empty();
+                if let Some(column) = select
+                    .filter
+                    .as_ref()
+                    .and_then(|f| unresolved_column(f, &from.columns))
+                {
+                    bail!("WHERE column '{column}' cannot be resolved.");
+                }
+                if !aggregated {
+                    check_no_aggregates(*kind, select, &from)?;
+                }
                 let produces_table = aggregated || from.kind == SourceKind::Table;
                 match (kind, produces_table) {
                     (SourceKind::Stream, true) => bail!(
@@ -198,19 +220,9 @@ impl Engine {
                         ..Aggregation::default()
                     })
                 } else {
-                    for (expr, _) in projection(select, &from) {
-                        let mut calls = Vec::new();
-                        aggregate_calls(&expr, &mut calls)?;
-                        if let Some(call) = calls.first() {
-                            bail!(
-                                "Use of aggregate function {} requires a GROUP BY clause.",
-                                describe_call(call)
-                            );
-                        }
-                    }
                     None
                 };
-                let outputs = output_columns(select, &from, name)?;
+                let outputs = output_columns(select, &from, name, self.new_planner())?;
                 let topic =
                     text_property(properties, "KAFKA_TOPIC")?.unwrap_or_else(|| name.clone());
                 let (key_format, value_format) = formats(properties, Some(&from))?;
@@ -223,6 +235,7 @@ impl Engine {
                     key_format,
                     value_format,
                     wrap_single_value,
+                    windowed: from.windowed || select.window.is_some(),
                 };
                 check_formats(&sink)?;
                 self.add(name, sink)?;
@@ -251,7 +264,7 @@ impl Engine {
                 {
                     bail!("INSERT INTO can only write stream query results into a stream");
                 }
-                let outputs = output_columns(select, from, target)?;
+                let outputs = output_columns(select, from, target, self.new_planner())?;
                 let same = outputs.len() == into.columns.len()
                     && outputs
                         .iter()
@@ -325,7 +338,7 @@ fn stream_update(
                 key: project_key(&query.outputs, sink, &key_row),
                 value: Value::Null,
                 timestamp: record.timestamp,
-                window: None,
+                window: record.window,
                 partition: 0,
                 offset: 0,
             }]
@@ -345,7 +358,9 @@ fn stream_update(
         ..
     } = query;
     let Some(aggregation) = aggregation else {
-        return Ok(vec![project(outputs, sink, &row, &[], record.timestamp)?]);
+        let mut projected = project(outputs, sink, &row, &[], record.timestamp)?;
+        projected.window = record.window.filter(|_| from.windowed);
+        return Ok(vec![projected]);
     };
     let Some(group) = grouping(select, &row)? else {
         return Ok(Vec::new());
@@ -538,24 +553,35 @@ fn table_update(
         outputs: &query.outputs,
         sink,
     };
-    let mut out = Vec::new();
+    // Per group touched, the rows to retract (true) or add; an update
+    // within one group changes it once.
+    let mut changes: Vec<(Value, Vec<(Row, bool)>)> = Vec::new();
     for (row, retract) in [(old_row, true), (new_row, false)] {
         let Some(row) = row else { continue };
         let Some(group) = grouping(&query.select, &row)? else {
             continue;
         };
+        match changes.first_mut() {
+            Some((first, steps)) if *first == group => steps.push((row, retract)),
+            _ => changes.push((group, vec![(row, retract)])),
+        }
+    }
+    let mut out = Vec::new();
+    for (group, steps) in changes {
         let id = group.to_string();
         let first = !aggregation.groups.contains_key(&id);
         let mut values = aggregation
             .groups
             .remove(&id)
             .unwrap_or_else(|| aggregation.calls.iter().map(initial).collect());
-        for (call, value) in aggregation.calls.iter().zip(values.iter_mut()) {
-            *value = if retract {
-                retracted(call, value, &row)?
-            } else {
-                accumulate(call, value, &row, first, aggregation.settings)?
-            };
+        for (row, retract) in &steps {
+            for (call, value) in aggregation.calls.iter().zip(values.iter_mut()) {
+                *value = if *retract {
+                    retracted(call, value, row)?
+                } else {
+                    accumulate(call, value, row, first, aggregation.settings)?
+                };
+            }
         }
         let target = Emit {
             group: &group,
@@ -563,7 +589,8 @@ fn table_update(
             window: None,
             timestamp: record.timestamp,
         };
-        out.extend(emit(aggregation, &parts, &row, &values, target)?);
+        let (row, _) = steps.last().expect("a change has a step");
+        out.extend(emit(aggregation, &parts, row, &values, target)?);
         aggregation.groups.insert(id, values);
     }
     Ok(out)
@@ -670,6 +697,45 @@ fn wrap_single_value(
     }
     Ok(wrap)
 }
+
+/// Whether `WINDOW_TYPE` declares a windowed source; `WINDOW_SIZE` must
+/// come with TUMBLING and HOPPING, and be a valid duration.
+fn window_type(properties: &Properties) -> Result<bool> {
+    let Some(kind) = text_property(properties, "WINDOW_TYPE")? else {
+        return Ok(false);
+    };
+    let size = text_property(properties, "WINDOW_SIZE")?;
+    match (kind.to_ascii_uppercase().as_str(), size) {
+        ("SESSION", Some(_)) => bail!("'WINDOW_SIZE' should not be set for SESSION windows."),
+        ("SESSION", None) => {}
+        ("TUMBLING" | "HOPPING", Some(size)) => {
+            let invalid = |reason: String| {
+                anyhow!(
+                    "Configuration WINDOW_SIZE is invalid: Invalid duration: '{size}'. {reason}"
+                )
+            };
+            let (amount, unit) = size
+                .trim()
+                .split_once(char::is_whitespace)
+                .ok_or_else(|| invalid("Not a number and a time unit".into()))?;
+            amount
+                .parse::<u64>()
+                .map_err(|_| invalid(format!("Not a number: '{amount}'")))?;
+            let unit = unit.trim().to_ascii_uppercase();
+            if !TIME_UNITS.contains(&unit.trim_end_matches('S')) {
+                return Err(invalid(format!("Unknown time unit: '{unit}'")));
+            }
+        }
+        ("TUMBLING" | "HOPPING", None) => {
+            bail!("'WINDOW_SIZE' is required for TUMBLING and HOPPING windows.")
+        }
+        (other, _) => bail!("WINDOW_TYPE must be SESSION, TUMBLING or HOPPING, not {other}"),
+    }
+    Ok(true)
+}
+
+/// The time units of a duration, singular.
+const TIME_UNITS: [&str; 5] = ["MILLISECOND", "SECOND", "MINUTE", "HOUR", "DAY"];
 
 /// Refuses key and value columns the source's formats cannot hold.
 fn check_formats(source: &Source) -> Result<()> {
@@ -1180,5 +1246,70 @@ mod tests {
             serde_json::json!({"FIRST": 1, "LAST": 3, "B": 7, "X": "y", "BIG": [2, 3],
                 "ARR": [1, 2], "ST": {"Y": 2}, "MP": {"k": 3}})
         );
+    }
+
+    #[test]
+    fn a_table_update_within_one_group_changes_it_once() {
+        let mut engine = Engine::default();
+        for s in parse(
+            "CREATE TABLE T (K INT PRIMARY KEY, G INT, V INT) WITH (kafka_topic='t', value_format='DELIMITED');
+             CREATE TABLE O AS SELECT G, SUM(V) AS S FROM T GROUP BY G;",
+        )
+        .unwrap()
+        {
+            engine.execute(&s).unwrap();
+        }
+        let mut feed = |value: &str| {
+            engine
+                .process(&Record {
+                    topic: "t".into(),
+                    key: Value::from(1),
+                    value: Value::from(value),
+                    timestamp: 0,
+                    window: None,
+                    partition: 0,
+                    offset: 0,
+                })
+                .unwrap()
+                .into_iter()
+                .map(|r| r.value)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(feed("2,10"), [Value::from("10")]);
+        assert_eq!(feed("2,20"), [Value::from("20")]);
+    }
+
+    #[test]
+    fn windowed_sources_expose_their_bounds_and_pass_windows_on() {
+        let mut engine = Engine::default();
+        for s in parse(
+            "CREATE STREAM W (ID INT KEY, N BIGINT) WITH (kafka_topic='w', value_format='JSON', window_type='Session');
+             CREATE STREAM STARTS AS SELECT * FROM W WHERE WINDOWSTART = WINDOWEND;",
+        )
+        .unwrap()
+        {
+            engine.execute(&s).unwrap();
+        }
+        let mut feed = |window: (i64, i64)| {
+            engine
+                .process(&Record {
+                    topic: "w".into(),
+                    key: Value::from(5),
+                    value: serde_json::json!({"N": 1}),
+                    timestamp: 0,
+                    window: Some(window),
+                    partition: 0,
+                    offset: 0,
+                })
+                .unwrap()
+                .into_iter()
+                .map(|r| r.window)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(feed((7, 7)), [Some((7, 7))]);
+        assert!(feed((0, 7)).is_empty());
+        let size = parse("CREATE STREAM X (N INT) WITH (kafka_topic='x', value_format='JSON', window_type='Tumbling', window_size='30 bobs');").unwrap();
+        let error = engine.execute(&size[0]).unwrap_err().to_string();
+        assert!(error.ends_with("Unknown time unit: 'BOBS'"), "{error}");
     }
 }

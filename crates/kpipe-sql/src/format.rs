@@ -98,6 +98,10 @@ pub(crate) fn decode(source: &Source, record: &Record) -> Result<Option<Row>> {
     row.insert("ROWTIME".into(), Value::from(record.timestamp));
     row.insert("ROWPARTITION".into(), Value::from(record.partition));
     row.insert("ROWOFFSET".into(), Value::from(record.offset));
+    if let Some((start, end)) = record.window.filter(|_| source.windowed) {
+        row.insert("WINDOWSTART".into(), Value::from(start));
+        row.insert("WINDOWEND".into(), Value::from(end));
+    }
     Ok(Some(row))
 }
 
@@ -158,14 +162,11 @@ pub(crate) fn encode_key(format: Format, columns: &[(&ColumnDef, Value)]) -> Val
     match (columns, format) {
         ([], _) => Value::Null,
         ([(_, Value::Null)], _) => Value::Null,
-        ([(column, value)], Format::Delimited) => Value::String(delimited_text(value, &column.ty)),
+        ([(column, value)], Format::Delimited) => {
+            Value::String(delimited_line(&[(*column, value.clone())]))
+        }
         ([(_, value)], _) => value.clone(),
-        (many, Format::Delimited) => Value::String(
-            many.iter()
-                .map(|(c, v)| delimited_text(v, &c.ty))
-                .collect::<Vec<_>>()
-                .join(","),
-        ),
+        (many, Format::Delimited) => Value::String(delimited_line(many)),
         (many, _) => Value::Object(
             many.iter()
                 .map(|(c, v)| (c.name.clone(), v.clone()))
@@ -185,13 +186,7 @@ pub(crate) fn encode_value(sink: &Source, columns: &[(&ColumnDef, Value)]) -> Va
                 .collect(),
         ),
         (Format::Kafka, [(_, value)]) => value.clone(),
-        (Format::Delimited | Format::Kafka, _) => Value::String(
-            columns
-                .iter()
-                .map(|(c, v)| delimited_text(v, &c.ty))
-                .collect::<Vec<_>>()
-                .join(","),
-        ),
+        (Format::Delimited | Format::Kafka, _) => Value::String(delimited_line(columns)),
     }
 }
 
@@ -214,20 +209,43 @@ pub(crate) fn split_delimited(text: &str) -> Vec<String> {
     fields
 }
 
-/// A value as a DELIMITED field: DECIMALs with all their scale's digits,
-/// text quoted when it holds a separator or quote.
-pub(crate) fn delimited_text(value: &Value, ty: &SqlType) -> String {
-    match (value, ty) {
-        (Value::Null, _) => String::new(),
-        (Value::Number(n), SqlType::Decimal { scale, .. }) => {
-            format!("{:.*}", *scale as usize, n.as_f64().unwrap_or_default())
-        }
-        (Value::String(s), _) if s.contains([',', '"', '\n']) => {
-            format!("\"{}\"", s.replace('"', "\"\""))
-        }
-        (Value::String(s), _) => s.clone(),
-        (other, _) => other.to_string(),
+/// Values as a DELIMITED line: DECIMALs with all their scale's digits; a
+/// field quoted as Apache Commons CSV (which ksqlDB writes with) quotes it:
+/// when it holds a separator, quote or line break, starts with a character
+/// up to `#` or ends with one up to a space, or, first on the line, starts
+/// with anything but a letter or digit.
+pub(crate) fn delimited_line(values: &[(&ColumnDef, Value)]) -> String {
+    let mut line = Vec::with_capacity(values.len());
+    for (i, (column, value)) in values.iter().enumerate() {
+        let text = match (value, &column.ty) {
+            (Value::Null, _) => {
+                line.push(String::new());
+                continue;
+            }
+            (Value::Number(n), SqlType::Decimal { scale, .. }) => {
+                format!("{:.*}", *scale as usize, n.as_f64().unwrap_or_default())
+            }
+            (Value::String(s), _) => s.clone(),
+            (other, _) => other.to_string(),
+        };
+        let first = text.chars().next();
+        let last = text.chars().last();
+        let quoted = match first {
+            None => i == 0,
+            Some(c) => {
+                (i == 0 && !c.is_ascii_alphanumeric())
+                    || c <= '#'
+                    || last.is_some_and(|c| c <= ' ')
+                    || text.contains([',', '"', '\n', '\r'])
+            }
+        };
+        line.push(if quoted {
+            format!("\"{}\"", text.replace('"', "\"\""))
+        } else {
+            text
+        });
     }
+    line.join(",")
 }
 
 #[cfg(test)]
@@ -256,15 +274,28 @@ mod tests {
     }
 
     #[test]
-    fn decimals_keep_their_scale_in_delimited_text() {
-        let ty = SqlType::Decimal {
-            precision: 4,
-            scale: 2,
-        };
-        assert_eq!(delimited_text(&Value::from(12.3), &ty), "12.30");
+    fn delimited_lines_keep_decimal_scale_and_quote_as_commons_csv() {
+        let d = column(
+            "D",
+            SqlType::Decimal {
+                precision: 4,
+                scale: 2,
+            },
+            false,
+        );
+        let s = column("S", SqlType::String, false);
+        let line = |values: &[(&ColumnDef, Value)]| delimited_line(values);
         assert_eq!(
-            delimited_text(&Value::from("a,b"), &SqlType::String),
-            "\"a,b\""
+            line(&[(&d, Value::from(12.3)), (&s, Value::from("a,b"))]),
+            "12.30,\"a,b\""
+        );
+        assert_eq!(
+            line(&[(&s, Value::from("-1")), (&s, Value::from("-1"))]),
+            "\"-1\",-1"
+        );
+        assert_eq!(
+            line(&[(&s, Value::from("x")), (&s, Value::from(" y"))]),
+            "x,\" y\""
         );
     }
 }

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::aggregate::{aggregate_calls, is_aggregate};
 use crate::engine::Source;
-use crate::parser::{BinaryOp, ColumnDef, Expr, Select, SelectItem};
+use crate::parser::{BinaryOp, ColumnDef, Expr, Select, SelectItem, SourceKind};
 use crate::types::type_of;
 
 /// Columns every record has besides its own.
@@ -37,10 +37,13 @@ pub(crate) fn projection(select: &Select, from: &Source) -> Vec<(Expr, Option<St
 /// The sink's columns: key columns first (in GROUP BY order when grouped,
 /// else in the source's key order), then the value columns as selected.
 /// Each comes with the expression that computes it; `sink` names the result in messages.
+/// Under the new query planner a plain projection may leave key columns out
+/// (the sink is then unkeyed) and orders its key columns as selected.
 pub(crate) fn output_columns(
     select: &Select,
     from: &Source,
     sink: &str,
+    new_planner: bool,
 ) -> Result<Vec<(ColumnDef, Expr)>> {
     let grouped = !select.group_by.is_empty();
     let windowed = grouped || select.window.is_some();
@@ -92,14 +95,16 @@ pub(crate) fn output_columns(
         let key_position = if grouped {
             select.group_by.iter().position(|g| g == expr)
         } else {
-            match expr {
+            let source_key = match expr {
                 Expr::Column(c) => from
                     .columns
                     .iter()
                     .filter(|d| d.key)
                     .position(|d| d.name == *c),
                 _ => None,
-            }
+            };
+            // The new planner orders keys as selected.
+            source_key.map(|p| if new_planner { keys.len() } else { p })
         };
         match key_position {
             Some(position) => {
@@ -138,13 +143,18 @@ pub(crate) fn output_columns(
             .map(|(_, g)| g.to_string())
             .collect()
     } else {
-        from.columns
+        // Any key column missing, ksqlDB names them all.
+        let source_keys: Vec<String> = from
+            .columns
             .iter()
             .filter(|c| c.key)
-            .enumerate()
-            .filter(|(i, _)| !keys.iter().any(|(p, _, _)| p == i))
-            .map(|(_, c)| c.name.clone())
-            .collect()
+            .map(|c| c.name.clone())
+            .collect();
+        if keys.len() < source_keys.len() && !new_planner {
+            source_keys
+        } else {
+            Vec::new()
+        }
     };
     if !missing.is_empty() {
         let what = match (grouped, missing.len()) {
@@ -224,17 +234,7 @@ pub(crate) fn check_grouping(select: &Select, from: &Source) -> Result<()> {
     if calls.is_empty() {
         bail!("GROUP BY requires aggregate functions in either the SELECT or HAVING clause.");
     }
-    let ungrouped: Vec<String> = items
-        .iter()
-        .filter(|(expr, _)| !ungrouped_columns(expr, &select.group_by).is_empty())
-        .map(|(expr, _)| expr.to_string())
-        .collect();
-    if !ungrouped.is_empty() {
-        bail!(
-            "Non-aggregate SELECT expression(s) not part of GROUP BY: {}\nEither add the column(s) to the GROUP BY or remove them from the SELECT.",
-            ungrouped.join(", ")
-        );
-    }
+    check_ungrouped_projection(&items, &select.group_by)?;
     if let Some(having) = &select.having {
         let ungrouped = ungrouped_columns(having, &select.group_by);
         if !ungrouped.is_empty() {
@@ -245,6 +245,44 @@ pub(crate) fn check_grouping(select: &Select, from: &Source) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Refuses selected expressions that read columns neither grouped by nor aggregated.
+fn check_ungrouped_projection(items: &[(Expr, Option<String>)], group_by: &[Expr]) -> Result<()> {
+    let ungrouped: Vec<String> = items
+        .iter()
+        .filter(|(expr, _)| !ungrouped_columns(expr, group_by).is_empty())
+        .map(|(expr, _)| expr.to_string())
+        .collect();
+    if !ungrouped.is_empty() {
+        bail!(
+            "Non-aggregate SELECT expression(s) not part of GROUP BY: {}\nEither add the column(s) to the GROUP BY or remove them from the SELECT.",
+            ungrouped.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// Refuses aggregate calls in a SELECT without GROUP BY, as ksqlDB words it
+/// for CREATE TABLE and CREATE STREAM.
+pub(crate) fn check_no_aggregates(kind: SourceKind, select: &Select, from: &Source) -> Result<()> {
+    let items = projection(select, from);
+    let mut calls = Vec::new();
+    for (expr, _) in &items {
+        aggregate_calls(expr, &mut calls)?;
+    }
+    let Some(Expr::Function { name, .. }) = calls.first() else {
+        return Ok(());
+    };
+    if kind == SourceKind::Stream {
+        bail!("Use of aggregate function {name} requires a GROUP BY clause.");
+    }
+    check_ungrouped_projection(&items, &[])?;
+    let calls: Vec<String> = calls.iter().map(Expr::to_string).collect();
+    bail!(
+        "CREATE TABLE AS SELECT statement does not support aggregate function [{}] without a GROUP BY clause.",
+        calls.join(", ")
+    )
 }
 
 /// The columns `expr` reads outside aggregate calls and outside
@@ -264,6 +302,31 @@ fn ungrouped_columns(expr: &Expr, group_by: &[Expr]) -> Vec<String> {
             .into_iter()
             .flat_map(|child| ungrouped_columns(child, group_by))
             .collect(),
+    }
+}
+
+/// The first column `expr` reads that is neither one of `columns` nor a
+/// pseudo column (lambda parameters are in scope in their lambda's body).
+pub(crate) fn unresolved_column(expr: &Expr, columns: &[ColumnDef]) -> Option<String> {
+    match expr {
+        Expr::Column(c) => {
+            let known = columns.iter().any(|d| d.name == *c)
+                || PSEUDO_COLUMNS.contains(&c.as_str())
+                || WINDOW_BOUNDS.contains(&c.as_str());
+            (!known).then(|| c.clone())
+        }
+        Expr::Lambda { params, body } => {
+            let mut scope = columns.to_vec();
+            scope.extend(params.iter().map(|p| ColumnDef {
+                name: p.clone(),
+                ty: crate::parser::SqlType::String,
+                key: false,
+            }));
+            unresolved_column(body, &scope)
+        }
+        _ => children(expr)
+            .into_iter()
+            .find_map(|child| unresolved_column(child, columns)),
     }
 }
 
@@ -402,9 +465,10 @@ impl fmt::Display for Expr {
                 "({left} IS {}DISTINCT FROM {right})",
                 if *negated { "NOT " } else { "" }
             ),
+            // ksqlDB counts `COUNT(*)` as `COUNT(ROWTIME)`, and prints it so.
             Expr::Function {
                 name, star: true, ..
-            } => write!(f, "{name}(*)"),
+            } => write!(f, "{name}(ROWTIME)"),
             Expr::Function { name, args, .. } => write!(f, "{name}({})", list(args)),
         }
     }
