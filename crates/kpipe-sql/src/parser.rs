@@ -69,6 +69,8 @@ pub struct Select {
     pub filter: Option<Expr>,
     pub group_by: Vec<Expr>,
     pub having: Option<Expr>,
+    /// `PARTITION BY`: the expressions a stream's rows are re-keyed by.
+    pub partition_by: Vec<Expr>,
 }
 
 /// `WINDOW TUMBLING (SIZE ..)`, `WINDOW HOPPING (SIZE .., ADVANCE BY ..)` or
@@ -480,6 +482,14 @@ impl Parser<'_> {
                 }
             }
         }
+        let mut partition_by = Vec::new();
+        if self.eat("PARTITION") {
+            self.expect("BY")?;
+            partition_by.push(self.expr()?);
+            while self.eat_symbol(",") {
+                partition_by.push(self.expr()?);
+            }
+        }
         let having = if self.eat("HAVING") {
             Some(self.expr()?)
         } else {
@@ -495,6 +505,7 @@ impl Parser<'_> {
             filter,
             group_by,
             having,
+            partition_by,
         })
     }
 

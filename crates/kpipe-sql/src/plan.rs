@@ -34,8 +34,10 @@ pub(crate) fn projection(select: &Select, from: &Source) -> Vec<(Expr, Option<St
     items
 }
 
-/// The sink's columns: key columns first (in GROUP BY order when grouped,
-/// else in the source's key order), then the value columns as selected.
+/// The sink's columns: key columns first (in GROUP BY or PARTITION BY
+/// order, else in the source's key order), then the value columns as
+/// selected. PARTITION BY expressions left out of the projection are keys
+/// all the same.
 /// Each comes with the expression that computes it; `sink` names the result in messages.
 /// Under the new query planner a plain projection may leave key columns out
 /// (the sink is then unkeyed) and orders its key columns as selected.
@@ -47,6 +49,11 @@ pub(crate) fn output_columns(
 ) -> Result<Vec<(ColumnDef, Expr)>> {
     let grouped = !select.group_by.is_empty();
     let windowed = grouped || select.window.is_some();
+    let key_exprs = if grouped {
+        &select.group_by
+    } else {
+        &select.partition_by
+    };
     let mut keys: Vec<(usize, ColumnDef, &Expr)> = Vec::new();
     let mut values: Vec<(ColumnDef, Expr)> = Vec::new();
     let mut generated = 0;
@@ -92,8 +99,8 @@ pub(crate) fn output_columns(
             key: false,
         };
         // Grouped, the key is what rows are grouped by; otherwise the source's key.
-        let key_position = if grouped {
-            select.group_by.iter().position(|g| g == expr)
+        let key_position = if !key_exprs.is_empty() {
+            key_exprs.iter().position(|g| g == expr)
         } else {
             let source_key = match expr {
                 Expr::Column(c) => from
@@ -150,7 +157,8 @@ pub(crate) fn output_columns(
             .filter(|c| c.key)
             .map(|c| c.name.clone())
             .collect();
-        if keys.len() < source_keys.len() && !new_planner {
+        let rekeyed = !select.partition_by.is_empty();
+        if keys.len() < source_keys.len() && !new_planner && !rekeyed {
             source_keys
         } else {
             Vec::new()
@@ -168,6 +176,29 @@ pub(crate) fn output_columns(
             listing(&missing),
             missing.join(", ")
         );
+    }
+    for (position, expr) in select.partition_by.iter().enumerate() {
+        if keys.iter().any(|(p, _, _)| *p == position) {
+            continue;
+        }
+        let name = match expr {
+            Expr::Column(c) => c.clone(),
+            Expr::Field { field, .. } => field.clone(),
+            _ => {
+                generated += 1;
+                format!("KSQL_COL_{}", generated - 1)
+            }
+        };
+        let ty = type_of(expr, &from.columns)?;
+        keys.push((
+            position,
+            ColumnDef {
+                name,
+                ty,
+                key: true,
+            },
+            expr,
+        ));
     }
     if values.is_empty() {
         bail!("The projection contains no value columns.");
