@@ -14,6 +14,7 @@ use crate::aggregate::{
 };
 use crate::eval::{eval, Row};
 use crate::format::{decode, decode_key, encode_key, encode_value, Format};
+use crate::join::{join_update, resolve, JoinSide, JoinState};
 use crate::parser::{ColumnDef, Expr, Properties, Select, SourceKind, SqlType, Statement, Window};
 use crate::plan::{
     check_grouping, check_no_aggregates, listing, output_columns, projection, unresolved_column,
@@ -61,6 +62,8 @@ struct Query {
     /// A table source's current rows (those passing WHERE), by key, so an
     /// update can retract what the old row contributed.
     table_rows: HashMap<String, Row>,
+    /// For a join: the other source and both sides' rows so far.
+    join: Option<JoinState>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -160,11 +163,11 @@ impl Engine {
                 properties,
                 select,
             } => {
-                let from = self
-                    .sources
-                    .get(&select.from)
-                    .ok_or_else(|| anyhow!("{} does not exist.", select.from))?
-                    .clone();
+                let (select, from, join) = resolve(select, &self.sources)?;
+                let select = &select;
+                if join.as_ref().is_some_and(|j| j.tables) && !select.group_by.is_empty() {
+                    bail!("Aggregating a table-table join is not supported yet");
+                }
                 let aggregated = !select.group_by.is_empty();
                 if let Some(column) = select
                     .filter
@@ -246,6 +249,7 @@ impl Engine {
                     outputs,
                     aggregation,
                     table_rows: HashMap::new(),
+                    join,
                 });
                 Ok(())
             }
@@ -254,10 +258,8 @@ impl Engine {
                     .sources
                     .get(target)
                     .ok_or_else(|| anyhow!("{target} does not exist."))?;
-                let from = self
-                    .sources
-                    .get(&select.from)
-                    .ok_or_else(|| anyhow!("{} does not exist.", select.from))?;
+                let (select, from, join) = resolve(select, &self.sources)?;
+                let (select, from) = (&select, &from);
                 if into.kind == SourceKind::Table
                     || from.kind == SourceKind::Table
                     || !select.group_by.is_empty()
@@ -271,7 +273,20 @@ impl Engine {
                         .zip(&into.columns)
                         .all(|((a, _), b)| a.name == b.name && a.key == b.key);
                 if !same {
-                    bail!("Incompatible schema between results and sink.");
+                    let describe = |columns: &mut dyn Iterator<Item = &ColumnDef>| {
+                        columns
+                            .map(|c| {
+                                let key = if c.key { " KEY" } else { "" };
+                                format!("`{}` {}{key}", c.name, c.ty)
+                            })
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    };
+                    bail!(
+                        "Incompatible schema between results and sink.\nResult schema is {}\nSink schema is {}",
+                        describe(&mut outputs.iter().map(|(c, _)| c)),
+                        describe(&mut into.columns.iter())
+                    );
                 }
                 self.queries.push(Query {
                     from: select.from.clone(),
@@ -280,6 +295,7 @@ impl Engine {
                     outputs,
                     aggregation: None,
                     table_rows: HashMap::new(),
+                    join,
                 });
                 Ok(())
             }
@@ -299,13 +315,21 @@ impl Engine {
     pub fn process(&mut self, record: &Record) -> Result<Vec<Record>> {
         let mut out = Vec::new();
         for q in 0..self.queries.len() {
-            let from = &self.sources[&self.queries[q].from];
-            if from.topic != record.topic {
+            let query = &self.queries[q];
+            let left = &self.sources[&query.from];
+            let right = query.join.as_ref().map(|j| &self.sources[&j.right]);
+            let (side, from) = if left.topic == record.topic {
+                (JoinSide::Left, left.clone())
+            } else if let Some(right) = right.filter(|r| r.topic == record.topic) {
+                (JoinSide::Right, right.clone())
+            } else {
                 continue;
-            }
-            let (from, sink) = (from.clone(), self.sources[&self.queries[q].sink].clone());
+            };
+            let sink = self.sources[&query.sink].clone();
             let query = &mut self.queries[q];
-            let produced = if from.kind == SourceKind::Table {
+            let produced = if query.join.is_some() {
+                join_records(query, &from, side, &sink, record)?
+            } else if from.kind == SourceKind::Table {
                 table_update(query, &from, &sink, record)?
             } else {
                 stream_update(query, &from, &sink, record)?
@@ -346,8 +370,51 @@ fn stream_update(
             Vec::new()
         });
     };
+    let window = record.window.filter(|_| from.windowed);
+    stream_row(query, sink, &row, record.timestamp, window)
+}
+
+/// A record on one side of a join: the joined rows it makes go on through
+/// the query; in a table-table join, a row gone from the join is a tombstone.
+fn join_records(
+    query: &mut Query,
+    from: &Source,
+    side: JoinSide,
+    sink: &Source,
+    record: &Record,
+) -> Result<Vec<Record>> {
+    let row = decode(from, record)?;
+    let state = query.join.as_mut().expect("a join query");
+    let joined = join_update(state, side, row.as_ref(), &record.key, record.timestamp)?;
+    let mut out = Vec::new();
+    for (row, timestamp) in joined {
+        match row {
+            Some(row) => out.extend(stream_row(query, sink, &row, timestamp, None)?),
+            None => out.push(Record {
+                topic: sink.topic.clone(),
+                key: record.key.clone(),
+                value: Value::Null,
+                timestamp,
+                window: None,
+                partition: 0,
+                offset: 0,
+            }),
+        }
+    }
+    Ok(out)
+}
+
+/// A stream row (read from a record, or joined) through the query's WHERE,
+/// then projected with its `window`, or folded into its group's aggregates.
+fn stream_row(
+    query: &mut Query,
+    sink: &Source,
+    row: &Row,
+    timestamp: i64,
+    window: Option<(i64, i64)>,
+) -> Result<Vec<Record>> {
     if let Some(filter) = &query.select.filter {
-        if eval(filter, &row, &[])? != Value::Bool(true) {
+        if eval(filter, row, &[])? != Value::Bool(true) {
             return Ok(Vec::new());
         }
     }
@@ -358,24 +425,24 @@ fn stream_update(
         ..
     } = query;
     let Some(aggregation) = aggregation else {
-        let mut projected = project(outputs, sink, &row, &[], record.timestamp)?;
-        projected.window = record.window.filter(|_| from.windowed);
+        let mut projected = project(outputs, sink, row, &[], timestamp)?;
+        projected.window = window;
         return Ok(vec![projected]);
     };
-    let Some(group) = grouping(select, &row)? else {
+    let Some(group) = grouping(select, row)? else {
         return Ok(Vec::new());
     };
-    aggregation.stream_time = aggregation.stream_time.max(record.timestamp);
+    aggregation.stream_time = aggregation.stream_time.max(timestamp);
     let query = QueryParts {
         select,
         outputs,
         sink,
     };
     if let Some(w) = select.window.filter(|w| w.session) {
-        return session_update(aggregation, &query, &row, &group, w, record.timestamp);
+        return session_update(aggregation, &query, row, &group, w, timestamp);
     }
     let mut produced = Vec::new();
-    for window in windows_of(select.window, record.timestamp, aggregation.stream_time) {
+    for window in windows_of(select.window, timestamp, aggregation.stream_time) {
         let id = format!("{group}@{window:?}");
         let first = !aggregation.groups.contains_key(&id);
         let values = aggregation
@@ -383,16 +450,16 @@ fn stream_update(
             .entry(id.clone())
             .or_insert_with(|| aggregation.calls.iter().map(initial).collect());
         for (call, value) in aggregation.calls.iter().zip(values.iter_mut()) {
-            *value = accumulate(call, value, &row, first, aggregation.settings)?;
+            *value = accumulate(call, value, row, first, aggregation.settings)?;
         }
         let values = values.clone();
         let target = Emit {
             group: &group,
             id: &id,
             window,
-            timestamp: record.timestamp,
+            timestamp,
         };
-        produced.extend(emit(aggregation, &query, &row, &values, target)?);
+        produced.extend(emit(aggregation, &query, row, &values, target)?);
     }
     Ok(produced)
 }
@@ -1311,5 +1378,93 @@ mod tests {
         let size = parse("CREATE STREAM X (N INT) WITH (kafka_topic='x', value_format='JSON', window_type='Tumbling', window_size='30 bobs');").unwrap();
         let error = engine.execute(&size[0]).unwrap_err().to_string();
         assert!(error.ends_with("Unknown time unit: 'BOBS'"), "{error}");
+    }
+
+    #[test]
+    fn stream_stream_joins_match_within_the_window_and_key_by_the_join_expression() {
+        let mut engine = Engine::default();
+        for s in parse(
+            "CREATE STREAM A (ID INT KEY, FOO STRING) WITH (kafka_topic='a', value_format='JSON');
+             CREATE STREAM B (ID INT KEY, BAR STRING) WITH (kafka_topic='b', value_format='JSON');
+             CREATE STREAM J AS SELECT X.ID, FOO, B.BAR FROM A X JOIN B WITHIN 5 SECONDS ON X.ID = B.ID;",
+        )
+        .unwrap()
+        {
+            engine.execute(&s).unwrap();
+        }
+        let mut feed = |topic: &str, value: Value, timestamp: i64| {
+            engine
+                .process(&Record {
+                    topic: topic.into(),
+                    key: Value::from(1),
+                    value,
+                    timestamp,
+                    window: None,
+                    partition: 0,
+                    offset: 0,
+                })
+                .unwrap()
+                .into_iter()
+                .map(|r| (r.key, r.value, r.timestamp))
+                .collect::<Vec<_>>()
+        };
+        assert!(feed("a", serde_json::json!({"FOO": "f"}), 1_000).is_empty());
+        assert_eq!(
+            feed("b", serde_json::json!({"BAR": "b"}), 3_000),
+            [(
+                Value::from(1),
+                serde_json::json!({"FOO": "f", "B_BAR": "b"}),
+                3_000
+            )]
+        );
+        assert!(
+            feed("b", serde_json::json!({"BAR": "late"}), 9_000).is_empty(),
+            "8 s after the left record: outside the window"
+        );
+    }
+
+    #[test]
+    fn stream_table_left_joins_look_the_table_up() {
+        let mut engine = Engine::default();
+        for s in parse(
+            "CREATE STREAM S (K STRING KEY, T STRING) WITH (kafka_topic='s', value_format='JSON');
+             CREATE TABLE T (ID STRING PRIMARY KEY, NAME STRING) WITH (kafka_topic='t', value_format='JSON');
+             CREATE STREAM J AS SELECT * FROM S LEFT JOIN T ON S.T = T.ID;",
+        )
+        .unwrap()
+        {
+            engine.execute(&s).unwrap();
+        }
+        let mut feed = |topic: &str, key: &str, value: Value| {
+            engine
+                .process(&Record {
+                    topic: topic.into(),
+                    key: Value::from(key),
+                    value,
+                    timestamp: 0,
+                    window: None,
+                    partition: 0,
+                    offset: 0,
+                })
+                .unwrap()
+                .into_iter()
+                .map(|r| (r.key, r.value))
+                .collect::<Vec<_>>()
+        };
+        assert!(feed("t", "1", serde_json::json!({"NAME": "one"})).is_empty());
+        assert_eq!(
+            feed("s", "k", serde_json::json!({"T": "1"})),
+            [(
+                Value::from("1"),
+                serde_json::json!({"S_K": "k", "T_ID": "1", "T_NAME": "one"})
+            )]
+        );
+        assert_eq!(
+            feed("s", "k", serde_json::json!({"T": "2"})),
+            [(
+                Value::from("2"),
+                serde_json::json!({"S_K": "k", "T_ID": null, "T_NAME": null})
+            )]
+        );
     }
 }

@@ -35,6 +35,7 @@ pub(crate) fn eval(expr: &Expr, row: &Row, aggregates: &[(Expr, Value)]) -> Resu
             .get(name)
             .cloned()
             .ok_or_else(|| anyhow!("column '{name}' cannot be resolved."))?,
+        Expr::Qualified { .. } => bail!("column '{expr}' cannot be resolved."),
         Expr::Literal(v) => v.clone(),
         Expr::Not(inner) => match eval(inner)? {
             Value::Bool(b) => Value::Bool(!b),

@@ -17,6 +17,7 @@ pub mod engine;
 mod eval;
 mod format;
 mod functions;
+mod join;
 pub mod lexer;
 pub mod parser;
 mod plan;

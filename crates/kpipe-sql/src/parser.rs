@@ -71,6 +71,30 @@ pub struct Select {
     pub having: Option<Expr>,
     /// `PARTITION BY`: the expressions a stream's rows are re-keyed by.
     pub partition_by: Vec<Expr>,
+    /// The FROM source's alias (`FROM input i` or `FROM input AS i`).
+    pub from_alias: Option<String>,
+    /// The sources joined to the FROM source, in order.
+    pub joins: Vec<Join>,
+}
+
+/// `[INNER | LEFT | FULL] JOIN source [alias] [WITHIN ..] ON condition`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Join {
+    pub kind: JoinKind,
+    pub source: String,
+    pub alias: Option<String>,
+    /// Stream-stream joins: how far (ms) the other side's record may be
+    /// before and after this one's.
+    pub within: Option<(i64, i64)>,
+    pub on: Expr,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinKind {
+    Inner,
+    Left,
+    Right,
+    Full,
 }
 
 /// `WINDOW TUMBLING (SIZE ..)`, `WINDOW HOPPING (SIZE .., ADVANCE BY ..)` or
@@ -170,6 +194,11 @@ pub enum Expr {
         left: Box<Expr>,
         right: Box<Expr>,
         negated: bool,
+    },
+    /// `source.column`: a column of one source (by name or alias).
+    Qualified {
+        source: String,
+        column: String,
     },
     /// A function call; `COUNT(*)` has `star`.
     Function {
@@ -441,12 +470,42 @@ impl Parser<'_> {
         }
         self.expect("FROM")?;
         let from = self.identifier("a source name")?;
-        // An alias (`FROM input i` or `FROM input AS i`); qualified columns drop it.
-        if self.eat("AS") {
-            self.identifier("an alias")?;
-        } else if matches!(self.peek(), Some(Token::Word { text, quoted }) if *quoted || !CLAUSES.contains(&text.as_str()))
-        {
-            self.at += 1;
+        let from_alias = self.source_alias()?;
+        let mut joins = Vec::new();
+        loop {
+            let kind = if self.eat("JOIN") {
+                JoinKind::Inner
+            } else {
+                let kind = if self.eat("INNER") {
+                    JoinKind::Inner
+                } else if self.eat("LEFT") {
+                    JoinKind::Left
+                } else if self.eat("RIGHT") {
+                    JoinKind::Right
+                } else if self.eat("FULL") {
+                    JoinKind::Full
+                } else {
+                    break;
+                };
+                self.eat("OUTER");
+                self.expect("JOIN")?;
+                kind
+            };
+            let source = self.identifier("a source name")?;
+            let alias = self.source_alias()?;
+            let within = if self.eat("WITHIN") {
+                Some(self.within()?)
+            } else {
+                None
+            };
+            self.expect("ON")?;
+            joins.push(Join {
+                kind,
+                source,
+                alias,
+                within,
+                on: self.expr()?,
+            });
         }
         let window = if self.eat("WINDOW") {
             Some(self.window()?)
@@ -506,7 +565,44 @@ impl Parser<'_> {
             group_by,
             having,
             partition_by,
+            from_alias,
+            joins,
         })
+    }
+
+    /// A source's alias: `input i` or `input AS i`.
+    fn source_alias(&mut self) -> Result<Option<String>> {
+        if self.eat("AS") {
+            return self.identifier("an alias").map(Some);
+        }
+        match self.peek() {
+            Some(Token::Word { text, quoted }) if *quoted || !CLAUSES.contains(&text.as_str()) => {
+                let alias = text.clone();
+                self.at += 1;
+                Ok(Some(alias))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// `WITHIN n UNIT` or `WITHIN (before, after)`, with an optional grace
+    /// period (which an in-order engine has no use for).
+    fn within(&mut self) -> Result<(i64, i64)> {
+        let bounds = if self.eat_symbol("(") {
+            let before = self.duration()?;
+            self.expect_symbol(",")?;
+            let after = self.duration()?;
+            self.expect_symbol(")")?;
+            (before, after)
+        } else {
+            let both = self.duration()?;
+            (both, both)
+        };
+        if self.eat("GRACE") {
+            self.expect("PERIOD")?;
+            self.duration()?;
+        }
+        Ok(bounds)
     }
 
     fn window(&mut self) -> Result<Window> {
@@ -857,7 +953,10 @@ impl Parser<'_> {
             }
             Token::Word { text, .. } => {
                 if self.eat_symbol(".") {
-                    return Ok(Expr::Column(self.identifier("a column name")?));
+                    return Ok(Expr::Qualified {
+                        source: text,
+                        column: self.identifier("a column name")?,
+                    });
                 }
                 if !self.eat_symbol("(") {
                     return Ok(Expr::Column(text));
@@ -892,7 +991,9 @@ impl Parser<'_> {
 }
 
 /// Words that start the clause after FROM (so they are no alias).
-const CLAUSES: [&str; 12] = [
+const CLAUSES: [&str; 14] = [
+    "RIGHT",
+    "WITHIN",
     "WHERE",
     "GROUP",
     "HAVING",
@@ -980,13 +1081,34 @@ mod tests {
             panic!()
         };
         assert_eq!(select.from, "INPUT");
+        assert_eq!(select.from_alias.as_deref(), Some("I"));
         assert_eq!(
             select.items[0],
             SelectItem::Expr {
-                expr: Expr::Column("X".into()),
+                expr: Expr::Qualified {
+                    source: "I".into(),
+                    column: "X".into()
+                },
                 alias: Some("Y".into())
             }
         );
+        let statements = parse(
+            "CREATE STREAM J AS SELECT * FROM a LEFT OUTER JOIN b AS x WITHIN (1 SECOND, 2 SECONDS) ON a.k = x.k JOIN c ON a.k = c.k;",
+        )
+        .unwrap();
+        let Statement::CreateAs { select, .. } = &statements[0] else {
+            panic!()
+        };
+        assert_eq!(select.joins.len(), 2);
+        assert_eq!(
+            (
+                select.joins[0].kind,
+                select.joins[0].alias.as_deref(),
+                select.joins[0].within
+            ),
+            (JoinKind::Left, Some("X"), Some((1000, 2000)))
+        );
+        assert_eq!(select.joins[1].kind, JoinKind::Inner);
     }
 
     #[test]

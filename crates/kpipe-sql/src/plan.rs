@@ -10,7 +10,7 @@ use serde_json::Value;
 use crate::aggregate::{aggregate_calls, is_aggregate};
 use crate::engine::Source;
 use crate::parser::{BinaryOp, ColumnDef, Expr, Select, SelectItem, SourceKind};
-use crate::types::type_of;
+use crate::types::{column_type, type_of};
 
 /// Columns every record has besides its own.
 pub(crate) const PSEUDO_COLUMNS: [&str; 3] = ["ROWTIME", "ROWPARTITION", "ROWOFFSET"];
@@ -48,7 +48,7 @@ pub(crate) fn output_columns(
     new_planner: bool,
 ) -> Result<Vec<(ColumnDef, Expr)>> {
     let grouped = !select.group_by.is_empty();
-    let windowed = grouped || select.window.is_some();
+    let windowed = grouped || select.window.is_some() || from.windowed;
     let key_exprs = if grouped {
         &select.group_by
     } else {
@@ -72,14 +72,20 @@ pub(crate) fn output_columns(
                 "`{alias}` is a reserved column name. You cannot use it as an alias for a column."
             );
         }
+        if let Expr::Qualified { .. } = expr {
+            bail!("SELECT column '{expr}' cannot be resolved.");
+        }
         if let Expr::Column(c) = expr {
             let pseudo = PSEUDO_COLUMNS.contains(&c.as_str());
             if pseudo && alias.is_none() {
                 bail!("Reserved column name in select: `{c}`. Please remove or alias the column.");
             }
-            let known = pseudo
-                || from.columns.iter().any(|d| d.name == *c)
-                || (windowed && WINDOW_BOUNDS.contains(&c.as_str()));
+            let window_bound = WINDOW_BOUNDS.contains(&c.as_str());
+            let known = if window_bound {
+                windowed
+            } else {
+                column_type(c, &from.columns).is_some()
+            };
             if !known {
                 bail!("SELECT column '{c}' cannot be resolved.");
             }
@@ -346,6 +352,7 @@ pub(crate) fn unresolved_column(expr: &Expr, columns: &[ColumnDef]) -> Option<St
                 || WINDOW_BOUNDS.contains(&c.as_str());
             (!known).then(|| c.clone())
         }
+        Expr::Qualified { .. } => Some(expr.to_string()),
         Expr::Lambda { params, body } => {
             let mut scope = columns.to_vec();
             scope.extend(params.iter().map(|p| ColumnDef {
@@ -364,7 +371,7 @@ pub(crate) fn unresolved_column(expr: &Expr, columns: &[ColumnDef]) -> Option<St
 /// The direct sub-expressions of `expr`.
 pub(crate) fn children(expr: &Expr) -> Vec<&Expr> {
     match expr {
-        Expr::Column(_) | Expr::Literal(_) => Vec::new(),
+        Expr::Column(_) | Expr::Literal(_) | Expr::Qualified { .. } => Vec::new(),
         Expr::Not(e)
         | Expr::Negate(e)
         | Expr::IsNull { expr: e, .. }
@@ -414,6 +421,7 @@ impl fmt::Display for Expr {
         };
         match self {
             Expr::Column(c) => f.write_str(c),
+            Expr::Qualified { source, column } => write!(f, "{source}.{column}"),
             Expr::Literal(Value::String(s)) => write!(f, "'{}'", s.replace('\'', "''")),
             Expr::Literal(v) => write!(f, "{v}"),
             Expr::Not(e) => write!(f, "(NOT {e})"),

@@ -146,6 +146,7 @@ pub(crate) fn type_of(expr: &Expr, columns: &[ColumnDef]) -> Result<SqlType> {
     Ok(match expr {
         Expr::Column(name) => column_type(name, columns)
             .ok_or_else(|| anyhow!("column '{name}' cannot be resolved."))?,
+        Expr::Qualified { .. } => bail!("column '{expr}' cannot be resolved."),
         Expr::Literal(v) => literal_type(v),
         Expr::Not(_)
         | Expr::IsNull { .. }
@@ -267,9 +268,13 @@ pub(crate) fn column_type(name: &str, columns: &[ColumnDef]) -> Option<SqlType> 
     if let Some(column) = columns.iter().find(|c| c.name == name) {
         return Some(column.ty.clone());
     }
-    match name {
-        "ROWTIME" | "ROWOFFSET" | "WINDOWSTART" | "WINDOWEND" => Some(SqlType::BigInt),
-        "ROWPARTITION" => Some(SqlType::Int),
+    // A joined row has each side's pseudo columns as `ALIAS_ROWTIME` and so on.
+    let pseudo = name.rsplit_once('_').map_or(name, |(_, pseudo)| pseudo);
+    match (name, pseudo) {
+        ("ROWTIME" | "ROWOFFSET" | "WINDOWSTART" | "WINDOWEND", _) => Some(SqlType::BigInt),
+        ("ROWPARTITION", _) => Some(SqlType::Int),
+        (_, "ROWTIME" | "ROWOFFSET") => Some(SqlType::BigInt),
+        (_, "ROWPARTITION") => Some(SqlType::Int),
         _ => None,
     }
 }
