@@ -9,7 +9,7 @@ use crate::functions::{double, text, SCALARS};
 use crate::parser::{BinaryOp, Expr, SqlType};
 use crate::plan::children;
 
-pub(crate) const AGGREGATES: [&str; 15] = [
+pub(crate) const AGGREGATES: [&str; 16] = [
     "TOPK",
     "TOPKDISTINCT",
     "COUNT",
@@ -25,6 +25,7 @@ pub(crate) const AGGREGATES: [&str; 15] = [
     "STDDEV_SAMP",
     "STDDEV_SAMPLE",
     "HISTOGRAM",
+    "SUM_LIST",
 ];
 
 /// The aggregates that can take a row's contribution back, so apply to table sources.
@@ -53,12 +54,19 @@ impl Default for AggregateSettings {
 }
 
 /// The type an aggregate returns for an argument of type `arg`.
-pub(crate) fn aggregate_type(name: &str, arg: Option<&SqlType>) -> SqlType {
+pub(crate) fn aggregate_type(name: &str, args: &[Expr], arg: Option<&SqlType>) -> SqlType {
     let arg = arg.cloned().unwrap_or(SqlType::BigInt);
     match name {
         "COUNT" | "COUNT_DISTINCT" => SqlType::BigInt,
         "AVG" | "STDDEV_SAMP" | "STDDEV_SAMPLE" => SqlType::Double,
         "TOPK" | "TOPKDISTINCT" | "COLLECT_LIST" | "COLLECT_SET" => SqlType::Array(Box::new(arg)),
+        "EARLIEST_BY_OFFSET" | "LATEST_BY_OFFSET" if keeps_several(args) => {
+            SqlType::Array(Box::new(arg))
+        }
+        "SUM_LIST" => match arg {
+            SqlType::Array(element) => *element,
+            other => other,
+        },
         "HISTOGRAM" => SqlType::Map(Box::new(SqlType::String), Box::new(SqlType::BigInt)),
         _ => arg,
     }
@@ -69,10 +77,13 @@ pub(crate) fn merge(call: &Expr, older: &Value, newer: &Value) -> Value {
     let Expr::Function { name, .. } = call else {
         unreachable!("only calls are merged")
     };
+    if let "EARLIEST_BY_OFFSET" | "LATEST_BY_OFFSET" = name.as_str() {
+        return merge_by_offset(call, older, newer);
+    }
     match name.as_str() {
         _ if older.is_null() => newer.clone(),
         _ if newer.is_null() => older.clone(),
-        "COUNT" | "SUM" => arithmetic(BinaryOp::Add, older, newer),
+        "COUNT" | "SUM" | "SUM_LIST" => arithmetic(BinaryOp::Add, older, newer),
         "AVG" | "STDDEV_SAMP" | "STDDEV_SAMPLE" | "HISTOGRAM" => {
             let mut merged = older.as_object().cloned().unwrap_or_default();
             for (k, v) in newer.as_object().into_iter().flatten() {
@@ -92,7 +103,7 @@ pub(crate) fn merge(call: &Expr, older: &Value, newer: &Value) -> Value {
         }
         "MIN" if compare(newer, older).is_some_and(|o| o.is_lt()) => newer.clone(),
         "MAX" if compare(newer, older).is_some_and(|o| o.is_gt()) => newer.clone(),
-        "MIN" | "MAX" | "EARLIEST_BY_OFFSET" => older.clone(),
+        "MIN" | "MAX" => older.clone(),
         _ => newer.clone(),
     }
 }
@@ -158,9 +169,19 @@ pub(crate) fn accumulate(
                 current.clone()
             }
         }
-        "EARLIEST_BY_OFFSET" if first || current.is_null() => arg,
-        "EARLIEST_BY_OFFSET" => current.clone(),
-        "LATEST_BY_OFFSET" if arg.is_null() => current.clone(),
+        "EARLIEST_BY_OFFSET" | "LATEST_BY_OFFSET" => by_offset(name, args, current, arg, first),
+        "SUM_LIST" => arg
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|v| !v.is_null())
+            .fold(current.clone(), |sum, v| {
+                if sum.is_null() {
+                    v.clone()
+                } else {
+                    arithmetic(BinaryOp::Add, &sum, v)
+                }
+            }),
         "AVG" | "STDDEV_SAMP" | "STDDEV_SAMPLE" => moments(current, &arg, 1.0),
         "COLLECT_LIST" => {
             let mut list = current.as_array().cloned().unwrap_or_default();
@@ -201,6 +222,79 @@ pub(crate) fn accumulate(
         }
         _ => arg,
     })
+}
+
+/// EARLIEST/LATEST_BY_OFFSET(col [, n] [, ignore_nulls]): how many values
+/// to keep (None: one, not in an array) and whether nulls are skipped (by default).
+fn offset_options(args: &[Expr]) -> (Option<usize>, bool) {
+    let mut keep = None;
+    let mut ignore_nulls = true;
+    for arg in &args[1.min(args.len())..] {
+        match arg {
+            Expr::Literal(Value::Number(n)) => keep = n.as_u64().map(|n| n as usize),
+            Expr::Literal(Value::Bool(b)) => ignore_nulls = *b,
+            _ => {}
+        }
+    }
+    (keep, ignore_nulls)
+}
+
+fn keeps_several(args: &[Expr]) -> bool {
+    offset_options(args).0.is_some()
+}
+
+/// The next state of EARLIEST_BY_OFFSET or LATEST_BY_OFFSET after `arg`.
+fn by_offset(name: &str, args: &[Expr], current: &Value, arg: Value, first: bool) -> Value {
+    let (keep, ignore_nulls) = offset_options(args);
+    if arg.is_null() && ignore_nulls {
+        return match keep {
+            Some(_) if current.is_null() => Value::Array(Vec::new()),
+            _ => current.clone(),
+        };
+    }
+    let earliest = name == "EARLIEST_BY_OFFSET";
+    let Some(keep) = keep else {
+        // Nothing kept yet: the first row, or only nulls that do not count.
+        let nothing_yet = first || (ignore_nulls && current.is_null());
+        return if earliest && !nothing_yet {
+            current.clone()
+        } else {
+            arg
+        };
+    };
+    let mut values = current.as_array().cloned().unwrap_or_default();
+    if !earliest || values.len() < keep {
+        values.push(arg);
+    }
+    let excess = values.len().saturating_sub(keep);
+    values.drain(..excess);
+    Value::Array(values)
+}
+
+/// Two sessions' EARLIEST/LATEST_BY_OFFSET states, the older first.
+fn merge_by_offset(call: &Expr, older: &Value, newer: &Value) -> Value {
+    let Expr::Function { name, args, .. } = call else {
+        unreachable!("only calls are merged")
+    };
+    let earliest = name == "EARLIEST_BY_OFFSET";
+    match offset_options(args) {
+        (None, true) if earliest && !older.is_null() => older.clone(),
+        (None, true) if !earliest && newer.is_null() => older.clone(),
+        (None, true) if earliest => newer.clone(),
+        (None, _) if earliest => older.clone(),
+        (None, _) => newer.clone(),
+        (Some(keep), _) => {
+            let mut values: Vec<Value> = older.as_array().into_iter().flatten().cloned().collect();
+            values.extend(newer.as_array().into_iter().flatten().cloned());
+            if earliest {
+                values.truncate(keep);
+            } else {
+                let excess = values.len().saturating_sub(keep);
+                values.drain(..excess);
+            }
+            Value::Array(values)
+        }
+    }
 }
 
 /// The count, sum and sum of squares AVG and STDDEV keep, with `arg` added
@@ -327,6 +421,21 @@ mod tests {
             Value::Null,
         ];
         assert_eq!(fold("COUNT_DISTINCT(V)", &names, settings), Value::from(2));
+        let with_null = [Value::from(1), Value::Null, Value::from(3)];
+        assert_eq!(
+            fold("LATEST_BY_OFFSET(V, 2, false)", &with_null, settings),
+            serde_json::json!([null, 3])
+        );
+        assert_eq!(
+            fold("EARLIEST_BY_OFFSET(V, 2)", &with_null, settings),
+            serde_json::json!([1, 3])
+        );
+        assert_eq!(
+            fold("LATEST_BY_OFFSET(V, false)", &with_null[..2], settings),
+            Value::Null
+        );
+        let lists = [serde_json::json!([1, 2]), serde_json::json!([3, null])];
+        assert_eq!(fold("SUM_LIST(V)", &lists, settings), Value::from(6));
         assert_eq!(
             fold(
                 "COLLECT_LIST(V)",

@@ -564,11 +564,12 @@ fn session_update(
         }
     }
     let session_id = format!("{id}@{start},{end}");
+    // A session's row is stamped with its end, its latest record's time.
     let target = Emit {
         group,
         id: &session_id,
         window: Some((start, end)),
-        timestamp,
+        timestamp: end,
     };
     out.extend(emit(aggregation, query, row, &values, target)?);
     aggregation

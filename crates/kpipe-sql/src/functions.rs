@@ -5,8 +5,8 @@ use serde_json::Value;
 
 use std::cmp::Ordering;
 
-use crate::eval::{arithmetic, compare};
-use crate::parser::{BinaryOp, SqlType};
+use crate::eval::compare;
+use crate::parser::SqlType;
 
 /// The scalar functions known so far.
 pub(crate) const SCALARS: &[&str] = &[
@@ -44,7 +44,6 @@ pub(crate) const SCALARS: &[&str] = &[
     "FILTER",
     "TRANSFORM",
     "REDUCE",
-    "SUM_LIST",
     "ARRAY_LENGTH",
     "ARRAY_MIN",
     "ARRAY_MAX",
@@ -71,7 +70,7 @@ pub(crate) fn return_type(name: &str, args: &[SqlType]) -> Result<SqlType> {
         "LEN" | "SIGN" | "ARRAY_LENGTH" | "INSTR" => SqlType::Int,
         "CONCAT" | "CONCAT_WS" | "INITCAP" | "LCASE" | "UCASE" | "TRIM" | "SUBSTRING"
         | "EXTRACTJSONFIELD" => SqlType::String,
-        "SUM_LIST" | "ARRAY_MIN" | "ARRAY_MAX" => match arg(0) {
+        "ARRAY_MIN" | "ARRAY_MAX" => match arg(0) {
             SqlType::Array(element) => *element,
             other => other,
         },
@@ -216,12 +215,6 @@ pub(crate) fn scalar(name: &str, args: &[Value]) -> Result<Value> {
         },
         "LEN" => Value::from(text(&arg(0)).map_or(0, |s| s.chars().count())),
         "ARRAY_LENGTH" => Value::from(arg(0).as_array().map_or(0, Vec::len)),
-        "SUM_LIST" => arg(0)
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|v| !v.is_null())
-            .fold(Value::from(0), |sum, v| arithmetic(BinaryOp::Add, &sum, v)),
         "ARRAY_MIN" | "ARRAY_MAX" => {
             let wanted = if name == "ARRAY_MIN" {
                 Ordering::Less
@@ -415,10 +408,6 @@ mod tests {
         assert_eq!(scalar("LEN", &[Value::Null]).unwrap(), Value::Null);
         assert!(scalar("WONT_FIND_ME", &[]).is_err());
         let ints = serde_json::json!([3, null, 1]);
-        assert_eq!(
-            scalar("SUM_LIST", std::slice::from_ref(&ints)).unwrap(),
-            Value::from(4)
-        );
         assert_eq!(scalar("ARRAY_MIN", &[ints]).unwrap(), Value::from(1));
         assert_eq!(
             scalar("INSTR", &[v("banana"), v("na")]).unwrap(),

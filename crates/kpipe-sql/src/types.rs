@@ -214,7 +214,7 @@ pub(crate) fn type_of(expr: &Expr, columns: &[ColumnDef]) -> Result<SqlType> {
                     Some(a) => Some(of(a)?),
                     None => None,
                 };
-                aggregate_type(name, arg.as_ref())
+                aggregate_type(name, args, arg.as_ref())
             } else {
                 let types = args
                     .iter()
