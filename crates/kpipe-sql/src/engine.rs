@@ -12,6 +12,7 @@ use crate::aggregate::{
     accumulate, aggregate_calls, initial, merge, result, retracted, AggregateSettings, RETRACTABLE,
     STRUCT_STATE,
 };
+use crate::check::{check_condition, check_in_lists};
 use crate::eval::{eval, Row};
 use crate::format::{decode, decode_key, encode_key, encode_value, Format};
 use crate::join::{join_update, resolve, JoinSide, JoinState};
@@ -175,6 +176,15 @@ impl Engine {
                     .and_then(|f| unresolved_column(f, &from.columns))
                 {
                     bail!("WHERE column '{column}' cannot be resolved.");
+                }
+                if let Some(filter) = &select.filter {
+                    check_condition("WHERE", filter, &from.columns)?;
+                }
+                if let Some(having) = &select.having {
+                    check_condition("HAVING", having, &from.columns)?;
+                }
+                for (expr, _) in projection(select, &from) {
+                    check_in_lists(&expr, &from.columns)?;
                 }
                 if !aggregated {
                     check_no_aggregates(*kind, select, &from)?;

@@ -71,7 +71,7 @@ pub(crate) fn eval(expr: &Expr, row: &Row, aggregates: &[(Expr, Value)]) -> Resu
             }
             let mut found = false;
             for item in list {
-                found |= compare(&v, &eval(item)?).is_some_and(|o| o.is_eq());
+                found |= same_value(&v, &eval(item)?);
             }
             Value::Bool(found != *negated)
         }
@@ -248,6 +248,34 @@ pub(crate) fn like(text: &[char], pattern: &[char]) -> bool {
         Some(('%', rest)) => (0..=text.len()).any(|i| like(&text[i..], rest)),
         Some(('_', rest)) => !text.is_empty() && like(&text[1..], rest),
         Some((c, rest)) => text.first() == Some(c) && like(&text[1..], rest),
+    }
+}
+
+/// IN's equality: numbers by value (text standing for a number or boolean
+/// too, as ksqlDB coerces IN's literals), arrays element by element, maps
+/// and structs field by field (an absent field is null, and nulls match).
+pub(crate) fn same_value(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Null, Value::Null) => true,
+        (Value::Number(_), Value::String(s)) | (Value::String(s), Value::Number(_)) => {
+            let number = if a.is_number() { a } else { b };
+            s.trim()
+                .parse::<f64>()
+                .is_ok_and(|f| number.as_f64() == Some(f))
+        }
+        (Value::Bool(x), Value::String(s)) | (Value::String(s), Value::Bool(x)) => {
+            crate::types::parse_boolean(s) == Some(*x)
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same_value(a, b))
+        }
+        (Value::Object(x), Value::Object(y)) => x.keys().chain(y.keys()).all(|k| {
+            same_value(
+                x.get(k).unwrap_or(&Value::Null),
+                y.get(k).unwrap_or(&Value::Null),
+            )
+        }),
+        _ => compare(a, b).is_some_and(|o| o.is_eq()),
     }
 }
 

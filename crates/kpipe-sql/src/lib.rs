@@ -13,6 +13,7 @@
 //! Joins and the live runtime are to come.
 
 mod aggregate;
+mod check;
 pub mod engine;
 mod eval;
 mod format;

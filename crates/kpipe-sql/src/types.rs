@@ -74,11 +74,7 @@ pub(crate) fn coerce(value: &Value, ty: &SqlType) -> Value {
             .parse::<f64>()
             .map_or(Value::Null, |f| decimal(f, *scale)),
         (SqlType::Boolean, Value::Bool(b)) => Value::Bool(*b),
-        (SqlType::Boolean, Value::String(s)) => match s.to_ascii_lowercase().as_str() {
-            "true" => Value::Bool(true),
-            "false" => Value::Bool(false),
-            _ => Value::Null,
-        },
+        (SqlType::Boolean, Value::String(s)) => parse_boolean(s).map_or(Value::Null, Value::Bool),
         (SqlType::String | SqlType::Bytes, Value::String(s)) => Value::String(s.clone()),
         (SqlType::String, other) => Value::String(other.to_string()),
         (SqlType::Array(element), Value::Array(items)) => {
@@ -100,6 +96,21 @@ pub(crate) fn coerce(value: &Value, ty: &SqlType) -> Value {
                 .collect(),
         ),
         _ => Value::Null,
+    }
+}
+
+/// Text as a BOOLEAN the way ksqlDB reads it: any start of `true` or `yes`,
+/// or of `false` or `no`, in any case.
+pub(crate) fn parse_boolean(text: &str) -> Option<bool> {
+    let text = text.trim().to_ascii_lowercase();
+    if text.is_empty() {
+        None
+    } else if "true".starts_with(&text) || "yes".starts_with(&text) {
+        Some(true)
+    } else if "false".starts_with(&text) || "no".starts_with(&text) {
+        Some(false)
+    } else {
+        None
     }
 }
 
