@@ -29,29 +29,6 @@ pub struct QueryInfo {
     pub transient: bool,
 }
 
-impl Format {
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            Format::Json => "JSON",
-            Format::Delimited => "DELIMITED",
-            Format::Kafka => "KAFKA",
-        }
-    }
-}
-
-impl SqlType {
-    pub fn name(self) -> &'static str {
-        match self {
-            SqlType::Int => "INTEGER",
-            SqlType::BigInt => "BIGINT",
-            SqlType::Double => "DOUBLE",
-            SqlType::String => "STRING",
-            SqlType::Boolean => "BOOLEAN",
-            SqlType::Timestamp => "TIMESTAMP",
-        }
-    }
-}
-
 fn info(name: &str, source: &Source) -> SourceInfo {
     SourceInfo {
         name: name.to_string(),
@@ -149,7 +126,7 @@ impl Engine {
 
 /// A value as a person reads it: text unquoted, TIMESTAMPs as ksqlDB prints
 /// them (`2024-10-10T15:11:50.000`, UTC), null as an empty cell.
-pub fn display(value: &Value, ty: SqlType) -> String {
+pub fn display(value: &Value, ty: &SqlType) -> String {
     match (value, ty) {
         (Value::Null, _) => String::new(),
         (Value::Number(n), SqlType::Timestamp) => n.as_i64().map_or_else(
@@ -191,14 +168,14 @@ mod tests {
     #[test]
     fn timestamps_display_as_ksqldb_prints_them() {
         assert_eq!(
-            display(&Value::from(1_728_573_110_000i64), SqlType::Timestamp),
+            display(&Value::from(1_728_573_110_000i64), &SqlType::Timestamp),
             "2024-10-10T15:11:50.000"
         );
         assert_eq!(
-            display(&Value::from(0), SqlType::Timestamp),
+            display(&Value::from(0), &SqlType::Timestamp),
             "1970-01-01T00:00:00.000"
         );
-        assert_eq!(display(&Value::from("x"), SqlType::String), "x");
-        assert_eq!(display(&Value::Null, SqlType::Int), "");
+        assert_eq!(display(&Value::from("x"), &SqlType::String), "x");
+        assert_eq!(display(&Value::Null, &SqlType::Int), "");
     }
 }

@@ -4,17 +4,24 @@
 //! `Record`s, so the QTT runner's in-memory topics and a live broker feed it alike.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Result};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
-use crate::aggregate::{accumulate, aggregate_calls, describe_call, initial, merge, retracted};
+use crate::aggregate::{
+    accumulate, aggregate_calls, initial, merge, result, retracted, AggregateSettings, RETRACTABLE,
+    STRUCT_STATE,
+};
+use crate::check::{check_condition, check_in_lists};
 use crate::eval::{eval, Row};
-use crate::format::{decode, delimited_text, Format};
+use crate::format::{decode, decode_key, encode_key, encode_value, Format};
+use crate::join::{join_update, resolve, JoinSide, JoinState};
 use crate::parser::{
-    ColumnDef, EmitMode, Expr, Properties, Select, SelectItem, SourceKind, SqlType, Statement,
-    Window,
+    ColumnDef, EmitMode, Expr, Properties, Select, SourceKind, SqlType, Statement, Window,
+};
+use crate::plan::{
+    check_grouping, check_no_aggregates, listing, output_columns, projection, unresolved_column,
+    PSEUDO_COLUMNS,
 };
 
 /// A record as the engine sees it: key and value in their topic's logical
@@ -38,7 +45,10 @@ pub(crate) struct Source {
     pub(crate) columns: Vec<ColumnDef>,
     pub(crate) key_format: Format,
     pub(crate) value_format: Format,
-    /// The window of a windowed aggregation's sink: its keys carry one.
+    /// Whether a single value column is a field of a JSON object (the
+    /// default) or the whole value (`WRAP_SINGLE_VALUE=false`).
+    pub(crate) wrap_single_value: bool,
+    /// The window keys carry (the source of WINDOWSTART and WINDOWEND).
     pub(crate) window: Option<Window>,
 }
 
@@ -53,11 +63,15 @@ pub(crate) struct Query {
     pub(crate) from: String,
     pub(crate) sink: String,
     select: Select,
+    /// The sink's columns, each with the expression that computes it.
+    outputs: Vec<(ColumnDef, Expr)>,
     /// For GROUP BY: the aggregate calls and their state per group.
     aggregation: Option<Aggregation>,
     /// A table source's current rows (those passing WHERE), by key, so an
     /// update can retract what the old row contributed.
     table_rows: HashMap<String, Row>,
+    /// For a join: the other source and both sides' rows so far.
+    join: Option<JoinState>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -77,6 +91,7 @@ struct Aggregation {
     pending: HashMap<String, Pending>,
     /// Session windows: per group, its sessions `(start, end, values)`.
     sessions: HashMap<String, Vec<(i64, i64, Vec<Value>)>>,
+    settings: AggregateSettings,
 }
 
 #[derive(Debug, Clone)]
@@ -112,58 +127,14 @@ pub enum Executed {
     },
 }
 
-/// ksqlDB's rules for a grouped SELECT, with its words: no aggregate in GROUP
-/// BY, the grouping expressions selected, every other column aggregated.
-fn check_grouping(sink: &str, select: &Select) -> Result<()> {
-    for group in &select.group_by {
-        let mut calls = Vec::new();
-        aggregate_calls(group, &mut calls)?;
-        if let Some(call) = calls.first() {
-            let name = describe_call(call);
-            bail!(
-                "GROUP BY does not support aggregate functions: {name} is an aggregate function."
-            );
-        }
-    }
-    let selected: Vec<&Expr> = select
-        .items
-        .iter()
-        .filter_map(|item| match item {
-            SelectItem::Expr { expr, .. } => Some(expr),
-            SelectItem::All => None,
-        })
-        .collect();
-    for group in &select.group_by {
-        if !selected.contains(&group) {
-            if let Expr::Column(column) = group {
-                bail!(
-                    "The query used to build `{sink}` must include the grouping expression {column} in its projection (eg, SELECT {column}...)."
-                );
-            }
-        }
-    }
-    for expr in selected {
-        if let Expr::Column(column) = expr {
-            if !select.group_by.contains(expr)
-                && !PSEUDO_COLUMNS.contains(&column.as_str())
-                && column != "WINDOWSTART"
-                && column != "WINDOWEND"
-            {
-                bail!(
-                    "Non-aggregate SELECT expression(s) not part of GROUP BY: {column}\nEither add the column(s) to the GROUP BY or remove them from the SELECT."
-                );
-            }
-        }
-    }
-    Ok(())
-}
-
 #[derive(Default, Clone)]
 pub struct Engine {
-    pub(crate) sources: HashMap<String, Arc<Source>>,
+    pub(crate) sources: HashMap<String, Source>,
     pub(crate) queries: Vec<Query>,
     /// Numbers query ids, as ksqlDB does, across the session.
     query_count: usize,
+    /// ksqlDB properties (`ksql.*`) for the queries started from now on.
+    properties: HashMap<String, String>,
 }
 
 fn property<'a>(properties: &'a Properties, name: &str) -> Option<&'a Value> {
@@ -179,6 +150,28 @@ fn text_property(properties: &Properties, name: &str) -> Result<Option<String>> 
 }
 
 impl Engine {
+    /// Sets a ksqlDB property (say `ksql.functions.collect_list.limit`) for
+    /// the queries started after it.
+    pub fn set_property(&mut self, name: &str, value: &str) {
+        self.properties.insert(name.to_string(), value.to_string());
+    }
+
+    fn new_planner(&self) -> bool {
+        self.properties
+            .get("ksql.new.query.planner.enabled")
+            .is_some_and(|v| v == "true")
+    }
+
+    fn aggregate_settings(&self) -> Result<AggregateSettings> {
+        let mut settings = AggregateSettings::default();
+        if let Some(limit) = self.properties.get("ksql.functions.collect_list.limit") {
+            settings.collect_list_limit = limit.parse().map_err(|_| {
+                anyhow!("ksql.functions.collect_list.limit must be a whole number, not {limit}")
+            })?;
+        }
+        Ok(settings)
+    }
+
     pub fn execute(&mut self, statement: &Statement) -> Result<Executed> {
         match statement {
             Statement::CreateSource {
@@ -200,17 +193,17 @@ impl Engine {
                     anyhow!("Missing required property \"KAFKA_TOPIC\" for {name}")
                 })?;
                 let (key_format, value_format) = formats(properties, None)?;
-                self.add(
-                    name,
-                    Source {
-                        kind: *kind,
-                        topic,
-                        columns: columns.clone(),
-                        key_format,
-                        value_format,
-                        window: None,
-                    },
-                )?;
+                let source = Source {
+                    kind: *kind,
+                    topic,
+                    columns: columns.clone(),
+                    key_format,
+                    value_format,
+                    wrap_single_value: wrap_single_value(properties, value_format, columns)?,
+                    window: window_type(properties)?,
+                };
+                check_formats(&source)?;
+                self.add(name, source)?;
                 Ok(Executed::Created {
                     kind: *kind,
                     name: name.clone(),
@@ -320,24 +313,35 @@ impl Engine {
                     .sources
                     .get(target)
                     .ok_or_else(|| anyhow!("{target} does not exist."))?;
-                let from = self
-                    .sources
-                    .get(&select.from)
-                    .ok_or_else(|| anyhow!("{} does not exist.", select.from))?;
+                let (select, from, join) = resolve(select, &self.sources)?;
+                let (select, from) = (&select, &from);
                 if into.kind == SourceKind::Table
                     || from.kind == SourceKind::Table
                     || !select.group_by.is_empty()
                 {
                     bail!("INSERT INTO can only write stream query results into a stream");
                 }
-                let columns = output_columns(select, from, false)?;
-                let same = columns.len() == into.columns.len()
-                    && columns
+                let outputs = output_columns(select, from, target, self.new_planner(), false)?;
+                let same = outputs.len() == into.columns.len()
+                    && outputs
                         .iter()
                         .zip(&into.columns)
-                        .all(|(a, b)| a.name == b.name && a.key == b.key);
+                        .all(|((a, _), b)| a.name == b.name && a.key == b.key);
                 if !same {
-                    bail!("Incompatible schema between results and sink.");
+                    let describe = |columns: &mut dyn Iterator<Item = &ColumnDef>| {
+                        columns
+                            .map(|c| {
+                                let key = if c.key { " KEY" } else { "" };
+                                format!("`{}` {}{key}", c.name, c.ty)
+                            })
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    };
+                    bail!(
+                        "Incompatible schema between results and sink.\nResult schema is {}\nSink schema is {}",
+                        describe(&mut outputs.iter().map(|(c, _)| c)),
+                        describe(&mut into.columns.iter())
+                    );
                 }
                 let id = format!("INSERTQUERY_{}", self.query_count);
                 self.query_count += 1;
@@ -347,8 +351,10 @@ impl Engine {
                     from: select.from.clone(),
                     sink: target.clone(),
                     select: select.clone(),
+                    outputs,
                     aggregation: None,
                     table_rows: HashMap::new(),
+                    join,
                 });
                 Ok(Executed::Started {
                     id,
@@ -371,12 +377,31 @@ impl Engine {
         if select.window.is_some_and(|w| w.session) && select.emit == Some(EmitMode::Final) {
             bail!("EMIT FINAL is not supported for SESSION windows yet.");
         }
-        let from = self
-            .sources
-            .get(&select.from)
-            .ok_or_else(|| anyhow!("{} does not exist.", select.from))?
-            .clone();
+        let (select, from, join) = resolve(select, &self.sources)?;
+        let select = &select;
+        if join.as_ref().is_some_and(|j| j.tables) && !select.group_by.is_empty() {
+            bail!("Aggregating a table-table join is not supported yet");
+        }
         let aggregated = !select.group_by.is_empty();
+        if let Some(column) = select
+            .filter
+            .as_ref()
+            .and_then(|f| unresolved_column(f, &from.columns))
+        {
+            bail!("WHERE column '{column}' cannot be resolved.");
+        }
+        if let Some(filter) = &select.filter {
+            check_condition("WHERE", filter, &from.columns)?;
+        }
+        if let Some(having) = &select.having {
+            check_condition("HAVING", having, &from.columns)?;
+        }
+        for (expr, _) in projection(select, &from) {
+            check_in_lists(&expr, &from.columns)?;
+        }
+        if !aggregated {
+            check_no_aggregates(kind, select, &from)?;
+        }
         let produces_table = aggregated || from.kind == SourceKind::Table;
         match (kind, produces_table) {
             (SourceKind::Stream, true) => bail!(
@@ -391,63 +416,54 @@ impl Engine {
             bail!("WINDOW clauses can only be used on streams");
         }
         let aggregation = if aggregated {
-            check_grouping(name, select)?;
-            if select.group_by.len() > 1 {
-                bail!("GROUP BY on more than one expression is not supported yet");
+            if from.value_format == Format::Kafka {
+                bail!(
+                    "Source(s) {} are using the 'KAFKA' value format. This format does not yet support GROUP BY.",
+                    select.from
+                );
             }
+            check_grouping(select, &from)?;
             let mut calls = Vec::new();
-            for item in &select.items {
-                if let SelectItem::Expr { expr, .. } = item {
-                    aggregate_calls(expr, &mut calls)?;
-                }
+            for (expr, _) in projection(select, &from) {
+                aggregate_calls(&expr, &mut calls)?;
             }
             if let Some(having) = &select.having {
                 aggregate_calls(having, &mut calls)?;
             }
             if from.kind == SourceKind::Table {
-                if let Some(Expr::Function { name, .. }) = calls
-                    .iter()
-                    .find(|c| !matches!(c, Expr::Function { name, .. } if name == "COUNT" || name == "SUM"))
-                {
-                    bail!("aggregating a table with {name} is not supported yet");
-                }
+                check_table_aggregates(&calls)?;
+            }
+            let value_format = formats(properties, Some(&from))?.1;
+            let struct_state = calls.iter().any(
+                |c| matches!(c, Expr::Function { name, .. } if STRUCT_STATE.contains(&name.as_str())),
+            );
+            if struct_state && value_format != Format::Json {
+                bail!("One of the functions used in the statement has an intermediate type that the value format can not handle. Please remove the function or change the format.");
             }
             Some(Aggregation {
                 calls,
+                settings: self.aggregate_settings()?,
                 ..Aggregation::default()
             })
         } else {
-            for item in &select.items {
-                if let SelectItem::Expr { expr, .. } = item {
-                    let mut calls = Vec::new();
-                    aggregate_calls(expr, &mut calls)?;
-                    if !calls.is_empty() {
-                        bail!(
-                            "Use of aggregate function {} requires a GROUP BY clause.",
-                            describe_call(&calls[0])
-                        );
-                    }
-                }
-            }
             None
         };
-        let columns = output_columns(select, &from, transient)?;
-        if !columns.is_empty() && columns.iter().all(|c| c.key) {
-            bail!("The projection contains no value columns.");
-        }
+        let outputs = output_columns(select, &from, name, self.new_planner(), transient)?;
         let topic = text_property(properties, "KAFKA_TOPIC")?.unwrap_or_else(|| name.to_string());
         let (key_format, value_format) = formats(properties, Some(&from))?;
-        self.add(
-            name,
-            Source {
-                kind,
-                topic,
-                columns,
-                key_format,
-                value_format,
-                window: select.window.filter(|_| aggregated),
-            },
-        )?;
+        let columns: Vec<ColumnDef> = outputs.iter().map(|(c, _)| c.clone()).collect();
+        let wrap_single_value = wrap_single_value(properties, value_format, &columns)?;
+        let sink = Source {
+            kind,
+            topic,
+            columns,
+            key_format,
+            value_format,
+            wrap_single_value,
+            window: select.window.or(from.window),
+        };
+        check_formats(&sink)?;
+        self.add(name, sink)?;
         let id = match (transient, kind) {
             (true, _) => name.to_string(),
             (false, SourceKind::Stream) => format!("CSAS_{name}_{}", self.query_count),
@@ -460,8 +476,10 @@ impl Engine {
             from: select.from.clone(),
             sink: name.to_string(),
             select: select.clone(),
+            outputs,
             aggregation,
             table_rows: HashMap::new(),
+            join,
         });
         Ok(id)
     }
@@ -470,7 +488,7 @@ impl Engine {
         if self.sources.contains_key(name) {
             bail!("Cannot add stream '{name}': A stream with the same name already exists");
         }
-        self.sources.insert(name.to_string(), Arc::new(source));
+        self.sources.insert(name.to_string(), source);
         Ok(())
     }
 
@@ -479,108 +497,24 @@ impl Engine {
     pub fn process(&mut self, record: &Record) -> Result<Vec<Record>> {
         let mut out = Vec::new();
         for q in 0..self.queries.len() {
-            let from = &self.sources[&self.queries[q].from];
-            if from.topic != record.topic {
-                continue;
-            }
-            let sink = &self.sources[&self.queries[q].sink];
-            if from.kind == SourceKind::Table {
-                let (from, sink) = (from.clone(), sink.clone());
-                for produced in table_update(&mut self.queries[q], &from, &sink, record)? {
-                    let cascaded = self.process(&produced)?;
-                    out.push(produced);
-                    out.extend(cascaded);
-                }
-                continue;
-            }
-            let Some(row) = decode(from, record)? else {
+            let query = &self.queries[q];
+            let left = &self.sources[&query.from];
+            let right = query.join.as_ref().map(|j| &self.sources[&j.right]);
+            let (side, from) = if left.topic == record.topic {
+                (JoinSide::Left, left.clone())
+            } else if let Some(right) = right.filter(|r| r.topic == record.topic) {
+                (JoinSide::Right, right.clone())
+            } else {
                 continue;
             };
-            let query = &self.queries[q];
-            if let Some(filter) = &query.select.filter {
-                if eval(filter, &row, &[])? != Value::Bool(true) {
-                    continue;
-                }
-            }
-            let (from, sink) = (from.clone(), sink.clone());
-            let Query {
-                select,
-                aggregation,
-                ..
-            } = &mut self.queries[q];
-            let produced: Vec<Record> = match aggregation {
-                None => vec![project(select, &from, &sink, &row, &[], record.timestamp)?],
-                Some(aggregation) => {
-                    let group = eval(&select.group_by[0], &row, &[])?;
-                    if group.is_null() {
-                        continue;
-                    }
-                    aggregation.stream_time = aggregation.stream_time.max(record.timestamp);
-                    if let Some(w) = select.window.filter(|w| w.session) {
-                        let produced = session_update(
-                            aggregation,
-                            select,
-                            &from,
-                            &sink,
-                            &row,
-                            &group,
-                            w,
-                            record.timestamp,
-                        )?;
-                        for record in produced {
-                            let cascaded = self.process(&record)?;
-                            out.push(record);
-                            out.extend(cascaded);
-                        }
-                        continue;
-                    }
-                    let mut produced = Vec::new();
-                    let final_only = select.emit == Some(EmitMode::Final);
-                    for window in
-                        windows_of(select.window, record.timestamp, aggregation.stream_time)
-                    {
-                        let id = format!("{group}@{window:?}");
-                        let first = !aggregation.groups.contains_key(&id);
-                        if let (true, Some((_, end)), Some(w)) = (first, window, select.window) {
-                            aggregation.closing.insert((end + w.grace, id.clone()));
-                        }
-                        let values = aggregation
-                            .groups
-                            .entry(id.clone())
-                            .or_insert_with(|| aggregation.calls.iter().map(initial).collect());
-                        for (call, value) in aggregation.calls.iter().zip(values.iter_mut()) {
-                            *value = accumulate(call, value, &row, first)?;
-                        }
-                        if final_only {
-                            let pending = Pending {
-                                group: group.clone(),
-                                window,
-                                row: row.clone(),
-                                timestamp: record.timestamp,
-                            };
-                            aggregation.pending.insert(id, pending);
-                            continue;
-                        }
-                        let values = values.clone();
-                        let target = Emit {
-                            group: &group,
-                            id: &id,
-                            window,
-                            timestamp: record.timestamp,
-                        };
-                        produced.extend(emit(
-                            aggregation,
-                            select,
-                            &from,
-                            &sink,
-                            &row,
-                            &values,
-                            target,
-                        )?);
-                    }
-                    produced.extend(close_windows(aggregation, select, &from, &sink)?);
-                    produced
-                }
+            let sink = self.sources[&query.sink].clone();
+            let query = &mut self.queries[q];
+            let produced = if query.join.is_some() {
+                join_records(query, &from, side, &sink, record)?
+            } else if from.kind == SourceKind::Table {
+                table_update(query, &from, &sink, record)?
+            } else {
+                stream_update(query, &from, &sink, record)?
             };
             for record in produced {
                 let cascaded = self.process(&record)?;
@@ -592,15 +526,179 @@ impl Engine {
     }
 }
 
+/// A stream record through a query: projected, or folded into its group's
+/// aggregates (per window, or into its session).
+fn stream_update(
+    query: &mut Query,
+    from: &Source,
+    sink: &Source,
+    record: &Record,
+) -> Result<Vec<Record>> {
+    let Some(row) = decode(from, record)? else {
+        // A null value passes through a plain projection as a null value.
+        let passes = query.aggregation.is_none() && query.select.filter.is_none();
+        return Ok(if passes && record.value.is_null() {
+            let key_row = decode_key(from, &record.key);
+            vec![Record {
+                topic: sink.topic.clone(),
+                key: project_key(&query.outputs, sink, &key_row),
+                value: Value::Null,
+                timestamp: record.timestamp,
+                window: record.window,
+                partition: 0,
+                offset: 0,
+            }]
+        } else {
+            Vec::new()
+        });
+    };
+    let window = record.window.filter(|_| from.window.is_some());
+    stream_row(query, sink, &row, record.timestamp, window)
+}
+
+/// A record on one side of a join: the joined rows it makes go on through
+/// the query; in a table-table join, a row gone from the join is a tombstone.
+fn join_records(
+    query: &mut Query,
+    from: &Source,
+    side: JoinSide,
+    sink: &Source,
+    record: &Record,
+) -> Result<Vec<Record>> {
+    let row = decode(from, record)?;
+    let state = query.join.as_mut().expect("a join query");
+    let joined = join_update(state, side, row.as_ref(), &record.key, record.timestamp)?;
+    let mut out = Vec::new();
+    for (row, timestamp) in joined {
+        match row {
+            Some(row) => out.extend(stream_row(query, sink, &row, timestamp, None)?),
+            None => out.push(Record {
+                topic: sink.topic.clone(),
+                key: record.key.clone(),
+                value: Value::Null,
+                timestamp,
+                window: None,
+                partition: 0,
+                offset: 0,
+            }),
+        }
+    }
+    Ok(out)
+}
+
+/// A stream row (read from a record, or joined) through the query's WHERE,
+/// then projected with its `window`, or folded into its group's aggregates.
+fn stream_row(
+    query: &mut Query,
+    sink: &Source,
+    row: &Row,
+    timestamp: i64,
+    window: Option<(i64, i64)>,
+) -> Result<Vec<Record>> {
+    if let Some(filter) = &query.select.filter {
+        if eval(filter, row, &[])? != Value::Bool(true) {
+            return Ok(Vec::new());
+        }
+    }
+    let Query {
+        select,
+        outputs,
+        aggregation,
+        ..
+    } = query;
+    let Some(aggregation) = aggregation else {
+        let mut projected = project(outputs, sink, row, &[], timestamp)?;
+        projected.window = window;
+        return Ok(vec![projected]);
+    };
+    let Some(group) = grouping(select, row)? else {
+        return Ok(Vec::new());
+    };
+    aggregation.stream_time = aggregation.stream_time.max(timestamp);
+    let query = QueryParts {
+        select,
+        outputs,
+        sink,
+    };
+    if let Some(w) = select.window.filter(|w| w.session) {
+        return session_update(aggregation, &query, row, &group, w, timestamp);
+    }
+    let mut produced = Vec::new();
+    let final_only = select.emit == Some(EmitMode::Final);
+    for window in windows_of(select.window, timestamp, aggregation.stream_time) {
+        let id = format!("{group}@{window:?}");
+        let first = !aggregation.groups.contains_key(&id);
+        if let (true, Some((_, end)), Some(w)) = (first, window, select.window) {
+            aggregation.closing.insert((end + w.grace, id.clone()));
+        }
+        let values = aggregation
+            .groups
+            .entry(id.clone())
+            .or_insert_with(|| aggregation.calls.iter().map(initial).collect());
+        for (call, value) in aggregation.calls.iter().zip(values.iter_mut()) {
+            *value = accumulate(call, value, row, first, aggregation.settings)?;
+        }
+        if final_only {
+            let pending = Pending {
+                group: group.clone(),
+                window,
+                row: row.clone(),
+                timestamp,
+            };
+            aggregation.pending.insert(id, pending);
+            continue;
+        }
+        let values = values.clone();
+        let target = Emit {
+            group: &group,
+            id: &id,
+            window,
+            timestamp,
+        };
+        produced.extend(emit(aggregation, &query, row, &values, target)?);
+    }
+    produced.extend(close_windows(aggregation, &query)?);
+    Ok(produced)
+}
+
+/// The parts of a query that shape its output.
+struct QueryParts<'a> {
+    select: &'a Select,
+    outputs: &'a [(ColumnDef, Expr)],
+    sink: &'a Source,
+}
+
+/// The values of the GROUP BY expressions for `row` (as a JSON array), or
+/// None when one is null: ksqlDB drops such rows.
+fn grouping(select: &Select, row: &Row) -> Result<Option<Value>> {
+    let mut values = Vec::new();
+    for expr in &select.group_by {
+        // A grouping expression that fails drops the row, as in ksqlDB.
+        match eval(expr, row, &[]) {
+            Ok(Value::Null) | Err(_) => return Ok(None),
+            Ok(value) => values.push(value),
+        }
+    }
+    Ok(Some(Value::Array(values)))
+}
+
+/// A group's key as the sink writes it.
+fn group_key(sink: &Source, group: &Value) -> Value {
+    let keys: Vec<(&ColumnDef, Value)> = sink
+        .columns
+        .iter()
+        .filter(|c| c.key)
+        .zip(group.as_array().into_iter().flatten().cloned())
+        .collect();
+    encode_key(sink.key_format, &keys)
+}
+
 /// Adds a row to its group's session: merges every session within the gap of
 /// `timestamp` into one, retracting the merged ones (as tombstones stamped with
 /// their end), unless the merged session would already be closed.
-#[allow(clippy::too_many_arguments)]
 fn session_update(
     aggregation: &mut Aggregation,
-    select: &Select,
-    from: &Source,
-    sink: &Source,
+    query: &QueryParts<'_>,
     row: &Row,
     group: &Value,
     window: Window,
@@ -643,7 +741,7 @@ fn session_update(
     }
     let first = merged.is_empty();
     for (call, value) in aggregation.calls.iter().zip(values.iter_mut()) {
-        *value = accumulate(call, value, row, first)?;
+        *value = accumulate(call, value, row, first, aggregation.settings)?;
     }
     let mut out = Vec::new();
     for (old_start, old_end, _) in &merged {
@@ -652,8 +750,8 @@ fn session_update(
             .remove(&format!("{id}@{old_start},{old_end}"))
         {
             out.push(Record {
-                topic: sink.topic.clone(),
-                key: group.clone(),
+                topic: query.sink.topic.clone(),
+                key: group_key(query.sink, group),
                 value: Value::Null,
                 timestamp: *old_end,
                 window: Some((*old_start, *old_end)),
@@ -663,13 +761,14 @@ fn session_update(
         }
     }
     let session_id = format!("{id}@{start},{end}");
+    // A session's row is stamped with its end, its latest record's time.
     let target = Emit {
         group,
         id: &session_id,
         window: Some((start, end)),
-        timestamp,
+        timestamp: end,
     };
-    out.extend(emit(aggregation, select, from, sink, row, &values, target)?);
+    out.extend(emit(aggregation, query, row, &values, target)?);
     aggregation
         .sessions
         .entry(id)
@@ -701,17 +800,10 @@ fn table_update(
     };
     let Some(aggregation) = &mut query.aggregation else {
         return Ok(match (new_row, old_row) {
-            (Some(row), _) => vec![project(
-                &query.select,
-                from,
-                sink,
-                &row,
-                &[],
-                record.timestamp,
-            )?],
-            (None, Some(_)) => vec![Record {
+            (Some(row), _) => vec![project(&query.outputs, sink, &row, &[], record.timestamp)?],
+            (None, Some(row)) => vec![Record {
                 topic: sink.topic.clone(),
-                key: record.key.clone(),
+                key: project_key(&query.outputs, sink, &row),
                 value: Value::Null,
                 timestamp: record.timestamp,
                 window: None,
@@ -721,25 +813,40 @@ fn table_update(
             (None, None) => Vec::new(),
         });
     };
-    let mut out = Vec::new();
+    let parts = QueryParts {
+        select: &query.select,
+        outputs: &query.outputs,
+        sink,
+    };
+    // Per group touched, the rows to retract (true) or add; an update
+    // within one group changes it once.
+    let mut changes: Vec<(Value, Vec<(Row, bool)>)> = Vec::new();
     for (row, retract) in [(old_row, true), (new_row, false)] {
         let Some(row) = row else { continue };
-        let group = eval(&query.select.group_by[0], &row, &[])?;
-        if group.is_null() {
+        let Some(group) = grouping(&query.select, &row)? else {
             continue;
+        };
+        match changes.first_mut() {
+            Some((first, steps)) if *first == group => steps.push((row, retract)),
+            _ => changes.push((group, vec![(row, retract)])),
         }
+    }
+    let mut out = Vec::new();
+    for (group, steps) in changes {
         let id = group.to_string();
         let first = !aggregation.groups.contains_key(&id);
         let mut values = aggregation
             .groups
             .remove(&id)
             .unwrap_or_else(|| aggregation.calls.iter().map(initial).collect());
-        for (call, value) in aggregation.calls.iter().zip(values.iter_mut()) {
-            *value = if retract {
-                retracted(call, value, &row)?
-            } else {
-                accumulate(call, value, &row, first)?
-            };
+        for (row, retract) in &steps {
+            for (call, value) in aggregation.calls.iter().zip(values.iter_mut()) {
+                *value = if *retract {
+                    retracted(call, value, row)?
+                } else {
+                    accumulate(call, value, row, first, aggregation.settings)?
+                };
+            }
         }
         let target = Emit {
             group: &group,
@@ -747,28 +854,26 @@ fn table_update(
             window: None,
             timestamp: record.timestamp,
         };
-        out.extend(emit(
-            aggregation,
-            &query.select,
-            from,
-            sink,
-            &row,
-            &values,
-            target,
-        )?);
+        let (row, _) = steps.last().expect("a change has a step");
+        out.extend(emit(aggregation, &parts, row, &values, target)?);
         aggregation.groups.insert(id, values);
     }
     Ok(out)
 }
 
+/// Where a group's new values go.
+struct Emit<'a> {
+    /// The GROUP BY values, as a JSON array.
+    group: &'a Value,
+    /// The group (and window) as the key of `Aggregation::emitted`.
+    id: &'a str,
+    window: Option<(i64, i64)>,
+    timestamp: i64,
+}
+
 /// Forgets the windows the stream time has closed; under EMIT FINAL, emits
 /// each one's final row first (HAVING applied), oldest close first.
-fn close_windows(
-    aggregation: &mut Aggregation,
-    select: &Select,
-    from: &Source,
-    sink: &Source,
-) -> Result<Vec<Record>> {
+fn close_windows(aggregation: &mut Aggregation, query: &QueryParts<'_>) -> Result<Vec<Record>> {
     let mut out = Vec::new();
     while aggregation
         .closing
@@ -787,37 +892,25 @@ fn close_windows(
                 window: last.window,
                 timestamp: last.timestamp,
             };
-            out.extend(emit(
-                aggregation,
-                select,
-                from,
-                sink,
-                &last.row,
-                &values,
-                target,
-            )?);
+            out.extend(emit(aggregation, query, &last.row, &values, target)?);
             aggregation.emitted.remove(&id);
         }
     }
     Ok(out)
 }
 
-/// Where a group's new values go.
-struct Emit<'a> {
-    group: &'a Value,
-    /// The group (and window) as the key of `Aggregation::emitted`.
-    id: &'a str,
-    window: Option<(i64, i64)>,
-    timestamp: i64,
+fn kind_word(kind: SourceKind) -> &'static str {
+    match kind {
+        SourceKind::Stream => "stream",
+        SourceKind::Table => "table",
+    }
 }
 
 /// A group's new values as a sink record; when HAVING now rejects a group that
 /// was emitted before, a tombstone instead; else nothing.
 fn emit(
     aggregation: &mut Aggregation,
-    select: &Select,
-    from: &Source,
-    sink: &Source,
+    query: &QueryParts<'_>,
     row: &Row,
     values: &[Value],
     target: Emit<'_>,
@@ -825,21 +918,21 @@ fn emit(
     let results: Vec<(Expr, Value)> = aggregation
         .calls
         .iter()
-        .cloned()
-        .zip(values.iter().cloned())
+        .zip(values)
+        .map(|(call, state)| (call.clone(), result(call, state)))
         .collect();
     let mut row = row.clone();
     if let Some((start, end)) = target.window {
         row.insert("WINDOWSTART".into(), Value::from(start));
         row.insert("WINDOWEND".into(), Value::from(end));
     }
-    let kept = match &select.having {
+    let kept = match &query.select.having {
         Some(having) => eval(having, &row, &results)? == Value::Bool(true),
         None => true,
     };
     if kept {
         aggregation.emitted.insert(target.id.to_string());
-        let mut record = project(select, from, sink, &row, &results, target.timestamp)?;
+        let mut record = project(query.outputs, query.sink, &row, &results, target.timestamp)?;
         record.window = target.window;
         return Ok(Some(record));
     }
@@ -847,8 +940,8 @@ fn emit(
         return Ok(None);
     }
     Ok(Some(Record {
-        topic: sink.topic.clone(),
-        key: target.group.clone(),
+        topic: query.sink.topic.clone(),
+        key: group_key(query.sink, target.group),
         value: Value::Null,
         timestamp: target.timestamp,
         window: target.window,
@@ -879,6 +972,152 @@ fn windows_of(window: Option<Window>, timestamp: i64, stream_time: i64) -> Vec<O
         .collect()
 }
 
+/// Whether a single value column is wrapped in a JSON object: so by
+/// default; `WRAP_SINGLE_VALUE=false` needs exactly one value column.
+fn wrap_single_value(
+    properties: &Properties,
+    format: Format,
+    columns: &[ColumnDef],
+) -> Result<bool> {
+    let wrap = match property(properties, "WRAP_SINGLE_VALUE") {
+        None => return Ok(true),
+        Some(Value::Bool(wrap)) => *wrap,
+        Some(Value::String(s)) if s.eq_ignore_ascii_case("true") => true,
+        Some(Value::String(s)) if s.eq_ignore_ascii_case("false") => false,
+        Some(other) => bail!("Property WRAP_SINGLE_VALUE must be a boolean, not {other}"),
+    };
+    if format != Format::Json {
+        bail!(
+            "Format '{}' does not support 'WRAP_SINGLE_VALUE' set to '{wrap}'.",
+            format.name()
+        );
+    }
+    if !wrap && columns.iter().filter(|c| !c.key).count() != 1 {
+        bail!("'WRAP_SINGLE_VALUE' is only valid for single-field value schemas");
+    }
+    Ok(wrap)
+}
+
+/// Whether `WINDOW_TYPE` declares a windowed source; `WINDOW_SIZE` must
+/// come with TUMBLING and HOPPING, and be a valid duration.
+fn window_type(properties: &Properties) -> Result<Option<Window>> {
+    let Some(kind) = text_property(properties, "WINDOW_TYPE")? else {
+        return Ok(None);
+    };
+    let mut window = Window {
+        size: 0,
+        advance: 0,
+        grace: 0,
+        session: true,
+    };
+    let size = text_property(properties, "WINDOW_SIZE")?;
+    match (kind.to_ascii_uppercase().as_str(), size) {
+        ("SESSION", Some(_)) => bail!("'WINDOW_SIZE' should not be set for SESSION windows."),
+        ("SESSION", None) => {}
+        ("TUMBLING" | "HOPPING", Some(size)) => {
+            let invalid = |reason: String| {
+                anyhow!(
+                    "Configuration WINDOW_SIZE is invalid: Invalid duration: '{size}'. {reason}"
+                )
+            };
+            let (amount, unit) = size
+                .trim()
+                .split_once(char::is_whitespace)
+                .ok_or_else(|| invalid("Not a number and a time unit".into()))?;
+            let amount = amount
+                .parse::<i64>()
+                .map_err(|_| invalid(format!("Not a number: '{amount}'")))?;
+            let unit = unit.trim().to_ascii_uppercase();
+            let Some(at) = TIME_UNITS
+                .iter()
+                .position(|u| *u == unit.trim_end_matches('S'))
+            else {
+                return Err(invalid(format!("Unknown time unit: '{unit}'")));
+            };
+            window.size = amount * UNIT_MILLIS[at];
+            window.advance = window.size;
+            window.session = false;
+        }
+        ("TUMBLING" | "HOPPING", None) => {
+            bail!("'WINDOW_SIZE' is required for TUMBLING and HOPPING windows.")
+        }
+        (other, _) => bail!("WINDOW_TYPE must be SESSION, TUMBLING or HOPPING, not {other}"),
+    }
+    Ok(Some(window))
+}
+
+/// The time units of a duration, singular.
+const TIME_UNITS: [&str; 5] = ["MILLISECOND", "SECOND", "MINUTE", "HOUR", "DAY"];
+const UNIT_MILLIS: [i64; 5] = [1, 1000, 60_000, 3_600_000, 86_400_000];
+
+/// Refuses key and value columns the source's formats cannot hold.
+fn check_formats(source: &Source) -> Result<()> {
+    let keys: Vec<&ColumnDef> = source.columns.iter().filter(|c| c.key).collect();
+    let values: Vec<&ColumnDef> = source.columns.iter().filter(|c| !c.key).collect();
+    if source.key_format == Format::Kafka {
+        let described: Vec<String> = keys
+            .iter()
+            .map(|c| format!("`{}` {} KEY", c.name, c.ty))
+            .collect();
+        let reason = match keys.as_slice() {
+            [_, _, ..] => Some(format!(
+                "The 'KAFKA' format only supports a single field. Got: [{}]",
+                described.join(", ")
+            )),
+            [only] if !kafka_supports(&only.ty) => Some(format!(
+                "The 'KAFKA' format does not support type '{}'",
+                type_family(&only.ty)
+            )),
+            _ => None,
+        };
+        if let Some(reason) = reason {
+            bail!(
+                "Key format does not support schema.\nformat: KAFKA\nschema: Persistence{{columns=[{}], features=[]}}\nreason: {reason}",
+                described.join(", ")
+            );
+        }
+    }
+    source.key_format.check(&keys)?;
+    source.value_format.check(&values)
+}
+
+/// The primitive types the KAFKA format can serialize.
+fn kafka_supports(ty: &SqlType) -> bool {
+    matches!(
+        ty,
+        SqlType::Int | SqlType::BigInt | SqlType::Double | SqlType::String | SqlType::Bytes
+    )
+}
+
+/// A type's name without its parameters: `DECIMAL`, `ARRAY`.
+fn type_family(ty: &SqlType) -> String {
+    let name = ty.to_string();
+    name.split(['(', '<'])
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// A table source's rows can change, so only aggregates that can take a
+/// row's contribution back apply to it.
+fn check_table_aggregates(calls: &[Expr]) -> Result<()> {
+    let mut refused: Vec<String> = Vec::new();
+    for call in calls {
+        if let Expr::Function { name, .. } = call {
+            if !RETRACTABLE.contains(&name.as_str()) && !refused.contains(name) {
+                refused.push(name.clone());
+            }
+        }
+    }
+    if refused.is_empty() {
+        return Ok(());
+    }
+    bail!(
+        "The aggregation functions {} cannot be applied to a table source, only to a stream source.",
+        listing(&refused)
+    )
+}
+
 fn formats(properties: &Properties, inherit: Option<&Source>) -> Result<(Format, Format)> {
     let both = text_property(properties, "FORMAT")?;
     let value = text_property(properties, "VALUE_FORMAT")?.or(both.clone());
@@ -896,141 +1135,43 @@ fn formats(properties: &Properties, inherit: Option<&Source>) -> Result<(Format,
     Ok((key, value))
 }
 
-/// The sink's columns: key columns selected as they are stay keys.
-/// Columns every record has besides its own.
-const PSEUDO_COLUMNS: [&str; 3] = ["ROWTIME", "ROWPARTITION", "ROWOFFSET"];
-
-/// The sink's columns. A transient SELECT may name the pseudo columns
-/// unaliased (seed 03: `SELECT ROWPARTITION, ROWOFFSET, * FROM payments`).
-fn output_columns(select: &Select, from: &Source, transient: bool) -> Result<Vec<ColumnDef>> {
-    let mut columns = Vec::new();
-    let mut generated = 0;
-    for item in &select.items {
-        match item {
-            SelectItem::All => columns.extend(from.columns.iter().cloned()),
-            SelectItem::Expr { expr, alias } => {
-                let source_column = match expr {
-                    Expr::Column(c) => from.columns.iter().find(|d| d.name == *c),
-                    _ => None,
-                };
-                if let Some(alias) = alias.as_deref().filter(|a| PSEUDO_COLUMNS.contains(a)) {
-                    bail!("`{alias}` is a reserved column name. You cannot use it as an alias for a column.");
-                }
-                if let Expr::Column(c) = expr {
-                    let pseudo = PSEUDO_COLUMNS.contains(&c.as_str())
-                        || (!select.group_by.is_empty() || select.window.is_some())
-                            && (c == "WINDOWSTART" || c == "WINDOWEND");
-                    if pseudo
-                        && alias.is_none()
-                        && !transient
-                        && PSEUDO_COLUMNS.contains(&c.as_str())
-                    {
-                        bail!("Reserved column name in select: `{c}`. Please remove or alias the column.");
-                    }
-                    if source_column.is_none() && !pseudo {
-                        bail!("SELECT column '{c}' cannot be resolved.");
-                    }
-                }
-                let name = alias.clone().or_else(|| match expr {
-                    Expr::Column(c) => Some(c.clone()),
-                    _ => None,
-                });
-                let name = name.unwrap_or_else(|| {
-                    generated += 1;
-                    format!("KSQL_COL_{}", generated - 1)
-                });
-                // Grouped, the key is what rows are grouped by; otherwise the source's key.
-                let key = if select.group_by.is_empty() {
-                    source_column.is_some_and(|c| c.key)
-                } else {
-                    select.group_by.contains(expr)
-                };
-                columns.push(ColumnDef {
-                    name,
-                    ty: expression_type(expr, from),
-                    key,
-                });
-            }
-        }
-    }
-    Ok(columns)
-}
-
-/// The SQL type of a selected expression, as far as DESCRIBE and display need it.
-fn expression_type(expr: &Expr, from: &Source) -> SqlType {
-    match expr {
-        Expr::Column(c) => match c.as_str() {
-            "ROWTIME" | "ROWOFFSET" | "WINDOWSTART" | "WINDOWEND" => SqlType::BigInt,
-            "ROWPARTITION" => SqlType::Int,
-            _ => from
-                .columns
-                .iter()
-                .find(|d| d.name == *c)
-                .map_or(SqlType::String, |d| d.ty),
-        },
-        Expr::Function { name, args, .. } => match name.as_str() {
-            "FROM_UNIXTIME" => SqlType::Timestamp,
-            "COUNT" => SqlType::BigInt,
-            "SUM" | "MIN" | "MAX" | "ABS" | "EARLIEST_BY_OFFSET" | "LATEST_BY_OFFSET" => args
-                .first()
-                .map_or(SqlType::BigInt, |a| expression_type(a, from)),
-            _ => SqlType::String,
-        },
-        Expr::Cast { ty, .. } => *ty,
-        _ => SqlType::String,
-    }
-}
-
-fn kind_word(kind: SourceKind) -> &'static str {
-    match kind {
-        SourceKind::Stream => "stream",
-        SourceKind::Table => "table",
-    }
-}
-
+/// The sink record for `row`: every output column computed, keys into the
+/// key and the rest into the value, in the sink's formats.
 fn project(
-    select: &Select,
-    from: &Source,
+    outputs: &[(ColumnDef, Expr)],
     sink: &Source,
     row: &Row,
     aggregates: &[(Expr, Value)],
     timestamp: i64,
 ) -> Result<Record> {
+    let mut keys = Vec::new();
     let mut values = Vec::new();
-    for item in &select.items {
-        match item {
-            SelectItem::All => {
-                for column in &from.columns {
-                    values.push(row.get(&column.name).cloned().unwrap_or(Value::Null));
-                }
-            }
-            SelectItem::Expr { expr, .. } => values.push(eval(expr, row, aggregates)?),
-        }
-    }
-    let mut key = Value::Null;
-    let mut object = Map::new();
-    let mut delimited = Vec::new();
-    for (column, value) in sink.columns.iter().zip(values) {
+    for (column, expr) in outputs {
+        let value = eval(expr, row, aggregates)?;
         if column.key {
-            key = value;
-            continue;
+            keys.push((column, value));
+        } else {
+            values.push((column, value));
         }
-        delimited.push(delimited_text(&value));
-        object.insert(column.name.clone(), value);
     }
-    let value = match sink.value_format {
-        Format::Json => Value::Object(object),
-        Format::Delimited | Format::Kafka => Value::String(delimited.join(",")),
-    };
     Ok(Record {
         topic: sink.topic.clone(),
-        key,
-        value,
+        key: encode_key(sink.key_format, &keys),
+        value: encode_value(sink, &values),
         timestamp,
         window: None,
         partition: 0,
         offset: 0,
     })
+}
+
+/// Just the sink key for `row` (for a tombstone, whose value columns are unknown).
+fn project_key(outputs: &[(ColumnDef, Expr)], sink: &Source, row: &Row) -> Value {
+    let mut keys = Vec::new();
+    for (column, expr) in outputs.iter().filter(|(c, _)| c.key) {
+        keys.push((column, eval(expr, row, &[]).unwrap_or(Value::Null)));
+    }
+    encode_key(sink.key_format, &keys)
 }
 
 #[cfg(test)]
@@ -1334,10 +1475,242 @@ mod tests {
             ("CREATE TABLE O AS SELECT A, COUNT(*) FROM I GROUP BY SUM(B);", "GROUP BY does not support aggregate functions: SUM is an aggregate function."),
             ("CREATE TABLE O AS SELECT COUNT(*) AS C FROM I GROUP BY A;", "The query used to build `O` must include the grouping expression A in its projection"),
             ("CREATE TABLE O AS SELECT A, B, COUNT(*) FROM I GROUP BY A;", "Non-aggregate SELECT expression(s) not part of GROUP BY: B"),
-            ("CREATE TABLE O AS SELECT A FROM I GROUP BY A;", "The projection contains no value columns."),
+            ("CREATE TABLE O AS SELECT A FROM I GROUP BY A;", "GROUP BY requires aggregate functions in either the SELECT or HAVING clause."),
+            ("CREATE TABLE O AS SELECT A + B, COUNT(*) FROM I GROUP BY A;", "Non-aggregate SELECT expression(s) not part of GROUP BY: (A + B)"),
+            ("CREATE TABLE O AS SELECT A, B, COUNT(*) FROM I GROUP BY A, B, K;", "The query used to build `O` must include the grouping expression K in its projection"),
         ] {
             let message = engine.execute(&parse(sql).unwrap()[0]).unwrap_err().to_string();
             assert!(message.starts_with(error), "{sql}: {message}");
         }
+    }
+
+    #[test]
+    fn several_grouping_expressions_make_a_multi_column_key() {
+        let mut engine = Engine::default();
+        for s in parse(
+            "CREATE STREAM I (K STRING KEY, A INT, B STRING) WITH (kafka_topic='t', format='JSON');
+             CREATE TABLE J AS SELECT B, A, COUNT(*) AS N FROM I GROUP BY A, B;
+             CREATE STREAM D (K STRING KEY, A INT, B STRING) WITH (kafka_topic='d', value_format='JSON', key_format='DELIMITED');
+             CREATE TABLE E AS SELECT A, B, COUNT(*) AS N FROM D GROUP BY B, A;",
+        )
+        .unwrap()
+        {
+            engine.execute(&s).unwrap();
+        }
+        let mut feed = |topic: &str, a: Value| {
+            engine
+                .process(&Record {
+                    topic: topic.into(),
+                    key: Value::from("k"),
+                    value: serde_json::json!({"A": a, "B": "x"}),
+                    timestamp: 0,
+                    window: None,
+                    partition: 0,
+                    offset: 0,
+                })
+                .unwrap()
+                .into_iter()
+                .map(|r| (r.key, r.value))
+                .collect::<Vec<_>>()
+        };
+        feed("t", Value::from(1));
+        assert_eq!(
+            feed("t", Value::from(1)),
+            [(
+                serde_json::json!({"A": 1, "B": "x"}),
+                serde_json::json!({"N": 2})
+            )]
+        );
+        assert!(
+            feed("t", Value::Null).is_empty(),
+            "a null grouping value drops the row"
+        );
+        assert_eq!(
+            feed("d", Value::from(1)),
+            [(Value::from("x,1"), serde_json::json!({"N": 1}))]
+        );
+    }
+
+    #[test]
+    fn complex_values_are_read_through_subscripts_fields_and_lambdas() {
+        let mut engine = Engine::default();
+        for s in parse(
+            "CREATE STREAM I (K STRING KEY, A ARRAY<INT>, M MAP<STRING, INT>, S STRUCT<X STRING>) WITH (kafka_topic='t', format='JSON');
+             CREATE STREAM O AS SELECT K, A[1] AS FIRST, A[-1] AS LAST, M['b'] AS B, S->X, FILTER(A, v => v > 1) AS BIG,
+               ARRAY[1, 2] AS ARR, STRUCT(Y := A[2]) AS ST, MAP('k' := 3) AS MP FROM I;",
+        )
+        .unwrap()
+        {
+            engine.execute(&s).unwrap();
+        }
+        let out = engine
+            .process(&Record {
+                topic: "t".into(),
+                key: Value::from("k"),
+                value: serde_json::json!({"a": [1, 2, 3], "m": {"b": 7}, "s": {"x": "y"}}),
+                timestamp: 0,
+                window: None,
+                partition: 0,
+                offset: 0,
+            })
+            .unwrap();
+        assert_eq!(
+            out[0].value,
+            serde_json::json!({"FIRST": 1, "LAST": 3, "B": 7, "X": "y", "BIG": [2, 3],
+                "ARR": [1, 2], "ST": {"Y": 2}, "MP": {"k": 3}})
+        );
+    }
+
+    #[test]
+    fn a_table_update_within_one_group_changes_it_once() {
+        let mut engine = Engine::default();
+        for s in parse(
+            "CREATE TABLE T (K INT PRIMARY KEY, G INT, V INT) WITH (kafka_topic='t', value_format='DELIMITED');
+             CREATE TABLE O AS SELECT G, SUM(V) AS S FROM T GROUP BY G;",
+        )
+        .unwrap()
+        {
+            engine.execute(&s).unwrap();
+        }
+        let mut feed = |value: &str| {
+            engine
+                .process(&Record {
+                    topic: "t".into(),
+                    key: Value::from(1),
+                    value: Value::from(value),
+                    timestamp: 0,
+                    window: None,
+                    partition: 0,
+                    offset: 0,
+                })
+                .unwrap()
+                .into_iter()
+                .map(|r| r.value)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(feed("2,10"), [Value::from("10")]);
+        assert_eq!(feed("2,20"), [Value::from("20")]);
+    }
+
+    #[test]
+    fn windowed_sources_expose_their_bounds_and_pass_windows_on() {
+        let mut engine = Engine::default();
+        for s in parse(
+            "CREATE STREAM W (ID INT KEY, N BIGINT) WITH (kafka_topic='w', value_format='JSON', window_type='Session');
+             CREATE STREAM STARTS AS SELECT * FROM W WHERE WINDOWSTART = WINDOWEND;",
+        )
+        .unwrap()
+        {
+            engine.execute(&s).unwrap();
+        }
+        let mut feed = |window: (i64, i64)| {
+            engine
+                .process(&Record {
+                    topic: "w".into(),
+                    key: Value::from(5),
+                    value: serde_json::json!({"N": 1}),
+                    timestamp: 0,
+                    window: Some(window),
+                    partition: 0,
+                    offset: 0,
+                })
+                .unwrap()
+                .into_iter()
+                .map(|r| r.window)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(feed((7, 7)), [Some((7, 7))]);
+        assert!(feed((0, 7)).is_empty());
+        let size = parse("CREATE STREAM X (N INT) WITH (kafka_topic='x', value_format='JSON', window_type='Tumbling', window_size='30 bobs');").unwrap();
+        let error = engine.execute(&size[0]).unwrap_err().to_string();
+        assert!(error.ends_with("Unknown time unit: 'BOBS'"), "{error}");
+    }
+
+    #[test]
+    fn stream_stream_joins_match_within_the_window_and_key_by_the_join_expression() {
+        let mut engine = Engine::default();
+        for s in parse(
+            "CREATE STREAM A (ID INT KEY, FOO STRING) WITH (kafka_topic='a', value_format='JSON');
+             CREATE STREAM B (ID INT KEY, BAR STRING) WITH (kafka_topic='b', value_format='JSON');
+             CREATE STREAM J AS SELECT X.ID, FOO, B.BAR FROM A X JOIN B WITHIN 5 SECONDS ON X.ID = B.ID;",
+        )
+        .unwrap()
+        {
+            engine.execute(&s).unwrap();
+        }
+        let mut feed = |topic: &str, value: Value, timestamp: i64| {
+            engine
+                .process(&Record {
+                    topic: topic.into(),
+                    key: Value::from(1),
+                    value,
+                    timestamp,
+                    window: None,
+                    partition: 0,
+                    offset: 0,
+                })
+                .unwrap()
+                .into_iter()
+                .map(|r| (r.key, r.value, r.timestamp))
+                .collect::<Vec<_>>()
+        };
+        assert!(feed("a", serde_json::json!({"FOO": "f"}), 1_000).is_empty());
+        assert_eq!(
+            feed("b", serde_json::json!({"BAR": "b"}), 3_000),
+            [(
+                Value::from(1),
+                serde_json::json!({"FOO": "f", "B_BAR": "b"}),
+                3_000
+            )]
+        );
+        assert!(
+            feed("b", serde_json::json!({"BAR": "late"}), 9_000).is_empty(),
+            "8 s after the left record: outside the window"
+        );
+    }
+
+    #[test]
+    fn stream_table_left_joins_look_the_table_up() {
+        let mut engine = Engine::default();
+        for s in parse(
+            "CREATE STREAM S (K STRING KEY, T STRING) WITH (kafka_topic='s', value_format='JSON');
+             CREATE TABLE T (ID STRING PRIMARY KEY, NAME STRING) WITH (kafka_topic='t', value_format='JSON');
+             CREATE STREAM J AS SELECT * FROM S LEFT JOIN T ON S.T = T.ID;",
+        )
+        .unwrap()
+        {
+            engine.execute(&s).unwrap();
+        }
+        let mut feed = |topic: &str, key: &str, value: Value| {
+            engine
+                .process(&Record {
+                    topic: topic.into(),
+                    key: Value::from(key),
+                    value,
+                    timestamp: 0,
+                    window: None,
+                    partition: 0,
+                    offset: 0,
+                })
+                .unwrap()
+                .into_iter()
+                .map(|r| (r.key, r.value))
+                .collect::<Vec<_>>()
+        };
+        assert!(feed("t", "1", serde_json::json!({"NAME": "one"})).is_empty());
+        assert_eq!(
+            feed("s", "k", serde_json::json!({"T": "1"})),
+            [(
+                Value::from("1"),
+                serde_json::json!({"S_K": "k", "T_ID": "1", "T_NAME": "one"})
+            )]
+        );
+        assert_eq!(
+            feed("s", "k", serde_json::json!({"T": "2"})),
+            [(
+                Value::from("2"),
+                serde_json::json!({"S_K": "k", "T_ID": null, "T_NAME": null})
+            )]
+        );
     }
 }

@@ -2,13 +2,13 @@
 
 use std::collections::HashMap;
 
-use anyhow::{anyhow, Result};
-use serde_json::Value;
+use anyhow::{anyhow, bail, Result};
+use serde_json::{Map, Value};
 
 use crate::aggregate::is_aggregate;
-use crate::format::coerce;
-use crate::functions::{double, scalar};
-use crate::parser::{BinaryOp, Expr, SqlType};
+use crate::functions::scalar;
+use crate::parser::{BinaryOp, Expr};
+use crate::types::cast;
 
 pub(crate) type Row = HashMap<String, Value>;
 
@@ -17,6 +17,11 @@ pub(crate) type Row = HashMap<String, Value>;
 pub(crate) fn eval(expr: &Expr, row: &Row, aggregates: &[(Expr, Value)]) -> Result<Value> {
     let eval = |e: &Expr| eval(e, row, aggregates);
     Ok(match expr {
+        Expr::Function { name, args, .. }
+            if args.iter().any(|a| matches!(a, Expr::Lambda { .. })) =>
+        {
+            higher_order(name, args, row, aggregates)?
+        }
         Expr::Function { name, args, .. } if !is_aggregate(expr) => {
             let values = args.iter().map(eval).collect::<Result<Vec<_>>>()?;
             scalar(name, &values)?
@@ -30,6 +35,7 @@ pub(crate) fn eval(expr: &Expr, row: &Row, aggregates: &[(Expr, Value)]) -> Resu
             .get(name)
             .cloned()
             .ok_or_else(|| anyhow!("column '{name}' cannot be resolved."))?,
+        Expr::Qualified { .. } => bail!("column '{expr}' cannot be resolved."),
         Expr::Literal(v) => v.clone(),
         Expr::Not(inner) => match eval(inner)? {
             Value::Bool(b) => Value::Bool(!b),
@@ -65,7 +71,7 @@ pub(crate) fn eval(expr: &Expr, row: &Row, aggregates: &[(Expr, Value)]) -> Resu
             }
             let mut found = false;
             for item in list {
-                found |= compare(&v, &eval(item)?).is_some_and(|o| o.is_eq());
+                found |= same_value(&v, &eval(item)?);
             }
             Value::Bool(found != *negated)
         }
@@ -90,7 +96,60 @@ pub(crate) fn eval(expr: &Expr, row: &Row, aggregates: &[(Expr, Value)]) -> Resu
                 None => Value::Null,
             }
         }
-        Expr::Cast { expr, ty } => cast(&eval(expr)?, *ty),
+        Expr::Cast { expr, ty } => cast(&eval(expr)?, ty),
+        Expr::Subscript { base, index } => match (eval(base)?, eval(index)?) {
+            (Value::Array(items), Value::Number(n)) => {
+                // From 1; negative counts back from the end.
+                let i = n.as_i64().unwrap_or(0);
+                let position = if i > 0 { i - 1 } else { items.len() as i64 + i };
+                usize::try_from(position)
+                    .ok()
+                    .and_then(|p| items.get(p).cloned())
+                    .unwrap_or(Value::Null)
+            }
+            (Value::Object(entries), key) => crate::functions::text(&key)
+                .and_then(|k| entries.get(&k).cloned())
+                .unwrap_or(Value::Null),
+            _ => Value::Null,
+        },
+        Expr::Field { base, field } => match eval(base)? {
+            Value::Object(object) => crate::types::field(&object, field)
+                .cloned()
+                .unwrap_or(Value::Null),
+            _ => Value::Null,
+        },
+        Expr::Array(items) => Value::Array(items.iter().map(eval).collect::<Result<_>>()?),
+        Expr::Map(entries) => {
+            let mut map = Map::new();
+            for (k, v) in entries {
+                if let Some(k) = crate::functions::text(&eval(k)?) {
+                    map.insert(k, eval(v)?);
+                }
+            }
+            Value::Object(map)
+        }
+        Expr::Struct(fields) => Value::Object(
+            fields
+                .iter()
+                .map(|(name, e)| Ok((name.clone(), eval(e)?)))
+                .collect::<Result<_>>()?,
+        ),
+        Expr::Lambda { .. } => {
+            bail!("a lambda can only be an argument of FILTER, TRANSFORM or REDUCE")
+        }
+        Expr::DistinctFrom {
+            left,
+            right,
+            negated,
+        } => {
+            let (a, b) = (eval(left)?, eval(right)?);
+            let same = match (&a, &b) {
+                (Value::Null, Value::Null) => true,
+                (Value::Null, _) | (_, Value::Null) => false,
+                _ => compare(&a, &b).is_some_and(|o| o.is_eq()),
+            };
+            Value::Bool(same == *negated)
+        }
         Expr::Like {
             expr,
             pattern,
@@ -106,6 +165,82 @@ pub(crate) fn eval(expr: &Expr, row: &Row, aggregates: &[(Expr, Value)]) -> Resu
     })
 }
 
+/// FILTER, TRANSFORM and REDUCE: a collection with lambdas applied to its
+/// elements (arrays) or entries (maps, the lambda taking key and value).
+fn higher_order(
+    name: &str,
+    args: &[Expr],
+    row: &Row,
+    aggregates: &[(Expr, Value)],
+) -> Result<Value> {
+    let collection = eval(&args[0], row, aggregates)?;
+    let apply = |lambda: &Expr, values: &[Value]| -> Result<Value> {
+        let Expr::Lambda { params, body } = lambda else {
+            bail!("{name} expects a lambda, not {lambda}");
+        };
+        let mut scope = row.clone();
+        for (param, value) in params.iter().zip(values) {
+            scope.insert(param.clone(), value.clone());
+        }
+        eval(body, &scope, aggregates)
+    };
+    Ok(match (name, &collection, args) {
+        (_, Value::Null, _) => Value::Null,
+        ("FILTER", Value::Array(items), [_, lambda]) => {
+            let mut kept = Vec::new();
+            for item in items {
+                if apply(lambda, std::slice::from_ref(item))? == Value::Bool(true) {
+                    kept.push(item.clone());
+                }
+            }
+            Value::Array(kept)
+        }
+        ("FILTER", Value::Object(entries), [_, lambda]) => {
+            let mut kept = Map::new();
+            for (k, v) in entries {
+                if apply(lambda, &[Value::from(k.as_str()), v.clone()])? == Value::Bool(true) {
+                    kept.insert(k.clone(), v.clone());
+                }
+            }
+            Value::Object(kept)
+        }
+        ("TRANSFORM", Value::Array(items), [_, lambda]) => Value::Array(
+            items
+                .iter()
+                .map(|item| apply(lambda, std::slice::from_ref(item)))
+                .collect::<Result<_>>()?,
+        ),
+        ("TRANSFORM", Value::Object(entries), [_, key, value]) => {
+            let mut mapped = Map::new();
+            for (k, v) in entries {
+                let entry = [Value::from(k.as_str()), v.clone()];
+                if let Some(k) = crate::functions::text(&apply(key, &entry)?) {
+                    mapped.insert(k, apply(value, &entry)?);
+                }
+            }
+            Value::Object(mapped)
+        }
+        ("REDUCE", Value::Array(items), [_, initial, lambda]) => {
+            let mut state = eval(initial, row, aggregates)?;
+            for item in items {
+                state = apply(lambda, &[state, item.clone()])?;
+            }
+            state
+        }
+        ("REDUCE", Value::Object(entries), [_, initial, lambda]) => {
+            let mut state = eval(initial, row, aggregates)?;
+            for (k, v) in entries {
+                state = apply(lambda, &[state, Value::from(k.as_str()), v.clone()])?;
+            }
+            state
+        }
+        _ => bail!(
+            "Function '{name}' does not accept parameters ({})",
+            args.len()
+        ),
+    })
+}
+
 /// SQL LIKE: `%` any run, `_` any one character.
 pub(crate) fn like(text: &[char], pattern: &[char]) -> bool {
     match pattern.split_first() {
@@ -116,23 +251,31 @@ pub(crate) fn like(text: &[char], pattern: &[char]) -> bool {
     }
 }
 
-/// CAST(value AS ty); a value that does not convert becomes null.
-pub(crate) fn cast(value: &Value, ty: SqlType) -> Value {
-    match (ty, value) {
-        (SqlType::Int | SqlType::BigInt, Value::Number(n)) if !n.is_i64() => n
-            .as_f64()
-            .map_or(Value::Null, |f| Value::from(f.trunc() as i64)),
-        (SqlType::Double, Value::Number(n)) => n.as_f64().map_or(Value::Null, double),
-        (SqlType::String, Value::Number(n)) if !n.is_i64() => {
-            // Java prints doubles with a fractional part: 1.0, not 1.
-            let f = n.as_f64().unwrap_or_default();
-            Value::from(if f.fract() == 0.0 && f.abs() < 1e7 {
-                format!("{f:.1}")
-            } else {
-                n.to_string()
-            })
+/// IN's equality: numbers by value (text standing for a number or boolean
+/// too, as ksqlDB coerces IN's literals), arrays element by element, maps
+/// and structs field by field (an absent field is null, and nulls match).
+pub(crate) fn same_value(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Null, Value::Null) => true,
+        (Value::Number(_), Value::String(s)) | (Value::String(s), Value::Number(_)) => {
+            let number = if a.is_number() { a } else { b };
+            s.trim()
+                .parse::<f64>()
+                .is_ok_and(|f| number.as_f64() == Some(f))
         }
-        _ => coerce(value, ty),
+        (Value::Bool(x), Value::String(s)) | (Value::String(s), Value::Bool(x)) => {
+            crate::types::parse_boolean(s) == Some(*x)
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same_value(a, b))
+        }
+        (Value::Object(x), Value::Object(y)) => x.keys().chain(y.keys()).all(|k| {
+            same_value(
+                x.get(k).unwrap_or(&Value::Null),
+                y.get(k).unwrap_or(&Value::Null),
+            )
+        }),
+        _ => compare(a, b).is_some_and(|o| o.is_eq()),
     }
 }
 

@@ -1,11 +1,14 @@
-//! Value formats: how a record's key and value turn into a row's columns and back.
+//! Serialization formats: how a record's key and value turn into a row's
+//! columns and back. JSON keys and values are JSON; DELIMITED ones are
+//! comma-separated text; KAFKA holds one primitive column.
 
 use anyhow::{bail, Result};
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::engine::{Record, Source};
 use crate::eval::Row;
 use crate::parser::{ColumnDef, SqlType};
+use crate::types::{coerce, field};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Format {
@@ -23,60 +26,168 @@ impl Format {
             other => bail!("format {other} is not supported"),
         }
     }
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Format::Json => "JSON",
+            Format::Delimited => "DELIMITED",
+            Format::Kafka => "KAFKA",
+        }
+    }
+
+    /// Refuses key or value columns this format cannot hold, in ksqlDB's words.
+    pub(crate) fn check(self, columns: &[&ColumnDef]) -> Result<()> {
+        if self == Format::Json {
+            return Ok(());
+        }
+        if let Some(column) = columns.iter().find(|c| !c.ty.is_primitive()) {
+            let kind = match column.ty {
+                SqlType::Array(_) => "ARRAY",
+                SqlType::Map(..) => "MAP",
+                _ => "STRUCT",
+            };
+            bail!(
+                "The '{}' format does not support type '{kind}', column: `{}`",
+                self.name(),
+                column.name
+            );
+        }
+        Ok(())
+    }
 }
 
-/// The record's columns, or None for a tombstone.
+/// The record's columns, or None for a tombstone (or a value that does not parse).
 pub(crate) fn decode(source: &Source, record: &Record) -> Result<Option<Row>> {
     if record.value.is_null() {
         return Ok(None);
     }
-    let mut row = Row::new();
-    let keys: Vec<&ColumnDef> = source.columns.iter().filter(|c| c.key).collect();
-    if let [key] = keys.as_slice() {
-        row.insert(key.name.clone(), coerce(&record.key, key.ty));
-    }
+    let mut row = decode_key(source, &record.key);
     let values: Vec<&ColumnDef> = source.columns.iter().filter(|c| !c.key).collect();
     match source.value_format {
-        Format::Json => {
-            let Value::Object(object) = &record.value else {
-                return Ok(None);
-            };
-            for column in &values {
-                let field = object.get(&column.name).or_else(|| {
-                    object
-                        .iter()
-                        .find(|(k, _)| k.eq_ignore_ascii_case(&column.name))
-                        .map(|(_, v)| v)
-                });
-                row.insert(
-                    column.name.clone(),
-                    field.map_or(Value::Null, |v| coerce(v, column.ty)),
-                );
+        Format::Json => match (&record.value, values.as_slice()) {
+            (value, [only]) if !source.wrap_single_value => {
+                row.insert(only.name.clone(), coerce(value, &only.ty));
             }
-        }
+            (Value::Object(object), _) => {
+                for column in &values {
+                    let value =
+                        field(object, &column.name).map_or(Value::Null, |v| coerce(v, &column.ty));
+                    row.insert(column.name.clone(), value);
+                }
+            }
+            _ => return Ok(None),
+        },
         Format::Delimited | Format::Kafka => {
             let text = match &record.value {
                 Value::String(s) => s.clone(),
                 other => other.to_string(),
             };
-            let fields = split_delimited(&text);
+            let fields = if source.value_format == Format::Kafka {
+                vec![text]
+            } else {
+                split_delimited(&text)
+            };
             if fields.len() != values.len() {
                 return Ok(None);
             }
-            for (column, field) in values.iter().zip(fields) {
-                let value = if field.is_empty() {
-                    Value::Null
-                } else {
-                    coerce(&Value::String(field), column.ty)
-                };
-                row.insert(column.name.clone(), value);
+            for (column, text) in values.iter().zip(fields) {
+                row.insert(column.name.clone(), delimited_field(text, &column.ty));
             }
         }
     }
     row.insert("ROWTIME".into(), Value::from(record.timestamp));
     row.insert("ROWPARTITION".into(), Value::from(record.partition));
     row.insert("ROWOFFSET".into(), Value::from(record.offset));
+    if let Some((start, end)) = record.window.filter(|_| source.window.is_some()) {
+        row.insert("WINDOWSTART".into(), Value::from(start));
+        row.insert("WINDOWEND".into(), Value::from(end));
+    }
     Ok(Some(row))
+}
+
+/// The key columns of a record's key: one column is the key itself; several
+/// are a JSON object's fields or DELIMITED fields.
+pub(crate) fn decode_key(source: &Source, key: &Value) -> Row {
+    let columns: Vec<&ColumnDef> = source.columns.iter().filter(|c| c.key).collect();
+    let mut row = Row::new();
+    match (columns.as_slice(), source.key_format) {
+        ([], _) => {}
+        ([only], Format::Delimited) => {
+            let text = key.as_str().map_or_else(|| key.to_string(), String::from);
+            let value = if key.is_null() {
+                Value::Null
+            } else {
+                delimited_field(text, &only.ty)
+            };
+            row.insert(only.name.clone(), value);
+        }
+        ([only], _) => {
+            row.insert(only.name.clone(), coerce(key, &only.ty));
+        }
+        (many, Format::Delimited) => {
+            let fields = key.as_str().map(split_delimited).unwrap_or_default();
+            for (i, column) in many.iter().enumerate() {
+                let value = fields.get(i).map_or(Value::Null, |text| {
+                    delimited_field(text.clone(), &column.ty)
+                });
+                row.insert(column.name.clone(), value);
+            }
+        }
+        (many, _) => {
+            for column in many {
+                let value = match key {
+                    Value::Object(object) => {
+                        field(object, &column.name).map_or(Value::Null, |v| coerce(v, &column.ty))
+                    }
+                    _ => Value::Null,
+                };
+                row.insert(column.name.clone(), value);
+            }
+        }
+    }
+    row
+}
+
+/// A DELIMITED field's text as a value of `ty`; empty is null.
+fn delimited_field(text: String, ty: &SqlType) -> Value {
+    if text.is_empty() {
+        Value::Null
+    } else {
+        coerce(&Value::String(text), ty)
+    }
+}
+
+/// A key from its columns' values, in key order.
+pub(crate) fn encode_key(format: Format, columns: &[(&ColumnDef, Value)]) -> Value {
+    match (columns, format) {
+        ([], _) => Value::Null,
+        ([(_, Value::Null)], _) => Value::Null,
+        ([(column, value)], Format::Delimited) => {
+            Value::String(delimited_line(&[(*column, value.clone())]))
+        }
+        ([(_, value)], _) => value.clone(),
+        (many, Format::Delimited) => Value::String(delimited_line(many)),
+        (many, _) => Value::Object(
+            many.iter()
+                .map(|(c, v)| (c.name.clone(), v.clone()))
+                .collect::<Map<_, _>>(),
+        ),
+    }
+}
+
+/// A value from its columns' values, in column order.
+pub(crate) fn encode_value(sink: &Source, columns: &[(&ColumnDef, Value)]) -> Value {
+    match (sink.value_format, columns) {
+        (Format::Json, [(_, value)]) if !sink.wrap_single_value => value.clone(),
+        (Format::Json, _) => Value::Object(
+            columns
+                .iter()
+                .map(|(c, v)| (c.name.clone(), v.clone()))
+                .collect(),
+        ),
+        (Format::Kafka, [(_, value)]) => value.clone(),
+        (Format::Delimited | Format::Kafka, _) => Value::String(delimited_line(columns)),
+    }
 }
 
 /// DELIMITED fields: commas separate, double quotes quote (`""` is a quote).
@@ -98,34 +209,93 @@ pub(crate) fn split_delimited(text: &str) -> Vec<String> {
     fields
 }
 
-pub(crate) fn coerce(value: &Value, ty: SqlType) -> Value {
-    match (ty, value) {
-        (_, Value::Null) => Value::Null,
-        (SqlType::Int | SqlType::BigInt | SqlType::Timestamp, Value::Number(n)) => {
-            n.as_i64().map_or(Value::Null, Value::from)
-        }
-        (SqlType::Int | SqlType::BigInt | SqlType::Timestamp, Value::String(s)) => {
-            s.trim().parse::<i64>().map_or(Value::Null, Value::from)
-        }
-        (SqlType::Double, Value::Number(n)) => n.as_f64().map_or(Value::Null, Value::from),
-        (SqlType::Double, Value::String(s)) => {
-            s.trim().parse::<f64>().map_or(Value::Null, Value::from)
-        }
-        (SqlType::Boolean, Value::Bool(b)) => Value::Bool(*b),
-        (SqlType::Boolean, Value::String(s)) => Value::Bool(s.eq_ignore_ascii_case("true")),
-        (SqlType::String, Value::String(s)) => Value::String(s.clone()),
-        (SqlType::String, other) => Value::String(other.to_string()),
-        _ => Value::Null,
+/// Values as a DELIMITED line: DECIMALs with all their scale's digits; a
+/// field quoted as Apache Commons CSV (which ksqlDB writes with) quotes it:
+/// when it holds a separator, quote or line break, starts with a character
+/// up to `#` or ends with one up to a space, or, first on the line, starts
+/// with anything but a letter or digit.
+pub(crate) fn delimited_line(values: &[(&ColumnDef, Value)]) -> String {
+    let mut line = Vec::with_capacity(values.len());
+    for (i, (column, value)) in values.iter().enumerate() {
+        let text = match (value, &column.ty) {
+            (Value::Null, _) => {
+                line.push(String::new());
+                continue;
+            }
+            (Value::Number(n), SqlType::Decimal { scale, .. }) => {
+                format!("{:.*}", *scale as usize, n.as_f64().unwrap_or_default())
+            }
+            (Value::String(s), _) => s.clone(),
+            (other, _) => other.to_string(),
+        };
+        let first = text.chars().next();
+        let last = text.chars().last();
+        let quoted = match first {
+            None => i == 0,
+            Some(c) => {
+                (i == 0 && !c.is_ascii_alphanumeric())
+                    || c <= '#'
+                    || last.is_some_and(|c| c <= ' ')
+                    || text.contains([',', '"', '\n', '\r'])
+            }
+        };
+        line.push(if quoted {
+            format!("\"{}\"", text.replace('"', "\"\""))
+        } else {
+            text
+        });
     }
+    line.join(",")
 }
 
-pub(crate) fn delimited_text(value: &Value) -> String {
-    match value {
-        Value::Null => String::new(),
-        Value::String(s) if s.contains([',', '"', '\n']) => {
-            format!("\"{}\"", s.replace('"', "\"\""))
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn column(name: &str, ty: SqlType, key: bool) -> ColumnDef {
+        ColumnDef {
+            name: name.into(),
+            ty,
+            key,
         }
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
+    }
+
+    #[test]
+    fn several_key_columns_are_an_object_in_json_and_fields_in_delimited() {
+        let a = column("A", SqlType::String, true);
+        let b = column("B", SqlType::Int, true);
+        let values = [(&a, Value::from("x")), (&b, Value::from(1))];
+        assert_eq!(
+            encode_key(Format::Json, &values),
+            serde_json::json!({"A": "x", "B": 1})
+        );
+        assert_eq!(encode_key(Format::Delimited, &values), Value::from("x,1"));
+        assert_eq!(encode_key(Format::Kafka, &values[1..]), Value::from(1));
+    }
+
+    #[test]
+    fn delimited_lines_keep_decimal_scale_and_quote_as_commons_csv() {
+        let d = column(
+            "D",
+            SqlType::Decimal {
+                precision: 4,
+                scale: 2,
+            },
+            false,
+        );
+        let s = column("S", SqlType::String, false);
+        let line = |values: &[(&ColumnDef, Value)]| delimited_line(values);
+        assert_eq!(
+            line(&[(&d, Value::from(12.3)), (&s, Value::from("a,b"))]),
+            "12.30,\"a,b\""
+        );
+        assert_eq!(
+            line(&[(&s, Value::from("-1")), (&s, Value::from("-1"))]),
+            "\"-1\",-1"
+        );
+        assert_eq!(
+            line(&[(&s, Value::from("x")), (&s, Value::from(" y"))]),
+            "x,\" y\""
+        );
     }
 }

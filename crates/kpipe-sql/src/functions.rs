@@ -3,8 +3,13 @@
 use anyhow::{bail, Result};
 use serde_json::Value;
 
+use std::cmp::Ordering;
+
+use crate::eval::compare;
+use crate::parser::SqlType;
+
 /// The scalar functions known so far.
-pub(crate) const SCALARS: [&str; 32] = [
+pub(crate) const SCALARS: &[&str] = &[
     "ABS",
     "FROM_UNIXTIME",
     "CONCAT",
@@ -37,7 +42,60 @@ pub(crate) const SCALARS: [&str; 32] = [
     "DEGREES",
     "RADIANS",
     "POWER",
+    "FILTER",
+    "TRANSFORM",
+    "REDUCE",
+    "ARRAY_LENGTH",
+    "ARRAY_MIN",
+    "ARRAY_MAX",
+    "INSTR",
+    "TRUNC",
+    "LOG",
+    "COT",
+    "ATAN2",
+    "PI",
+    "NULLIF",
+    "CONCAT_WS",
+    "RANDOM",
+    "EXTRACTJSONFIELD",
 ];
+
+/// The type a scalar function returns for arguments of `args`' types (a
+/// lambda's type is its body's).
+pub(crate) fn return_type(name: &str, args: &[SqlType]) -> Result<SqlType> {
+    if !SCALARS.contains(&name) {
+        bail!("Can't find any functions with the name '{name}'");
+    }
+    let arg = |i: usize| args.get(i).cloned().unwrap_or(SqlType::String);
+    Ok(match name {
+        "LEN" | "SIGN" | "ARRAY_LENGTH" | "INSTR" => SqlType::Int,
+        "FROM_UNIXTIME" => SqlType::Timestamp,
+        "CONCAT" | "CONCAT_WS" | "INITCAP" | "LCASE" | "UCASE" | "TRIM" | "SUBSTRING"
+        | "EXTRACTJSONFIELD" => SqlType::String,
+        "ARRAY_MIN" | "ARRAY_MAX" => match arg(0) {
+            SqlType::Array(element) => *element,
+            other => other,
+        },
+        "ROUND" if args.len() > 1 => arg(0),
+        "ROUND" => match arg(0) {
+            SqlType::Double => SqlType::BigInt,
+            SqlType::Decimal { precision, scale } => SqlType::Decimal {
+                precision: precision - scale + 1,
+                scale: 0,
+            },
+            other => other,
+        },
+        "EXP" | "LN" | "SQRT" | "CBRT" | "SIN" | "COS" | "TAN" | "ASIN" | "ACOS" | "ATAN"
+        | "SINH" | "COSH" | "TANH" | "DEGREES" | "RADIANS" | "POWER" | "LOG" | "COT" | "ATAN2"
+        | "PI" | "RANDOM" => SqlType::Double,
+        "TRANSFORM" => match arg(0) {
+            SqlType::Map(..) => SqlType::Map(Box::new(arg(1)), Box::new(arg(2))),
+            _ => SqlType::Array(Box::new(arg(1))),
+        },
+        "REDUCE" => arg(1),
+        _ => arg(0),
+    })
+}
 
 /// A DOUBLE result; NaN and the infinities are written as ksqlDB's JSON writes them.
 pub(crate) fn double(f: f64) -> Value {
@@ -63,6 +121,46 @@ pub(crate) fn text(v: &Value) -> Option<String> {
     }
 }
 
+/// A pseudo-random number in [0, 1), from the clock's nanoseconds.
+fn random_fraction() -> f64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    f64::from(nanos) / 1e9
+}
+
+/// EXTRACTJSONFIELD: the value at a JSONPath like `$.a.b[0]` in JSON text;
+/// text values come back unquoted, others as JSON text.
+fn extract_json_field(json: &str, path: &str) -> Value {
+    let Ok(mut value) = serde_json::from_str::<Value>(json) else {
+        return Value::Null;
+    };
+    let Some(path) = path.strip_prefix('$') else {
+        return Value::Null;
+    };
+    for step in path.split('.').filter(|s| !s.is_empty()) {
+        let (field, indexes) = step.split_once('[').unwrap_or((step, ""));
+        if !field.is_empty() {
+            value = value.get(field).cloned().unwrap_or(Value::Null);
+        }
+        for index in indexes.split('[').filter(|s| !s.is_empty()) {
+            let index = index.trim_end_matches(']');
+            value = match index.parse::<usize>() {
+                Ok(i) => value.get(i).cloned().unwrap_or(Value::Null),
+                Err(_) => value
+                    .get(index.trim_matches(['\'', '"']))
+                    .cloned()
+                    .unwrap_or(Value::Null),
+            };
+        }
+    }
+    match value {
+        Value::Null => Value::Null,
+        Value::String(s) => Value::String(s),
+        other => Value::String(other.to_string()),
+    }
+}
+
 /// A scalar function of ksqlDB's library; null in, null out unless it says otherwise.
 pub(crate) fn scalar(name: &str, args: &[Value]) -> Result<Value> {
     if !SCALARS.contains(&name) {
@@ -83,6 +181,27 @@ pub(crate) fn scalar(name: &str, args: &[Value]) -> Result<Value> {
             .find(|v| !v.is_null())
             .cloned()
             .unwrap_or(Value::Null),
+        "PI" => double(std::f64::consts::PI),
+        "RANDOM" => double(random_fraction()),
+        "NULLIF" => {
+            if arg(0) == arg(1) {
+                Value::Null
+            } else {
+                arg(0)
+            }
+        }
+        "CONCAT_WS" => {
+            let Some(separator) = text(&arg(0)) else {
+                return Ok(Value::Null);
+            };
+            Value::String(
+                args[1..]
+                    .iter()
+                    .filter_map(text)
+                    .collect::<Vec<_>>()
+                    .join(&separator),
+            )
+        }
         "CONCAT" => {
             if args.iter().all(Value::is_null) {
                 Value::Null
@@ -99,6 +218,66 @@ pub(crate) fn scalar(name: &str, args: &[Value]) -> Result<Value> {
         // A TIMESTAMP is its epoch milliseconds; display formats it.
         "FROM_UNIXTIME" => arg(0).as_i64().map_or(Value::Null, Value::from),
         "LEN" => Value::from(text(&arg(0)).map_or(0, |s| s.chars().count())),
+        "ARRAY_LENGTH" => Value::from(arg(0).as_array().map_or(0, Vec::len)),
+        "ARRAY_MIN" | "ARRAY_MAX" => {
+            let wanted = if name == "ARRAY_MIN" {
+                Ordering::Less
+            } else {
+                Ordering::Greater
+            };
+            let mut best = Value::Null;
+            for v in arg(0)
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|v| !v.is_null())
+            {
+                if best.is_null() || compare(v, &best) == Some(wanted) {
+                    best = v.clone();
+                }
+            }
+            best
+        }
+        "INSTR" => {
+            let (Some(haystack), Some(needle)) = (text(&arg(0)), text(&arg(1))) else {
+                return Ok(Value::Null);
+            };
+            // 1-based character position, 0 when absent.
+            Value::from(
+                haystack
+                    .find(&needle)
+                    .map_or(0, |byte| haystack[..byte].chars().count() + 1),
+            )
+        }
+        "EXTRACTJSONFIELD" => {
+            let (Some(json), Some(path)) = (text(&arg(0)), text(&arg(1))) else {
+                return Ok(Value::Null);
+            };
+            extract_json_field(&json, &path)
+        }
+        "TRUNC" => match (arg(0), args.get(1).and_then(Value::as_i64)) {
+            (Value::Number(n), _) if n.is_i64() => Value::Number(n),
+            (Value::Number(n), None) => n
+                .as_f64()
+                .map_or(Value::Null, |f| Value::from(f.trunc() as i64)),
+            (Value::Number(n), Some(places)) => n.as_f64().map_or(Value::Null, |f| {
+                let scale = 10f64.powi(places as i32);
+                double((f * scale).trunc() / scale)
+            }),
+            _ => Value::Null,
+        },
+        "LOG" => match (arg(0).as_f64(), args.get(1).and_then(Value::as_f64)) {
+            (Some(x), None) => double(x.ln()),
+            (Some(base), Some(x)) => double(x.ln() / base.ln()),
+            _ => Value::Null,
+        },
+        "COT" => arg(0)
+            .as_f64()
+            .map_or(Value::Null, |x| double(1.0 / x.tan())),
+        "ATAN2" => match (arg(0).as_f64(), arg(1).as_f64()) {
+            (Some(y), Some(x)) => double(y.atan2(x)),
+            _ => Value::Null,
+        },
         "SIGN" => arg(0).as_f64().map_or(Value::Null, |f| {
             Value::from(if f > 0.0 {
                 1
@@ -232,5 +411,23 @@ mod tests {
         assert_eq!(scalar("IFNULL", &[Value::Null, v("x")]).unwrap(), v("x"));
         assert_eq!(scalar("LEN", &[Value::Null]).unwrap(), Value::Null);
         assert!(scalar("WONT_FIND_ME", &[]).is_err());
+        let ints = serde_json::json!([3, null, 1]);
+        assert_eq!(scalar("ARRAY_MIN", &[ints]).unwrap(), Value::from(1));
+        assert_eq!(
+            scalar("INSTR", &[v("banana"), v("na")]).unwrap(),
+            Value::from(3)
+        );
+        assert_eq!(
+            scalar(
+                "EXTRACTJSONFIELD",
+                &[v(r#"{"a": {"b": [5, "x"]}}"#), v("$.a.b[1]")]
+            )
+            .unwrap(),
+            v("x")
+        );
+        assert_eq!(
+            scalar("TRUNC", &[Value::from(-1.7)]).unwrap(),
+            Value::from(-1)
+        );
     }
 }

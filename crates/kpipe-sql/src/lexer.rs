@@ -22,8 +22,9 @@ impl Token {
     }
 }
 
-const SYMBOLS: [&str; 18] = [
-    "<=", ">=", "!=", "<>", "->", "=>", "(", ")", ",", ";", "*", "=", "<", ">", "+", "-", "/", "%",
+const SYMBOLS: [&str; 21] = [
+    "<=", ">=", "!=", "<>", "->", "=>", ":=", "(", ")", "[", "]", ",", ";", "*", "=", "<", ">",
+    "+", "-", "/", "%",
 ];
 
 /// Splits `sql` into tokens, each with its byte position (for error messages).
@@ -65,6 +66,23 @@ pub fn tokenize(sql: &str) -> Result<Vec<(Token, usize)>> {
                 while i < bytes.len() && bytes[i].is_ascii_digit() {
                     i += 1;
                 }
+            }
+            if bytes
+                .get(i)
+                .is_some_and(|b| b.is_ascii_alphabetic() || *b == b'_')
+            {
+                // `1R`: an identifier that starts with digits.
+                while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_') {
+                    i += 1;
+                }
+                tokens.push((
+                    Token::Word {
+                        text: sql[start..i].to_ascii_uppercase(),
+                        quoted: false,
+                    },
+                    start,
+                ));
+                continue;
             }
             tokens.push((Token::Number(sql[start..i].to_string()), start));
         } else if c == '\'' || c == '`' || c == '"' {
@@ -141,5 +159,12 @@ mod tests {
         assert_eq!(tokens[5], Token::Number("1.5e3".into()));
         assert!(tokens.contains(&Token::Symbol("<>")));
         assert!(tokenize("select 'open").is_err());
+        assert_eq!(
+            tokenize("2r").unwrap()[0].0,
+            Token::Word {
+                text: "2R".into(),
+                quoted: false
+            }
+        );
     }
 }

@@ -3,23 +3,27 @@
 //! and the runner for ksqlDB's query-validation tests (`qtt`), which feeds the
 //! same engine in-memory topics.
 //!
-//! Today: CREATE STREAM with columns, CREATE STREAM AS SELECT with projections
-//! and WHERE, and CREATE TABLE AS SELECT with one GROUP BY expression, HAVING
-//! and COUNT, SUM, MIN, MAX, EARLIEST_BY_OFFSET, LATEST_BY_OFFSET (an update per
-//! input, tombstones when HAVING retracts), a dozen scalar functions, source
-//! aliases, over JSON and DELIMITED values.
-//! TUMBLING, HOPPING and SESSION windows (grace periods, WINDOWSTART/WINDOWEND),
-//! TOPK/TOPKDISTINCT, CASE, CAST, LIKE, INSERT INTO and table sources (updates
-//! retract the old row) too. Complex types, joins and the live runtime are to come.
+//! Today: CREATE STREAM/TABLE with primitive, DECIMAL, ARRAY, MAP and STRUCT
+//! columns (one or several key columns), CREATE ... AS SELECT with projections,
+//! WHERE, GROUP BY one or more expressions, HAVING, TUMBLING/HOPPING/SESSION
+//! windows, the common aggregates (COUNT, SUM, AVG, MIN, MAX, COUNT_DISTINCT,
+//! COLLECT_LIST, STDDEV_SAMP, TOPK, EARLIEST/LATEST_BY_OFFSET), subscripts,
+//! struct fields, constructors and lambdas, INSERT INTO and table sources
+//! (updates retract the old row), over JSON, DELIMITED and KAFKA.
+//! Joins and the live runtime are to come.
 
 mod aggregate;
 pub mod catalog;
+mod check;
 pub mod engine;
 mod eval;
 mod format;
 mod functions;
+mod join;
 pub mod lexer;
 pub mod live;
 pub mod parser;
+mod plan;
 pub mod qtt;
+mod types;
 pub mod wire;

@@ -558,9 +558,9 @@ fn describe(source: &SourceInfo, out: &mut dyn Output) {
     out.columns(&["Field", "Type"].map(text), false);
     for column in &source.columns {
         let ty = match (column.key, source.kind) {
-            (true, SourceKind::Table) => format!("{} (primary key)", column.ty.name()),
-            (true, SourceKind::Stream) => format!("{} (key)", column.ty.name()),
-            (false, _) => column.ty.name().to_string(),
+            (true, SourceKind::Table) => format!("{} (primary key)", column.ty),
+            (true, SourceKind::Stream) => format!("{} (key)", column.ty),
+            (false, _) => column.ty.to_string(),
         };
         out.row(&[Value::from(column.name.as_str()), Value::from(ty)]);
     }

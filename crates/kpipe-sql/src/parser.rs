@@ -12,15 +12,25 @@ pub enum SourceKind {
     Table,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SqlType {
     Int,
     BigInt,
     Double,
     String,
     Boolean,
-    /// Milliseconds since the epoch; shown as ISO-8601 text.
+    Decimal {
+        precision: u32,
+        scale: u32,
+    },
+    Bytes,
     Timestamp,
+    Date,
+    Time,
+    Array(Box<SqlType>),
+    Map(Box<SqlType>, Box<SqlType>),
+    /// Fields in declaration order; names as written (unquoted ones upper-cased).
+    Struct(Vec<(String, SqlType)>),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -107,6 +117,32 @@ pub struct Select {
     /// None when no EMIT clause was written (a transient SELECT is then a pull query).
     pub emit: Option<EmitMode>,
     pub limit: Option<u64>,
+    /// `PARTITION BY`: the expressions a stream's rows are re-keyed by.
+    pub partition_by: Vec<Expr>,
+    /// The FROM source's alias (`FROM input i` or `FROM input AS i`).
+    pub from_alias: Option<String>,
+    /// The sources joined to the FROM source, in order.
+    pub joins: Vec<Join>,
+}
+
+/// `[INNER | LEFT | FULL] JOIN source [alias] [WITHIN ..] ON condition`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Join {
+    pub kind: JoinKind,
+    pub source: String,
+    pub alias: Option<String>,
+    /// Stream-stream joins: how far (ms) the other side's record may be
+    /// before and after this one's.
+    pub within: Option<(i64, i64)>,
+    pub on: Expr,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinKind {
+    Inner,
+    Left,
+    Right,
+    Full,
 }
 
 /// `WINDOW TUMBLING (SIZE ..)`, `WINDOW HOPPING (SIZE .., ADVANCE BY ..)` or
@@ -179,6 +215,38 @@ pub enum Expr {
         expr: Box<Expr>,
         pattern: Box<Expr>,
         negated: bool,
+    },
+    /// `base[index]`: an array element (from 1; negative from the end) or a map value.
+    Subscript {
+        base: Box<Expr>,
+        index: Box<Expr>,
+    },
+    /// `base->field`: a struct's field.
+    Field {
+        base: Box<Expr>,
+        field: String,
+    },
+    /// `ARRAY[a, b, ..]`.
+    Array(Vec<Expr>),
+    /// `MAP(k := v, ..)`.
+    Map(Vec<(Expr, Expr)>),
+    /// `STRUCT(name := v, ..)`.
+    Struct(Vec<(String, Expr)>),
+    /// `x => body` or `(x, y) => body`, an argument of FILTER, TRANSFORM and the like.
+    Lambda {
+        params: Vec<String>,
+        body: Box<Expr>,
+    },
+    /// `a IS [NOT] DISTINCT FROM b`: equality where two nulls are equal.
+    DistinctFrom {
+        left: Box<Expr>,
+        right: Box<Expr>,
+        negated: bool,
+    },
+    /// `source.column`: a column of one source (by name or alias).
+    Qualified {
+        source: String,
+        column: String,
     },
     /// A function call; `COUNT(*)` has `star`.
     Function {
@@ -424,9 +492,65 @@ impl Parser<'_> {
             "DOUBLE" => SqlType::Double,
             "STRING" | "VARCHAR" => SqlType::String,
             "BOOLEAN" => SqlType::Boolean,
+            "BYTES" => SqlType::Bytes,
             "TIMESTAMP" => SqlType::Timestamp,
-            other => bail!("type {other} is not supported yet"),
+            "DATE" => SqlType::Date,
+            "TIME" => SqlType::Time,
+            "DECIMAL" => {
+                self.expect_symbol("(")?;
+                let precision = self.whole_number()?;
+                self.expect_symbol(",")?;
+                let scale = self.whole_number()?;
+                self.expect_symbol(")")?;
+                if precision == 0 || scale > precision {
+                    bail!("DECIMAL precision must be >= 1 and scale must be <= precision: DECIMAL({precision}, {scale})");
+                }
+                SqlType::Decimal { precision, scale }
+            }
+            "ARRAY" => {
+                self.expect_symbol("<")?;
+                let element = self.sql_type()?;
+                self.expect_symbol(">")?;
+                SqlType::Array(Box::new(element))
+            }
+            "MAP" => {
+                self.expect_symbol("<")?;
+                let key = self.sql_type()?;
+                self.expect_symbol(",")?;
+                let value = self.sql_type()?;
+                self.expect_symbol(">")?;
+                SqlType::Map(Box::new(key), Box::new(value))
+            }
+            "STRUCT" => {
+                self.expect_symbol("<")?;
+                let mut fields = Vec::new();
+                if !self.eat_symbol(">") {
+                    loop {
+                        let name = self.identifier("a field name")?;
+                        fields.push((name, self.sql_type()?));
+                        if self.eat_symbol(">") {
+                            break;
+                        }
+                        self.expect_symbol(",")?;
+                    }
+                }
+                SqlType::Struct(fields)
+            }
+            other => bail!("Unknown type: {other}"),
         })
+    }
+
+    fn whole_number(&mut self) -> Result<u32> {
+        match self.peek() {
+            Some(Token::Number(n)) => {
+                let n = n
+                    .parse()
+                    .map_err(|_| anyhow!("{n} is not a whole number"))?;
+                self.at += 1;
+                Ok(n)
+            }
+            _ => Err(self.expected("a whole number")),
+        }
     }
 
     fn properties(&mut self) -> Result<Properties> {
@@ -473,12 +597,42 @@ impl Parser<'_> {
         }
         self.expect("FROM")?;
         let from = self.identifier("a source name")?;
-        // An alias (`FROM input i` or `FROM input AS i`); qualified columns drop it.
-        if self.eat("AS") {
-            self.identifier("an alias")?;
-        } else if matches!(self.peek(), Some(Token::Word { text, quoted }) if *quoted || !CLAUSES.contains(&text.as_str()))
-        {
-            self.at += 1;
+        let from_alias = self.source_alias()?;
+        let mut joins = Vec::new();
+        loop {
+            let kind = if self.eat("JOIN") {
+                JoinKind::Inner
+            } else {
+                let kind = if self.eat("INNER") {
+                    JoinKind::Inner
+                } else if self.eat("LEFT") {
+                    JoinKind::Left
+                } else if self.eat("RIGHT") {
+                    JoinKind::Right
+                } else if self.eat("FULL") {
+                    JoinKind::Full
+                } else {
+                    break;
+                };
+                self.eat("OUTER");
+                self.expect("JOIN")?;
+                kind
+            };
+            let source = self.identifier("a source name")?;
+            let alias = self.source_alias()?;
+            let within = if self.eat("WITHIN") {
+                Some(self.within()?)
+            } else {
+                None
+            };
+            self.expect("ON")?;
+            joins.push(Join {
+                kind,
+                source,
+                alias,
+                within,
+                on: self.expr()?,
+            });
         }
         let (mut window, explicit_grace) = if self.eat("WINDOW") {
             let (window, explicit_grace) = self.window()?;
@@ -494,9 +648,33 @@ impl Parser<'_> {
         let mut group_by = Vec::new();
         if self.eat("GROUP") {
             self.expect("BY")?;
-            group_by.push(self.expr()?);
+            // `GROUP BY a, b` or one grouping set `GROUP BY (a, b)`; no boolean operators.
+            let at = self.at;
+            let set = self.eat_symbol("(") && {
+                let first = self.additive()?;
+                group_by.push(first);
+                self.peek() == Some(&Token::Symbol(","))
+            };
+            if set {
+                while self.eat_symbol(",") {
+                    group_by.push(self.additive()?);
+                }
+                self.expect_symbol(")")?;
+            } else {
+                self.at = at;
+                group_by.clear();
+                group_by.push(self.additive()?);
+                while self.eat_symbol(",") {
+                    group_by.push(self.additive()?);
+                }
+            }
+        }
+        let mut partition_by = Vec::new();
+        if self.eat("PARTITION") {
+            self.expect("BY")?;
+            partition_by.push(self.expr()?);
             while self.eat_symbol(",") {
-                group_by.push(self.expr()?);
+                partition_by.push(self.expr()?);
             }
         }
         let having = if self.eat("HAVING") {
@@ -546,7 +724,45 @@ impl Parser<'_> {
             having,
             emit,
             limit,
+            partition_by,
+            from_alias,
+            joins,
         })
+    }
+
+    /// A source's alias: `input i` or `input AS i`.
+    fn source_alias(&mut self) -> Result<Option<String>> {
+        if self.eat("AS") {
+            return self.identifier("an alias").map(Some);
+        }
+        match self.peek() {
+            Some(Token::Word { text, quoted }) if *quoted || !CLAUSES.contains(&text.as_str()) => {
+                let alias = text.clone();
+                self.at += 1;
+                Ok(Some(alias))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// `WITHIN n UNIT` or `WITHIN (before, after)`, with an optional grace
+    /// period (which an in-order engine has no use for).
+    fn within(&mut self) -> Result<(i64, i64)> {
+        let bounds = if self.eat_symbol("(") {
+            let before = self.duration()?;
+            self.expect_symbol(",")?;
+            let after = self.duration()?;
+            self.expect_symbol(")")?;
+            (before, after)
+        } else {
+            let both = self.duration()?;
+            (both, both)
+        };
+        if self.eat("GRACE") {
+            self.expect("PERIOD")?;
+            self.duration()?;
+        }
+        Ok(bounds)
     }
 
     /// The window, and whether its GRACE PERIOD was written.
@@ -656,6 +872,14 @@ impl Parser<'_> {
         }
         if self.eat("IS") {
             let negated = self.eat("NOT");
+            if self.eat("DISTINCT") {
+                self.expect("FROM")?;
+                return Ok(Expr::DistinctFrom {
+                    left: Box::new(left),
+                    right: Box::new(self.additive()?),
+                    negated,
+                });
+            }
             self.expect("NULL")?;
             return Ok(Expr::IsNull {
                 expr: Box::new(left),
@@ -731,7 +955,81 @@ impl Parser<'_> {
         if self.eat_symbol("-") {
             return Ok(Expr::Negate(Box::new(self.unary()?)));
         }
-        self.primary()
+        self.postfix()
+    }
+
+    /// A primary expression followed by any `[index]` and `->field`.
+    fn postfix(&mut self) -> Result<Expr> {
+        let mut expr = self.primary()?;
+        loop {
+            if self.eat_symbol("[") {
+                let index = self.expr()?;
+                self.expect_symbol("]")?;
+                expr = Expr::Subscript {
+                    base: Box::new(expr),
+                    index: Box::new(index),
+                };
+            } else if self.eat_symbol("->") {
+                expr = Expr::Field {
+                    base: Box::new(expr),
+                    field: self.identifier("a field name")?,
+                };
+            } else {
+                return Ok(expr);
+            }
+        }
+    }
+
+    /// `expr`, or a lambda `x => expr` / `(x, y) => expr` where a function takes one.
+    fn argument(&mut self) -> Result<Expr> {
+        let word = |t: Option<&(Token, usize)>| matches!(t, Some((Token::Word { .. }, _)));
+        let symbol = |t: Option<&(Token, usize)>, s: &str| matches!(t, Some((Token::Symbol(x), _)) if *x == s);
+        let at = self.at;
+        let single = word(self.tokens.get(at)) && symbol(self.tokens.get(at + 1), "=>");
+        let mut params = Vec::new();
+        if single {
+            params.push(self.identifier("a lambda parameter")?);
+        } else if symbol(self.tokens.get(at), "(") && word(self.tokens.get(at + 1)) {
+            self.at += 1;
+            loop {
+                params.push(self.identifier("a lambda parameter")?);
+                if !self.eat_symbol(",") {
+                    break;
+                }
+            }
+            if !(self.eat_symbol(")") && self.peek() == Some(&Token::Symbol("=>"))) {
+                self.at = at;
+                params.clear();
+            }
+        }
+        if params.is_empty() {
+            return self.expr();
+        }
+        self.expect_symbol("=>")?;
+        Ok(Expr::Lambda {
+            params,
+            body: Box::new(self.expr()?),
+        })
+    }
+
+    /// `name := expr, ...)` of MAP and STRUCT constructors, after the `(`.
+    fn assignments<K>(
+        &mut self,
+        mut key: impl FnMut(&mut Self) -> Result<K>,
+    ) -> Result<Vec<(K, Expr)>> {
+        let mut entries = Vec::new();
+        if self.eat_symbol(")") {
+            return Ok(entries);
+        }
+        loop {
+            let k = key(self)?;
+            self.expect_symbol(":=")?;
+            entries.push((k, self.expr()?));
+            if self.eat_symbol(")") {
+                return Ok(entries);
+            }
+            self.expect_symbol(",")?;
+        }
     }
 
     fn primary(&mut self) -> Result<Expr> {
@@ -788,6 +1086,25 @@ impl Parser<'_> {
                     ty,
                 }
             }
+            ref t if t.is("ARRAY") && self.eat_symbol("[") => {
+                let mut elements = Vec::new();
+                if !self.eat_symbol("]") {
+                    loop {
+                        elements.push(self.expr()?);
+                        if self.eat_symbol("]") {
+                            break;
+                        }
+                        self.expect_symbol(",")?;
+                    }
+                }
+                Expr::Array(elements)
+            }
+            ref t if t.is("MAP") && self.eat_symbol("(") => {
+                Expr::Map(self.assignments(|p| p.expr())?)
+            }
+            ref t if t.is("STRUCT") && self.eat_symbol("(") => {
+                Expr::Struct(self.assignments(|p| p.identifier("a field name"))?)
+            }
             ref t if t.is("TRUE") => Expr::Literal(Value::Bool(true)),
             ref t if t.is("FALSE") => Expr::Literal(Value::Bool(false)),
             Token::Word {
@@ -799,7 +1116,10 @@ impl Parser<'_> {
             }
             Token::Word { text, .. } => {
                 if self.eat_symbol(".") {
-                    return Ok(Expr::Column(self.identifier("a column name")?));
+                    return Ok(Expr::Qualified {
+                        source: text,
+                        column: self.identifier("a column name")?,
+                    });
                 }
                 if !self.eat_symbol("(") {
                     return Ok(Expr::Column(text));
@@ -807,9 +1127,9 @@ impl Parser<'_> {
                 let mut args = Vec::new();
                 let star = self.eat_symbol("*");
                 if !star && !self.eat_symbol(")") {
-                    args.push(self.expr()?);
+                    args.push(self.argument()?);
                     while self.eat_symbol(",") {
-                        args.push(self.expr()?);
+                        args.push(self.argument()?);
                     }
                 } else if !star {
                     return Ok(Expr::Function {
@@ -834,7 +1154,9 @@ impl Parser<'_> {
 }
 
 /// Words that start the clause after FROM (so they are no alias).
-const CLAUSES: [&str; 12] = [
+const CLAUSES: [&str; 14] = [
+    "RIGHT",
+    "WITHIN",
     "WHERE",
     "GROUP",
     "HAVING",
@@ -922,13 +1244,34 @@ mod tests {
             panic!()
         };
         assert_eq!(select.from, "INPUT");
+        assert_eq!(select.from_alias.as_deref(), Some("I"));
         assert_eq!(
             select.items[0],
             SelectItem::Expr {
-                expr: Expr::Column("X".into()),
+                expr: Expr::Qualified {
+                    source: "I".into(),
+                    column: "X".into()
+                },
                 alias: Some("Y".into())
             }
         );
+        let statements = parse(
+            "CREATE STREAM J AS SELECT * FROM a LEFT OUTER JOIN b AS x WITHIN (1 SECOND, 2 SECONDS) ON a.k = x.k JOIN c ON a.k = c.k;",
+        )
+        .unwrap();
+        let Statement::CreateAs { select, .. } = &statements[0] else {
+            panic!()
+        };
+        assert_eq!(select.joins.len(), 2);
+        assert_eq!(
+            (
+                select.joins[0].kind,
+                select.joins[0].alias.as_deref(),
+                select.joins[0].within
+            ),
+            (JoinKind::Left, Some("X"), Some((1000, 2000)))
+        );
+        assert_eq!(select.joins[1].kind, JoinKind::Inner);
     }
 
     #[test]

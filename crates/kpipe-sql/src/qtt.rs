@@ -85,6 +85,12 @@ fn strip_comments(text: &str) -> String {
 fn run_test(test: &Value, format: Option<&str>) -> Result<(), String> {
     let expected_error = test["expectedException"]["message"].as_str();
     let mut engine = Engine::default();
+    for (name, value) in test["properties"].as_object().into_iter().flatten() {
+        let value = value
+            .as_str()
+            .map_or_else(|| value.to_string(), String::from);
+        engine.set_property(name, &value);
+    }
     for statement in test["statements"].as_array().into_iter().flatten() {
         let mut sql = statement.as_str().unwrap_or_default().to_string();
         if let Some(format) = format {

@@ -69,10 +69,7 @@ impl Engine {
     }
 
     fn source_over(&self, topic: &str) -> Option<&Source> {
-        self.sources
-            .values()
-            .find(|s| s.topic == topic)
-            .map(|s| &**s)
+        self.sources.values().find(|s| s.topic == topic)
     }
 }
 
@@ -103,7 +100,7 @@ fn decode_key(source: &Source, bytes: &[u8]) -> Result<(Value, Option<(i64, i64)
     };
     let key = match key_columns(source).as_slice() {
         [] => Value::Null,
-        [column] => typed(source.key_format, column.ty, bytes).context("cannot read the key")?,
+        [column] => typed(source.key_format, &column.ty, bytes).context("cannot read the key")?,
         _ => match source.key_format {
             Format::Json => serde_json::from_slice(bytes).context("the key is not JSON")?,
             _ => Value::String(utf8(bytes)?.to_string()),
@@ -119,7 +116,7 @@ fn decode_value(source: &Source, bytes: &[u8]) -> Result<Value> {
         Format::Kafka => {
             let values: Vec<&ColumnDef> = source.columns.iter().filter(|c| !c.key).collect();
             match values.as_slice() {
-                [column] => match typed(Format::Kafka, column.ty, bytes)? {
+                [column] => match typed(Format::Kafka, &column.ty, bytes)? {
                     Value::String(s) => Value::String(s),
                     other => Value::String(other.to_string()),
                 },
@@ -130,7 +127,7 @@ fn decode_value(source: &Source, bytes: &[u8]) -> Result<Value> {
 }
 
 /// One column's bytes in `format`.
-fn typed(format: Format, ty: SqlType, bytes: &[u8]) -> Result<Value> {
+fn typed(format: Format, ty: &SqlType, bytes: &[u8]) -> Result<Value> {
     Ok(match format {
         Format::Json => serde_json::from_slice(bytes).context("not JSON")?,
         Format::Delimited => Value::String(utf8(bytes)?.to_string()),
@@ -144,14 +141,14 @@ fn typed(format: Format, ty: SqlType, bytes: &[u8]) -> Result<Value> {
             SqlType::BigInt | SqlType::Timestamp => Value::from(be_i64(bytes)?),
             SqlType::Double => Value::from(f64::from_bits(be_i64(bytes)? as u64)),
             SqlType::String => Value::String(utf8(bytes)?.to_string()),
-            SqlType::Boolean => bail!("the KAFKA format has no BOOLEAN"),
+            other => bail!("the KAFKA format has no {other}"),
         },
     })
 }
 
 fn encode_key(sink: &Source, key: &Value, window: Option<(i64, i64)>) -> Result<Vec<u8>> {
     let mut bytes = match key_columns(sink).as_slice() {
-        [column] => typed_bytes(sink.key_format, column.ty, key)?,
+        [column] => typed_bytes(sink.key_format, &column.ty, key)?,
         _ => serde_json::to_vec(key)?,
     };
     if let (Some(w), Some((start, end))) = (sink.window, window) {
@@ -171,7 +168,7 @@ fn encode_value(sink: &Source, value: &Value) -> Result<Vec<u8>> {
     })
 }
 
-fn typed_bytes(format: Format, ty: SqlType, value: &Value) -> Result<Vec<u8>> {
+fn typed_bytes(format: Format, ty: &SqlType, value: &Value) -> Result<Vec<u8>> {
     Ok(match format {
         Format::Json => serde_json::to_vec(value)?,
         Format::Delimited => match value {

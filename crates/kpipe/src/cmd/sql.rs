@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use kpipe_sql::catalog::display;
 use kpipe_sql::live::{Output, Session, Settings};
-use kpipe_sql::parser::ColumnDef;
+use kpipe_sql::parser::{ColumnDef, SqlType};
 use serde_json::{Map, Value};
 
 use super::{stop_flag, table, KafkaArgs};
@@ -194,10 +194,8 @@ impl Output for Printer {
             self.widths = columns
                 .iter()
                 .map(|c| {
-                    c.name
-                        .len()
-                        .max(if c.ty.name() == "TIMESTAMP" { 23 } else { 12 })
-                        + 1
+                    let widest = if c.ty == SqlType::Timestamp { 23 } else { 12 };
+                    c.name.len().max(widest) + 1
                 })
                 .collect();
             let header: Vec<String> = columns.iter().map(|c| c.name.clone()).collect();
@@ -222,7 +220,7 @@ impl Output for Printer {
                     .columns
                     .iter()
                     .zip(values)
-                    .map(|(c, v)| display(v, c.ty))
+                    .map(|(c, v)| display(v, &c.ty))
                     .collect();
                 if self.streaming {
                     let text = self.cells(&cells);
