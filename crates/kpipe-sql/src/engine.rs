@@ -4,6 +4,7 @@
 //! `Record`s, so the QTT runner's in-memory topics and a live broker feed it alike.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Result};
 use serde_json::Value;
@@ -51,6 +52,9 @@ pub(crate) struct Source {
     /// The window keys carry (the source of WINDOWSTART and WINDOWEND).
     pub(crate) window: Option<Window>,
 }
+
+/// The streams and tables by name; shared, so a query's record costs no copy.
+pub(crate) type Sources = HashMap<String, Arc<Source>>;
 
 /// A running query: persistent (CREATE ... AS SELECT, INSERT INTO) or a
 /// transient SELECT, whose sink has no topic anyone else reads.
@@ -129,7 +133,7 @@ pub enum Executed {
 
 #[derive(Default, Clone)]
 pub struct Engine {
-    pub(crate) sources: HashMap<String, Source>,
+    pub(crate) sources: Sources,
     pub(crate) queries: Vec<Query>,
     /// Numbers query ids, as ksqlDB does, across the session.
     query_count: usize,
@@ -488,7 +492,7 @@ impl Engine {
         if self.sources.contains_key(name) {
             bail!("Cannot add stream '{name}': A stream with the same name already exists");
         }
-        self.sources.insert(name.to_string(), source);
+        self.sources.insert(name.to_string(), Arc::new(source));
         Ok(())
     }
 
@@ -639,13 +643,20 @@ fn stream_row(
             *value = accumulate(call, value, row, first, aggregation.settings)?;
         }
         if final_only {
-            let pending = Pending {
-                group: group.clone(),
-                window,
-                row: row.clone(),
-                timestamp,
-            };
-            aggregation.pending.insert(id, pending);
+            // The group's columns are all a final row reads besides the
+            // aggregates, so the window's first row serves; only time moves.
+            match aggregation.pending.get_mut(&id) {
+                Some(pending) => pending.timestamp = timestamp,
+                None => {
+                    let pending = Pending {
+                        group: group.clone(),
+                        window,
+                        row: row.clone(),
+                        timestamp,
+                    };
+                    aggregation.pending.insert(id, pending);
+                }
+            }
             continue;
         }
         let values = values.clone();

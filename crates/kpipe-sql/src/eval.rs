@@ -10,7 +10,9 @@ use crate::functions::scalar;
 use crate::parser::{BinaryOp, Expr};
 use crate::types::cast;
 
-pub(crate) type Row = HashMap<String, Value>;
+/// A row's columns by name. Rows are built per record, so the hasher is
+/// FxHash: SipHash's DoS resistance buys nothing for column names.
+pub(crate) type Row = HashMap<String, Value, rustc_hash::FxBuildHasher>;
 
 /// SQL's three-valued logic: null in, null out (AND/OR excepted). Aggregate
 /// calls take their current values from `aggregates`.

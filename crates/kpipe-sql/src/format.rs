@@ -109,7 +109,8 @@ pub(crate) fn decode(source: &Source, record: &Record) -> Result<Option<Row>> {
 /// are a JSON object's fields or DELIMITED fields.
 pub(crate) fn decode_key(source: &Source, key: &Value) -> Row {
     let columns: Vec<&ColumnDef> = source.columns.iter().filter(|c| c.key).collect();
-    let mut row = Row::new();
+    // Room for every column and the pseudo columns, so decoding never rehashes.
+    let mut row = Row::with_capacity_and_hasher(source.columns.len() + 5, Default::default());
     match (columns.as_slice(), source.key_format) {
         ([], _) => {}
         ([only], Format::Delimited) => {

@@ -64,11 +64,12 @@ pub(crate) enum JoinSide {
 /// join's initial state.
 pub(crate) fn resolve(
     select: &Select,
-    sources: &std::collections::HashMap<String, Source>,
+    sources: &crate::engine::Sources,
 ) -> Result<(Select, Source, Option<JoinState>)> {
     let lookup = |name: &str| {
         sources
             .get(name)
+            .map(|s| &**s)
             .ok_or_else(|| anyhow::anyhow!("{name} does not exist."))
     };
     let left = Side {

@@ -739,15 +739,15 @@ fn drive(
     let n = partitions as usize;
     let mut counts = Counts::default();
     let mut waiting_since: Option<Instant> = None;
-    let mut last_served = Instant::now();
+    let mut turns = 0u32;
     'run: loop {
         if stops.iter().any(|s| s.load(Ordering::Relaxed)) {
             break;
         }
-        if last_served.elapsed() > Duration::from_millis(100) {
+        turns = turns.wrapping_add(1);
+        if turns % 1024 == 0 {
             // Serves librdkafka's events (errors) on the consumer's own queue.
             consumer.poll(Duration::ZERO);
-            last_served = Instant::now();
         }
         for (p, queue) in queues.iter().enumerate() {
             merge.fill(p, queue, Duration::ZERO, &engine, &feed.topic);
@@ -760,6 +760,7 @@ fn drive(
             .min_by_key(|&p| merge.heads[p].as_ref().map(Head::timestamp));
         let Some(p) = next else {
             // Nothing to merge: wait for any partition to bring something.
+            consumer.poll(Duration::ZERO);
             for (q, queue) in queues.iter().enumerate() {
                 merge.fill(
                     q,

@@ -69,7 +69,10 @@ impl Engine {
     }
 
     fn source_over(&self, topic: &str) -> Option<&Source> {
-        self.sources.values().find(|s| s.topic == topic)
+        self.sources
+            .values()
+            .find(|s| s.topic == topic)
+            .map(|s| &**s)
     }
 }
 
