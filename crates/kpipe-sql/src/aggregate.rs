@@ -395,7 +395,7 @@ mod tests {
         let call = call(sql);
         let mut state = initial(&call);
         for (i, v) in inputs.iter().enumerate() {
-            let row = Row::from([("V".to_string(), v.clone())]);
+            let row: Row = [("V".to_string(), v.clone())].into_iter().collect();
             state = accumulate(&call, &state, &row, i == 0, settings).unwrap();
         }
         result(&call, &state)

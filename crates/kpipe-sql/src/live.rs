@@ -745,7 +745,7 @@ fn drive(
             break;
         }
         turns = turns.wrapping_add(1);
-        if turns % 1024 == 0 {
+        if turns.is_multiple_of(1024) {
             // Serves librdkafka's events (errors) on the consumer's own queue.
             consumer.poll(Duration::ZERO);
         }
