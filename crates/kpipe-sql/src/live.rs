@@ -584,6 +584,7 @@ enum Head {
         error: String,
         key: Option<Vec<u8>>,
         payload: Vec<u8>,
+        partition: i32,
         offset: i64,
     },
 }
@@ -612,6 +613,7 @@ fn read(engine: &Engine, topic: &str, m: &BorrowedMessage<'_>) -> Head {
             error: format!("{e:#}"),
             key: m.key().map(<[u8]>::to_vec),
             payload: m.payload().unwrap_or_default().to_vec(),
+            partition: m.partition(),
             offset: m.offset(),
         },
     }
@@ -675,8 +677,14 @@ impl Merge {
     }
 }
 
-/// Feeds one query's engine from the broker, merging partitions by timestamp,
-/// and hands every record it writes to `emit` (which returns false to stop).
+/// Records a reader thread hands the query's thread at once: enough to make
+/// the hand-over cheap, few enough to keep a push query prompt.
+const BATCH: usize = 512;
+
+/// Feeds one query's engine from the broker and hands every record it writes
+/// to `emit` (which returns false to stop). A reader thread polls, merges the
+/// partitions by timestamp and decodes; this thread runs the query, so
+/// reading and processing overlap.
 fn drive(
     options: &ClientOptions,
     mut engine: Engine,
@@ -686,8 +694,84 @@ fn drive(
     mut emit: impl FnMut(&Engine, &Record) -> Result<bool>,
 ) -> Result<Counts> {
     let probe = options.metadata_client()?;
-    let partitions = options.require_topic(&probe, &feed.topic)? as i32;
     let mut dead_letters = DeadLetters::connect(options, &probe, dead_letter_topic)?;
+    let decoder = engine.clone();
+    let quit = AtomicBool::new(false);
+    let mut counts = Counts::default();
+    let processed = std::thread::scope(|scope| -> Result<()> {
+        let (batches, received) = std::sync::mpsc::sync_channel::<Vec<Head>>(16);
+        let reader = std::thread::Builder::new()
+            .name("sql-reader".into())
+            .spawn_scoped(scope, || read_merged(options, &decoder, feed, stops, &quit, batches))?;
+        let ran = (|| -> Result<()> {
+            for head in received.iter().flatten() {
+                counts.read += 1;
+                let record = match head {
+                    Head::Record(record) => record,
+                    Head::Bad {
+                        error,
+                        key,
+                        payload,
+                        partition,
+                        offset,
+                    } => {
+                        counts.skipped += 1;
+                        let origin = Origin {
+                            topic: &feed.topic,
+                            partition,
+                            offset,
+                            key: key.as_deref(),
+                            payload: &payload,
+                            headers: None,
+                        };
+                        dead_letters.send(&origin, &error)?;
+                        continue;
+                    }
+                };
+                let produced = match engine.process(&record) {
+                    Ok(produced) => produced,
+                    Err(e) => {
+                        counts.skipped += 1;
+                        tracing::warn!(
+                            partition = record.partition,
+                            offset = record.offset,
+                            "skipping a record the query cannot process: {e:#}"
+                        );
+                        continue;
+                    }
+                };
+                for record in &produced {
+                    if !emit(&engine, record)? {
+                        return Ok(());
+                    }
+                }
+            }
+            Ok(())
+        })();
+        quit.store(true, Ordering::Relaxed);
+        drop(received);
+        let read = reader
+            .join()
+            .map_err(|_| anyhow!("the reader of {} crashed", feed.topic))?;
+        ran.and(read)
+    });
+    processed?;
+    dead_letters.flush()?;
+    Ok(counts)
+}
+
+/// Reads `feed` in timestamp order across partitions, decoded, in batches,
+/// until the bound, a stop, `quit`, or the receiver goes away.
+fn read_merged(
+    options: &ClientOptions,
+    decoder: &Engine,
+    feed: &Feed,
+    stops: &[Arc<AtomicBool>],
+    quit: &AtomicBool,
+    batches: std::sync::mpsc::SyncSender<Vec<Head>>,
+) -> Result<()> {
+    let probe = options.metadata_client()?;
+    let partitions = options.require_topic(&probe, &feed.topic)? as i32;
     let mut ends = vec![i64::MAX; partitions as usize];
     if feed.bounded {
         for (p, end) in ends.iter_mut().enumerate() {
@@ -725,7 +809,7 @@ fn drive(
     let mut early: Vec<VecDeque<Head>> = (0..partitions).map(|_| Default::default()).collect();
     while let Some(polled) = consumer.poll(Duration::ZERO) {
         if let Ok(m) = polled {
-            early[m.partition() as usize].push_back(read(&engine, &feed.topic, &m));
+            early[m.partition() as usize].push_back(read(decoder, &feed.topic, &m));
         }
     }
     let mut merge = Merge {
@@ -737,11 +821,15 @@ fn drive(
         bounded: feed.bounded,
     };
     let n = partitions as usize;
-    let mut counts = Counts::default();
+    let mut batch = Vec::with_capacity(BATCH);
+    // Hands the batch over; false when the query's thread has gone.
+    let hand_over = |batch: &mut Vec<Head>| {
+        batch.is_empty() || batches.send(std::mem::replace(batch, Vec::with_capacity(BATCH))).is_ok()
+    };
     let mut waiting_since: Option<Instant> = None;
     let mut turns = 0u32;
-    'run: loop {
-        if stops.iter().any(|s| s.load(Ordering::Relaxed)) {
+    loop {
+        if quit.load(Ordering::Relaxed) || stops.iter().any(|s| s.load(Ordering::Relaxed)) {
             break;
         }
         turns = turns.wrapping_add(1);
@@ -750,7 +838,7 @@ fn drive(
             consumer.poll(Duration::ZERO);
         }
         for (p, queue) in queues.iter().enumerate() {
-            merge.fill(p, queue, Duration::ZERO, &engine, &feed.topic);
+            merge.fill(p, queue, Duration::ZERO, decoder, &feed.topic);
         }
         if merge.finished() {
             break;
@@ -759,16 +847,15 @@ fn drive(
             .filter(|&p| merge.heads[p].is_some())
             .min_by_key(|&p| merge.heads[p].as_ref().map(Head::timestamp));
         let Some(p) = next else {
-            // Nothing to merge: wait for any partition to bring something.
+            // Nothing to merge: pass on what is read, then wait for any
+            // partition to bring something.
+            if !hand_over(&mut batch) {
+                break;
+            }
             consumer.poll(Duration::ZERO);
             for (q, queue) in queues.iter().enumerate() {
-                merge.fill(
-                    q,
-                    queue,
-                    Duration::from_millis(20) / n as u32,
-                    &engine,
-                    &feed.topic,
-                );
+                let wait = Duration::from_millis(20) / n as u32;
+                merge.fill(q, queue, wait, decoder, &feed.topic);
             }
             continue;
         };
@@ -777,60 +864,20 @@ fn drive(
         if let Some(q) = merge.lagging() {
             let since = *waiting_since.get_or_insert_with(Instant::now);
             if since.elapsed() < feed.idle {
-                merge.fill(
-                    q,
-                    &queues[q],
-                    Duration::from_millis(5),
-                    &engine,
-                    &feed.topic,
-                );
+                if !hand_over(&mut batch) {
+                    break;
+                }
+                let wait = Duration::from_millis(5);
+                merge.fill(q, &queues[q], wait, decoder, &feed.topic);
                 continue;
             }
         }
         waiting_since = None;
-        let head = merge.heads[p].take().expect("chosen among the heads");
-        counts.read += 1;
-        let record = match head {
-            Head::Record(record) => record,
-            Head::Bad {
-                error,
-                key,
-                payload,
-                offset,
-            } => {
-                counts.skipped += 1;
-                dead_letters.send(
-                    &Origin {
-                        topic: &feed.topic,
-                        partition: p as i32,
-                        offset,
-                        key: key.as_deref(),
-                        payload: &payload,
-                        headers: None,
-                    },
-                    &error,
-                )?;
-                continue;
-            }
-        };
-        let produced = match engine.process(&record) {
-            Ok(produced) => produced,
-            Err(e) => {
-                counts.skipped += 1;
-                tracing::warn!(
-                    partition = record.partition,
-                    offset = record.offset,
-                    "skipping a record the query cannot process: {e:#}"
-                );
-                continue;
-            }
-        };
-        for record in &produced {
-            if !emit(&engine, record)? {
-                break 'run;
-            }
+        batch.push(merge.heads[p].take().expect("chosen among the heads"));
+        if batch.len() == BATCH && !hand_over(&mut batch) {
+            break;
         }
     }
-    dead_letters.flush()?;
-    Ok(counts)
+    hand_over(&mut batch);
+    Ok(())
 }

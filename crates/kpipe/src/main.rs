@@ -7,6 +7,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// Every pipeline here allocates per record (JSON values, rows, strings);
+/// mimalloc serves that several times faster than glibc's malloc.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Kafka pipelines in one binary: an embedded Kafka-compatible broker, topic and
 /// group tools, console produce/consume, the seeds' event generators, an
 /// exactly-once Parquet lake on disk or S3 with SQL over it, and ClickHouse
