@@ -9,10 +9,10 @@ use anyhow::{anyhow, bail, Result};
 use serde_json::Value;
 
 use crate::aggregate::{
-    accumulate, aggregate_calls, initial, merge, result, retracted, AggregateSettings, RETRACTABLE,
-    STRUCT_STATE,
+    accumulate, aggregate_calls, initial, merge, result, retracted, AggregateSettings,
+    COMPLEX_STATE, RETRACTABLE,
 };
-use crate::check::{check_condition, check_in_lists};
+use crate::check::{check_condition, check_selected};
 use crate::eval::{eval, Row};
 use crate::format::{decode, decode_key, encode_key, encode_value, Format};
 use crate::join::{join_update, resolve, JoinSide, JoinState};
@@ -184,7 +184,7 @@ impl Engine {
                     check_condition("HAVING", having, &from.columns)?;
                 }
                 for (expr, _) in projection(select, &from) {
-                    check_in_lists(&expr, &from.columns)?;
+                    check_selected(&expr, &from.columns)?;
                 }
                 if !aggregated {
                     check_no_aggregates(*kind, select, &from)?;
@@ -222,7 +222,7 @@ impl Engine {
                     }
                     let value_format = formats(properties, Some(&from))?.1;
                     let struct_state = calls.iter().any(
-                        |c| matches!(c, Expr::Function { name, .. } if STRUCT_STATE.contains(&name.as_str())),
+                        |c| matches!(c, Expr::Function { name, .. } if COMPLEX_STATE.contains(&name.as_str())),
                     );
                     if struct_state && value_format != Format::Json {
                         bail!("One of the functions used in the statement has an intermediate type that the value format can not handle. Please remove the function or change the format.");
@@ -236,8 +236,13 @@ impl Engine {
                     None
                 };
                 let outputs = output_columns(select, &from, name, self.new_planner())?;
-                let topic =
-                    text_property(properties, "KAFKA_TOPIC")?.unwrap_or_else(|| name.clone());
+                let prefix = self
+                    .properties
+                    .get("ksql.output.topic.name.prefix")
+                    .cloned()
+                    .unwrap_or_default();
+                let topic = text_property(properties, "KAFKA_TOPIC")?
+                    .unwrap_or_else(|| format!("{prefix}{name}"));
                 let (key_format, value_format) = formats(properties, Some(&from))?;
                 let columns: Vec<ColumnDef> = outputs.iter().map(|(c, _)| c.clone()).collect();
                 let wrap_single_value = wrap_single_value(properties, value_format, &columns)?;
@@ -270,10 +275,10 @@ impl Engine {
                     .ok_or_else(|| anyhow!("{target} does not exist."))?;
                 let (select, from, join) = resolve(select, &self.sources)?;
                 let (select, from) = (&select, &from);
-                if into.kind == SourceKind::Table
-                    || from.kind == SourceKind::Table
-                    || !select.group_by.is_empty()
-                {
+                if into.kind == SourceKind::Table {
+                    bail!("INSERT INTO can only be used to insert into a stream. {target} is a table.");
+                }
+                if from.kind == SourceKind::Table || !select.group_by.is_empty() {
                     bail!("INSERT INTO can only write stream query results into a stream");
                 }
                 let outputs = output_columns(select, from, target, self.new_planner())?;
@@ -600,6 +605,10 @@ fn table_update(
     sink: &Source,
     record: &Record,
 ) -> Result<Vec<Record>> {
+    if record.key.is_null() {
+        // A table row needs a key; ksqlDB drops keyless ones.
+        return Ok(Vec::new());
+    }
     let key_id = record.key.to_string();
     let mut new_row = decode(from, record)?;
     if let (Some(row), Some(filter)) = (&new_row, &query.select.filter) {
@@ -842,8 +851,42 @@ fn check_formats(source: &Source) -> Result<()> {
             );
         }
     }
+    if let Some(key) = keys.iter().find(|c| contains_map(&c.ty)) {
+        bail!(
+            "Map keys, including types that contain maps, are not supported as they may lead to unexpected behavior due to inconsistent serialization. Key column name: `{}`. Column type: {}. See https://github.com/confluentinc/ksql/issues/6621 for more.",
+            key.name,
+            key.ty
+        );
+    }
+    let json = |f: Format| f == Format::Json;
+    let has_non_string_map_keys = keys
+        .iter()
+        .filter(|_| json(source.key_format))
+        .chain(values.iter().filter(|_| json(source.value_format)))
+        .any(|c| has_non_string_map_key(&c.ty));
+    if has_non_string_map_keys {
+        bail!("JSON only supports MAP types with STRING keys");
+    }
     source.key_format.check(&keys)?;
     source.value_format.check(&values)
+}
+
+fn contains_map(ty: &SqlType) -> bool {
+    match ty {
+        SqlType::Map(..) => true,
+        SqlType::Array(element) => contains_map(element),
+        SqlType::Struct(fields) => fields.iter().any(|(_, t)| contains_map(t)),
+        _ => false,
+    }
+}
+
+fn has_non_string_map_key(ty: &SqlType) -> bool {
+    match ty {
+        SqlType::Map(key, value) => **key != SqlType::String || has_non_string_map_key(value),
+        SqlType::Array(element) => has_non_string_map_key(element),
+        SqlType::Struct(fields) => fields.iter().any(|(_, t)| has_non_string_map_key(t)),
+        _ => false,
+    }
 }
 
 /// The primitive types the KAFKA format can serialize.

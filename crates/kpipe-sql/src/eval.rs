@@ -301,6 +301,10 @@ pub(crate) fn binary(op: BinaryOp, a: Value, b: Value) -> Value {
             (Value::Bool(false), Value::Bool(false)) => Value::Bool(false),
             _ => Value::Null,
         },
+        // A comparison with null is false in ksqlDB, not unknown.
+        B::Eq | B::NotEq | B::Lt | B::LtEq | B::Gt | B::GtEq if a.is_null() || b.is_null() => {
+            Value::Bool(false)
+        }
         B::Eq | B::NotEq | B::Lt | B::LtEq | B::Gt | B::GtEq => match compare(&a, &b) {
             Some(o) => Value::Bool(match op {
                 B::Eq => o.is_eq(),

@@ -65,6 +65,9 @@ pub(crate) fn return_type(name: &str, args: &[SqlType]) -> Result<SqlType> {
     if !SCALARS.contains(&name) {
         bail!("Can't find any functions with the name '{name}'");
     }
+    if args.is_empty() && matches!(name, "COALESCE" | "IFNULL" | "CONCAT") {
+        bail!("Function '{name}' does not accept parameters ()");
+    }
     let arg = |i: usize| args.get(i).cloned().unwrap_or(SqlType::String);
     Ok(match name {
         "LEN" | "SIGN" | "ARRAY_LENGTH" | "INSTR" => SqlType::Int,
@@ -262,8 +265,8 @@ pub(crate) fn scalar(name: &str, args: &[Value]) -> Result<Value> {
             }),
             _ => Value::Null,
         },
-        "LOG" => match (arg(0).as_f64(), args.get(1).and_then(Value::as_f64)) {
-            (Some(x), None) => double(x.ln()),
+        "LOG" if args.len() == 1 => arg(0).as_f64().map_or(Value::Null, |x| double(x.ln())),
+        "LOG" => match (arg(0).as_f64(), arg(1).as_f64()) {
             (Some(base), Some(x)) => double(x.ln() / base.ln()),
             _ => Value::Null,
         },
@@ -371,10 +374,11 @@ pub(crate) fn scalar(name: &str, args: &[Value]) -> Result<Value> {
     })
 }
 
-/// Rounds half away from zero at `places` decimals, as ksqlDB's ROUND does.
+/// Rounds to `places` decimals with halves going up, as ksqlDB's ROUND does.
 pub(crate) fn round_half_up(f: f64, places: i64) -> f64 {
     let scale = 10f64.powi(places as i32);
-    (f * scale).round() / scale
+    // Java's Math.round: halves go up (-1.5 to -1), and no negative zero.
+    ((f * scale + 0.5).floor() / scale) + 0.0
 }
 
 #[cfg(test)]
@@ -420,6 +424,11 @@ mod tests {
             )
             .unwrap(),
             v("x")
+        );
+        assert_eq!(
+            scalar("ROUND", &[Value::from(-1.5)]).unwrap(),
+            Value::from(-1),
+            "halves go up, as in Java"
         );
         assert_eq!(
             scalar("TRUNC", &[Value::from(-1.7)]).unwrap(),

@@ -245,12 +245,17 @@ impl Parser<'_> {
 
     fn expected(&self, what: &str) -> anyhow::Error {
         match self.tokens.get(self.at) {
-            Some((token, position)) => anyhow!(
-                "line {}: expected {what}, found {}",
-                line_of(self.sql, *position),
-                describe(token)
-            ),
-            None => anyhow!("expected {what} at the end of the statement"),
+            // ksqlDB's parse errors say `line L:C: Syntax Error`.
+            Some((token, position)) => {
+                let line_start = self.sql[..*position].rfind('\n').map_or(0, |i| i + 1);
+                anyhow!(
+                    "line {}:{}: Syntax Error\nexpected {what}, found {}",
+                    line_of(self.sql, *position),
+                    position - line_start + 1,
+                    describe(token)
+                )
+            }
+            None => anyhow!("Syntax Error\nexpected {what} at the end of the statement"),
         }
     }
 
@@ -409,7 +414,10 @@ impl Parser<'_> {
                 }
                 SqlType::Struct(fields)
             }
-            other => bail!("Unknown type: {other}"),
+            _ => {
+                self.at -= 1;
+                return Err(self.expected("a type"));
+            }
         })
     }
 
@@ -1116,6 +1124,9 @@ mod tests {
         let error = parse("CREATE STREAM S AS\nSELECT FROM t;")
             .unwrap_err()
             .to_string();
-        assert_eq!(error, "line 2: expected an expression, found 'FROM'");
+        assert_eq!(
+            error,
+            "line 2:8: Syntax Error\nexpected an expression, found 'FROM'"
+        );
     }
 }

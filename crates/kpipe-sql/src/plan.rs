@@ -75,6 +75,9 @@ pub(crate) fn output_columns(
         if let Expr::Qualified { .. } = expr {
             bail!("SELECT column '{expr}' cannot be resolved.");
         }
+        if let Expr::Literal(Value::Null) = expr {
+            bail!("Can't infer a type of null. Please explicitly cast it to a required type, e.g. CAST(null AS VARCHAR).");
+        }
         if let Expr::Column(c) = expr {
             let pseudo = PSEUDO_COLUMNS.contains(&c.as_str());
             if pseudo && alias.is_none() {
@@ -210,7 +213,9 @@ pub(crate) fn output_columns(
         bail!("The projection contains no value columns.");
     }
     for (i, (value, _)) in values.iter().enumerate() {
-        if values[..i].iter().any(|(v, _)| v.name == value.name) {
+        let clashes = values[..i].iter().any(|(v, _)| v.name == value.name)
+            || keys.iter().any(|(_, k, _)| k.name == value.name);
+        if clashes {
             bail!(
                 "Duplicate value columns found in schema: `{}` {}",
                 value.name,

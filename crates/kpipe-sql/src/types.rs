@@ -57,7 +57,11 @@ pub(crate) fn coerce(value: &Value, ty: &SqlType) -> Value {
         (
             SqlType::Int | SqlType::BigInt | SqlType::Timestamp | SqlType::Date | SqlType::Time,
             Value::Number(n),
-        ) => n.as_i64().map_or(Value::Null, Value::from),
+        ) => n
+            .as_i64()
+            // A fractional number is truncated, as Java's intValue() does.
+            .or_else(|| n.as_f64().map(|f| f.trunc() as i64))
+            .map_or(Value::Null, Value::from),
         (
             SqlType::Int | SqlType::BigInt | SqlType::Timestamp | SqlType::Date | SqlType::Time,
             Value::String(s),
@@ -180,14 +184,11 @@ pub(crate) fn type_of(expr: &Expr, columns: &[ColumnDef]) -> Result<SqlType> {
             otherwise,
             ..
         } => {
-            let mut result = SqlType::String;
-            for then in branches.iter().map(|(_, t)| t).chain(otherwise.as_deref()) {
-                if !is_null_literal(then) {
-                    result = of(then)?;
-                    break;
-                }
+            let mut results = branches.iter().map(|(_, t)| t).chain(otherwise.as_deref());
+            match results.find(|then| !is_null_literal(then)) {
+                Some(then) => of(then)?,
+                None => bail!("Invalid Case expression. All case branches have NULL type"),
             }
-            result
         }
         Expr::Cast { ty, .. } => ty.clone(),
         Expr::Subscript { base, .. } => match of(base)? {
@@ -221,11 +222,8 @@ pub(crate) fn type_of(expr: &Expr, columns: &[ColumnDef]) -> Result<SqlType> {
         Expr::Lambda { body, .. } => of(body)?,
         Expr::Function { name, args, .. } => {
             if is_aggregate(expr) {
-                let arg = match args.first() {
-                    Some(a) => Some(of(a)?),
-                    None => None,
-                };
-                aggregate_type(name, args, arg.as_ref())
+                let types = args.iter().map(of).collect::<Result<Vec<_>>>()?;
+                aggregate_type(name, args, &types)
             } else {
                 let types = args
                     .iter()
