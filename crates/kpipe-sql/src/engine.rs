@@ -21,6 +21,7 @@ use crate::plan::{
     check_grouping, check_no_aggregates, listing, output_columns, projection, unresolved_column,
     PSEUDO_COLUMNS,
 };
+use crate::types::coerce;
 
 /// A record as the engine sees it: key and value in their topic's logical
 /// form (a JSON value for JSON, a string for DELIMITED and KAFKA).
@@ -48,6 +49,8 @@ pub(crate) struct Source {
     pub(crate) wrap_single_value: bool,
     /// Whether keys carry a window (the source of WINDOWSTART and WINDOWEND).
     pub(crate) windowed: bool,
+    /// A `CREATE SOURCE` stream or table: nothing may write to or alter it.
+    pub(crate) read_only: bool,
 }
 
 /// A running CREATE ... AS SELECT.
@@ -88,6 +91,8 @@ pub struct Engine {
     queries: Vec<Query>,
     /// ksqlDB properties (`ksql.*`) for the queries started from now on.
     properties: HashMap<String, String>,
+    /// Records written by `INSERT INTO .. VALUES`, not yet taken.
+    inserted: Vec<Record>,
 }
 
 fn property<'a>(properties: &'a Properties, name: &str) -> Option<&'a Value> {
@@ -132,7 +137,17 @@ impl Engine {
                 name,
                 columns,
                 properties,
+                or_replace,
+                read_only,
             } => {
+                let replaced_read_only = self.sources.get(name).is_some_and(|s| s.read_only);
+                if *or_replace && (*read_only || replaced_read_only) {
+                    let kind = kind_name(*kind);
+                    bail!("Cannot add {kind} '{name}': CREATE OR REPLACE is not supported on source {kind}s.");
+                }
+                if *or_replace {
+                    self.sources.remove(name);
+                }
                 if let Some(c) = columns
                     .iter()
                     .find(|c| PSEUDO_COLUMNS.contains(&c.name.as_str()))
@@ -154,10 +169,37 @@ impl Engine {
                     value_format,
                     wrap_single_value: wrap_single_value(properties, value_format, columns)?,
                     windowed: window_type(properties)?,
+                    read_only: *read_only,
                 };
                 check_formats(&source)?;
                 self.add(name, source)
             }
+            Statement::Alter {
+                kind,
+                name,
+                columns,
+            } => {
+                let source = self
+                    .sources
+                    .get_mut(name)
+                    .ok_or_else(|| anyhow!("Source {name} does not exist."))?;
+                if source.read_only {
+                    let kind = kind_name(*kind);
+                    bail!("Cannot alter {kind} '{name}': ALTER operations are not supported on source {kind}s.");
+                }
+                for column in columns {
+                    if source.columns.iter().any(|c| c.name == column.name) {
+                        bail!("Cannot add column `{}` to schema. A column with the same name already exists.", column.name);
+                    }
+                    source.columns.push(column.clone());
+                }
+                Ok(())
+            }
+            Statement::InsertValues {
+                target,
+                columns,
+                values,
+            } => self.insert_values(target, columns.as_deref(), values),
             Statement::CreateAs {
                 kind,
                 name,
@@ -254,6 +296,7 @@ impl Engine {
                     value_format,
                     wrap_single_value,
                     windowed: from.windowed || select.window.is_some(),
+                    read_only: false,
                 };
                 check_formats(&sink)?;
                 self.add(name, sink)?;
@@ -275,6 +318,9 @@ impl Engine {
                     .ok_or_else(|| anyhow!("{target} does not exist."))?;
                 let (select, from, join) = resolve(select, &self.sources)?;
                 let (select, from) = (&select, &from);
+                if into.read_only && into.kind == SourceKind::Stream {
+                    bail!("Cannot insert into read-only stream: {target}");
+                }
                 if into.kind == SourceKind::Table {
                     bail!("INSERT INTO can only be used to insert into a stream. {target} is a table.");
                 }
@@ -315,6 +361,84 @@ impl Engine {
                 Ok(())
             }
         }
+    }
+
+    /// `INSERT INTO target VALUES (..)`: one record, written to the target's
+    /// topic and kept for `take_inserted` (the caller produces it).
+    fn insert_values(
+        &mut self,
+        target: &str,
+        columns: Option<&[String]>,
+        values: &[Expr],
+    ) -> Result<()> {
+        let Some(into) = self.sources.get(target) else {
+            let similar = self
+                .sources
+                .keys()
+                .find(|name| name.eq_ignore_ascii_case(target));
+            let hint = match similar {
+                Some(name) if *name == name.to_ascii_uppercase() => {
+                    format!("\nDid you mean {name}? Hint: try removing double quotes from the source name.")
+                }
+                Some(name) => format!(
+                    "\nDid you mean \"{name}\"? Hint: wrap the source name in double quotes to make it case-sensitive."
+                ),
+                None => String::new(),
+            };
+            bail!("Cannot insert values into an unknown stream/table: `{target}`{hint}");
+        };
+        if into.read_only {
+            bail!(
+                "Cannot insert values into read-only {}: {target}",
+                kind_name(into.kind)
+            );
+        }
+        let names: Vec<String> = match columns {
+            Some(names) => names.to_vec(),
+            None => into.columns.iter().map(|c| c.name.clone()).collect(),
+        };
+        if names.len() != values.len() {
+            bail!(
+                "Expected a value for each column. Expected Columns: [{}]. Got [{}]",
+                names.join(", "),
+                values
+                    .iter()
+                    .map(Expr::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        let mut row = Row::new();
+        for (name, value) in names.iter().zip(values) {
+            row.insert(name.clone(), eval(value, &Row::new(), &[])?);
+        }
+        let typed = |key: bool| -> Vec<(&ColumnDef, Value)> {
+            into.columns
+                .iter()
+                .filter(|c| c.key == key)
+                .map(|c| {
+                    let value = row.get(&c.name).map_or(Value::Null, |v| coerce(v, &c.ty));
+                    (c, value)
+                })
+                .collect()
+        };
+        let record = Record {
+            topic: into.topic.clone(),
+            key: encode_key(into.key_format, &typed(true)),
+            value: encode_value(into, &typed(false)),
+            timestamp: row.get("ROWTIME").and_then(Value::as_i64).unwrap_or(0),
+            window: None,
+            partition: 0,
+            offset: 0,
+        };
+        self.inserted.push(record);
+        Ok(())
+    }
+
+    /// The records `INSERT INTO .. VALUES` statements wrote since the last
+    /// call, for the caller to produce to their topics (and feed to `process`).
+    pub fn take_inserted(&mut self) -> Vec<Record> {
+        std::mem::take(&mut self.inserted)
     }
 
     fn add(&mut self, name: &str, source: Source) -> Result<()> {
@@ -783,6 +907,13 @@ fn wrap_single_value(
         bail!("'WRAP_SINGLE_VALUE' is only valid for single-field value schemas");
     }
     Ok(wrap)
+}
+
+fn kind_name(kind: SourceKind) -> &'static str {
+    match kind {
+        SourceKind::Stream => "stream",
+        SourceKind::Table => "table",
+    }
 }
 
 /// Whether `WINDOW_TYPE` declares a windowed source; `WINDOW_SIZE` must
@@ -1520,5 +1651,36 @@ mod tests {
                 serde_json::json!({"S_K": "k", "T_ID": null, "T_NAME": null})
             )]
         );
+    }
+
+    #[test]
+    fn insert_values_writes_a_record_and_source_streams_are_read_only() {
+        let mut engine = Engine::default();
+        for s in parse(
+            "CREATE STREAM S (ID INT KEY, NAME STRING) WITH (kafka_topic='s', value_format='JSON');
+             INSERT INTO S (ID, NAME) VALUES (1, 'a');
+             CREATE SOURCE STREAM R (ID INT KEY, NAME STRING) WITH (kafka_topic='r', value_format='JSON');",
+        )
+        .unwrap()
+        {
+            engine.execute(&s).unwrap();
+        }
+        let inserted = engine.take_inserted();
+        assert_eq!(
+            (inserted[0].key.clone(), inserted[0].value.clone()),
+            (Value::from(1), serde_json::json!({"NAME": "a"}))
+        );
+        for (sql, error) in [
+            ("INSERT INTO R VALUES (1, 'b');", "Cannot insert values into read-only stream: R"),
+            ("INSERT INTO \"r\" VALUES (1, 'b');", "Cannot insert values into an unknown stream/table: `r`\nDid you mean R?"),
+            ("ALTER STREAM R ADD COLUMN X INT;", "Cannot alter stream 'R': ALTER operations are not supported on source streams."),
+            (
+                "CREATE OR REPLACE STREAM R (ID INT KEY) WITH (kafka_topic='r', value_format='JSON');",
+                "Cannot add stream 'R': CREATE OR REPLACE is not supported on source streams.",
+            ),
+        ] {
+            let message = engine.execute(&parse(sql).unwrap()[0]).unwrap_err().to_string();
+            assert!(message.starts_with(error), "{sql}: {message}");
+        }
     }
 }

@@ -50,6 +50,10 @@ pub enum Statement {
         name: String,
         columns: Vec<ColumnDef>,
         properties: Properties,
+        /// `CREATE OR REPLACE`: redefine an existing stream or table.
+        or_replace: bool,
+        /// `CREATE SOURCE`: read-only, no INSERT, ALTER or REPLACE.
+        read_only: bool,
     },
     CreateAs {
         kind: SourceKind,
@@ -59,6 +63,18 @@ pub enum Statement {
     },
     /// `INSERT INTO target SELECT ...`: another query writing into a stream.
     InsertInto { target: String, select: Select },
+    /// `INSERT INTO target [(columns)] VALUES (values)`: one record.
+    InsertValues {
+        target: String,
+        columns: Option<Vec<String>>,
+        values: Vec<Expr>,
+    },
+    /// `ALTER STREAM|TABLE name ADD [COLUMN] name type, ...`.
+    Alter {
+        kind: SourceKind,
+        name: String,
+        columns: Vec<ColumnDef>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -244,18 +260,26 @@ impl Parser<'_> {
     }
 
     fn expected(&self, what: &str) -> anyhow::Error {
+        let found = self.tokens.get(self.at).map(|(t, _)| describe(t));
+        self.syntax_error(&match found {
+            Some(found) => format!("expected {what}, found {found}"),
+            None => format!("expected {what} at the end of the statement"),
+        })
+    }
+
+    /// A parse error as ksqlDB words them: `line L:C: Syntax Error` and the detail.
+    fn syntax_error(&self, detail: &str) -> anyhow::Error {
         match self.tokens.get(self.at) {
             // ksqlDB's parse errors say `line L:C: Syntax Error`.
-            Some((token, position)) => {
+            Some((_, position)) => {
                 let line_start = self.sql[..*position].rfind('\n').map_or(0, |i| i + 1);
                 anyhow!(
-                    "line {}:{}: Syntax Error\nexpected {what}, found {}",
+                    "line {}:{}: Syntax Error\n{detail}",
                     line_of(self.sql, *position),
                     position - line_start + 1,
-                    describe(token)
                 )
             }
-            None => anyhow!("Syntax Error\nexpected {what} at the end of the statement"),
+            None => anyhow!("Syntax Error\n{detail}"),
         }
     }
 
@@ -281,10 +305,10 @@ impl Parser<'_> {
 
     fn expect_symbol(&mut self, symbol: &str) -> Result<()> {
         if self.eat_symbol(symbol) {
-            Ok(())
-        } else {
-            Err(self.expected(&format!("'{symbol}'")))
+            return Ok(());
         }
+        let found = self.peek().map_or_else(|| "the end".to_string(), describe);
+        Err(self.syntax_error(&format!("missing '{symbol}' at {found}")))
     }
 
     fn identifier(&mut self, what: &str) -> Result<String> {
@@ -303,17 +327,25 @@ impl Parser<'_> {
             self.expect("INTO")?;
             let target = self.identifier("a stream name")?;
             if self.peek_is("VALUES") || self.peek() == Some(&Token::Symbol("(")) {
-                bail!("INSERT INTO ... VALUES is not supported yet");
+                return self.insert_values(target);
             }
             return Ok(Statement::InsertInto {
                 target,
                 select: self.select()?,
             });
         }
+        if self.eat("ALTER") {
+            return self.alter();
+        }
         if !self.peek_is("CREATE") {
             return Err(self.expected("CREATE or INSERT"));
         }
         self.expect("CREATE")?;
+        let or_replace = self.eat("OR");
+        if or_replace {
+            self.expect("REPLACE")?;
+        }
+        let read_only = self.eat("SOURCE");
         let kind = if self.eat("STREAM") {
             SourceKind::Stream
         } else if self.eat("TABLE") {
@@ -330,7 +362,12 @@ impl Parser<'_> {
                 name,
                 columns,
                 properties,
+                or_replace,
+                read_only,
             });
+        }
+        if or_replace || read_only {
+            bail!("CREATE OR REPLACE and CREATE SOURCE take a column list");
         }
         let properties = self.properties()?;
         self.expect("AS")?;
@@ -341,6 +378,62 @@ impl Parser<'_> {
             properties,
             select,
         })
+    }
+
+    /// `[(columns)] VALUES (values)` after `INSERT INTO target`.
+    fn insert_values(&mut self, target: String) -> Result<Statement> {
+        let columns = if self.eat_symbol("(") {
+            let mut names = vec![self.identifier("a column name")?];
+            while self.eat_symbol(",") {
+                names.push(self.identifier("a column name")?);
+            }
+            self.expect_symbol(")")?;
+            Some(names)
+        } else {
+            None
+        };
+        self.expect("VALUES")?;
+        self.expect_symbol("(")?;
+        let mut values = vec![self.expr()?];
+        while self.eat_symbol(",") {
+            values.push(self.expr()?);
+        }
+        self.expect_symbol(")")?;
+        Ok(Statement::InsertValues {
+            target,
+            columns,
+            values,
+        })
+    }
+
+    /// `STREAM|TABLE name ADD [COLUMN] name type, ...` after `ALTER`.
+    fn alter(&mut self) -> Result<Statement> {
+        let kind = if self.eat("STREAM") {
+            SourceKind::Stream
+        } else if self.eat("TABLE") {
+            SourceKind::Table
+        } else {
+            return Err(self.expected("STREAM or TABLE"));
+        };
+        let name = self.identifier("a name")?;
+        let mut columns = Vec::new();
+        loop {
+            self.expect("ADD")?;
+            self.eat("COLUMN");
+            let column = self.identifier("a column name")?;
+            columns.push(ColumnDef {
+                name: column,
+                ty: self.sql_type()?,
+                key: false,
+            });
+            if !self.eat_symbol(",") {
+                return Ok(Statement::Alter {
+                    kind,
+                    name,
+                    columns,
+                });
+            }
+        }
     }
 
     fn columns(&mut self) -> Result<Vec<ColumnDef>> {

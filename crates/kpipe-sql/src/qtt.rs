@@ -91,21 +91,25 @@ fn run_test(test: &Value, format: Option<&str>) -> Result<(), String> {
             .map_or_else(|| value.to_string(), String::from);
         engine.set_property(name, &value);
     }
+    // One script, a statement a line, as ksqlDB's runner has it (so parse
+    // errors name the same line).
+    let mut script = Vec::new();
     for statement in test["statements"].as_array().into_iter().flatten() {
-        let mut sql = statement.as_str().unwrap_or_default().to_string();
-        if let Some(format) = format {
-            sql = sql.replace("{FORMAT}", format);
-        }
-        let result = parse(&sql)
-            .and_then(|statements| statements.iter().try_for_each(|s| engine.execute(s)));
-        if let Err(error) = result {
-            let error = error.to_string();
-            return match expected_error {
-                Some(expected) if error.contains(expected) => Ok(()),
-                Some(expected) => Err(format!("expected the error {expected:?}, got {error:?}")),
-                None => Err(error),
-            };
-        }
+        let sql = statement.as_str().unwrap_or_default();
+        script.push(match format {
+            Some(format) => sql.replace("{FORMAT}", format),
+            None => sql.to_string(),
+        });
+    }
+    let result = parse(&script.join("\n"))
+        .and_then(|statements| statements.iter().try_for_each(|s| engine.execute(s)));
+    if let Err(error) = result {
+        let error = error.to_string();
+        return match expected_error {
+            Some(expected) if error.contains(expected) => Ok(()),
+            Some(expected) => Err(format!("expected the error {expected:?}, got {error:?}")),
+            None => Err(error),
+        };
     }
     if let Some(expected) = expected_error {
         return Err(format!(
@@ -113,6 +117,10 @@ fn run_test(test: &Value, format: Option<&str>) -> Result<(), String> {
         ));
     }
     let mut produced: Vec<Record> = Vec::new();
+    // Records of INSERT INTO .. VALUES reach their topics before the inputs.
+    for record in engine.take_inserted() {
+        produced.extend(engine.process(&record).map_err(|e| e.to_string())?);
+    }
     // Offsets per (topic, partition), as a broker would assign them.
     let mut offsets: std::collections::HashMap<(String, i32), i64> = Default::default();
     for input in test["inputs"].as_array().into_iter().flatten() {
