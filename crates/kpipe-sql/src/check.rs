@@ -20,10 +20,34 @@ pub(crate) fn check_condition(clause: &str, condition: &Expr, columns: &[ColumnD
     Ok(())
 }
 
-/// Checks a selected expression: its IN lists, and no comparison of two nulls.
+/// Checks a selected expression: its IN lists and CASTs, and no comparison
+/// of two nulls.
 pub(crate) fn check_selected(expr: &Expr, columns: &[ColumnDef]) -> Result<()> {
     check_null_comparisons(expr)?;
+    check_casts(expr, columns)?;
     check_in_lists(expr, columns)
+}
+
+/// Refuses CASTs between a collection or struct and another kind of type
+/// (any type may become a STRING).
+fn check_casts(expr: &Expr, columns: &[ColumnDef]) -> Result<()> {
+    if let Expr::Cast { expr: inner, ty } = expr {
+        let from = type_of(inner, columns)?;
+        let same_kind = std::mem::discriminant(&from) == std::mem::discriminant(ty);
+        let convertible = (from.is_primitive() && ty.is_primitive())
+            || *ty == SqlType::String
+            || same_kind
+            || matches!(**inner, Expr::Literal(Value::Null));
+        if !convertible {
+            bail!("Invalid Select: Cast of {from} to {ty} is not supported");
+        }
+    }
+    if matches!(expr, Expr::Lambda { .. }) {
+        return Ok(());
+    }
+    children(expr)
+        .into_iter()
+        .try_for_each(|child| check_casts(child, columns))
 }
 
 fn check_null_comparisons(expr: &Expr) -> Result<()> {

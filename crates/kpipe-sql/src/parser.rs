@@ -267,20 +267,27 @@ impl Parser<'_> {
         })
     }
 
+    /// `line L:C` of the current token (or the end), C counted from
+    /// `first_column`, as ksqlDB's messages place errors.
+    fn location(&self, first_column: usize) -> String {
+        let position = self.tokens.get(self.at).map_or(self.sql.len(), |(_, p)| *p);
+        let line_start = self.sql[..position].rfind('\n').map_or(0, |i| i + 1);
+        format!(
+            "line {}:{}",
+            line_of(self.sql, position),
+            position - line_start + first_column
+        )
+    }
+
+    /// An error found preparing the statement, at the current token (whose
+    /// column ksqlDB counts from 2 in these messages).
+    fn prepare_error(&self, error: anyhow::Error) -> anyhow::Error {
+        anyhow!("Failed to prepare statement: {}: {error}", self.location(2))
+    }
+
     /// A parse error as ksqlDB words them: `line L:C: Syntax Error` and the detail.
     fn syntax_error(&self, detail: &str) -> anyhow::Error {
-        match self.tokens.get(self.at) {
-            // ksqlDB's parse errors say `line L:C: Syntax Error`.
-            Some((_, position)) => {
-                let line_start = self.sql[..*position].rfind('\n').map_or(0, |i| i + 1);
-                anyhow!(
-                    "line {}:{}: Syntax Error\n{detail}",
-                    line_of(self.sql, *position),
-                    position - line_start + 1,
-                )
-            }
-            None => anyhow!("Syntax Error\n{detail}"),
-        }
+        anyhow!("{}: Syntax Error\n{detail}", self.location(1))
     }
 
     fn eat(&mut self, keyword: &str) -> bool {
@@ -891,6 +898,12 @@ impl Parser<'_> {
 
     fn unary(&mut self) -> Result<Expr> {
         if self.eat_symbol("-") {
+            // `-9223372036854775808` is a literal, not the negation of one too large.
+            if let Some(Token::Number(n)) = self.peek().cloned() {
+                let literal = number(&format!("-{n}")).map_err(|e| self.prepare_error(e))?;
+                self.at += 1;
+                return Ok(Expr::Literal(literal));
+            }
             return Ok(Expr::Negate(Box::new(self.unary()?)));
         }
         self.postfix()
@@ -977,7 +990,10 @@ impl Parser<'_> {
         self.at += 1;
         Ok(match token {
             Token::Number(n) => {
-                Expr::Literal(number(&n).ok_or_else(|| anyhow!("{n} is not a number"))?)
+                self.at -= 1;
+                let literal = number(&n).map_err(|e| self.prepare_error(e))?;
+                self.at += 1;
+                Expr::Literal(literal)
             }
             Token::Text(s) => Expr::Literal(Value::String(s)),
             Token::Symbol("(") => {
@@ -1115,13 +1131,23 @@ const RESERVED: [&str; 16] = [
     "WHEN", "THEN", "ELSE", "END", "LIKE",
 ];
 
-fn number(text: &str) -> Option<Value> {
-    if let Ok(n) = text.parse::<i64>() {
-        return Some(Value::from(n));
+/// A numeric literal's value: a BIGINT when it is whole, else a DOUBLE;
+/// what does not fit is refused in ksqlDB's words.
+fn number(text: &str) -> Result<Value> {
+    let whole = !text.contains(['.', 'e', 'E']);
+    if whole {
+        return text
+            .parse::<i64>()
+            .map(Value::from)
+            .map_err(|_| anyhow!("Invalid numeric literal: {text}"));
     }
-    text.parse::<f64>()
-        .ok()
-        .and_then(|f| serde_json::Number::from_f64(f).map(Value::Number))
+    let f: f64 = text
+        .parse()
+        .map_err(|_| anyhow!("Invalid numeric literal: {text}"))?;
+    serde_json::Number::from_f64(f)
+        .filter(|_| f.is_finite())
+        .map(Value::Number)
+        .ok_or_else(|| anyhow!("Number overflows DOUBLE: {text}"))
 }
 
 fn describe(token: &Token) -> String {
@@ -1220,6 +1246,28 @@ mod tests {
         assert_eq!(
             error,
             "line 2:8: Syntax Error\nexpected an expression, found 'FROM'"
+        );
+    }
+
+    #[test]
+    fn numeric_literals_that_do_not_fit_are_refused() {
+        let error = |sql: &str| parse(sql).unwrap_err().to_string();
+        assert_eq!(
+            error("CREATE STREAM S AS SELECT 9223372036854775808 FROM T;"),
+            "Failed to prepare statement: line 1:28: Invalid numeric literal: 9223372036854775808"
+        );
+        assert!(error("CREATE STREAM S AS SELECT 1e999 FROM T;")
+            .ends_with("Number overflows DOUBLE: 1e999"));
+        let smallest = parse("CREATE STREAM S AS SELECT -9223372036854775808 FROM T;").unwrap();
+        let Statement::CreateAs { select, .. } = &smallest[0] else {
+            panic!()
+        };
+        assert_eq!(
+            select.items[0],
+            SelectItem::Expr {
+                expr: Expr::Literal(Value::from(i64::MIN)),
+                alias: None
+            }
         );
     }
 }
