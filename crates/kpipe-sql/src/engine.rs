@@ -1289,7 +1289,8 @@ mod tests {
         for s in parse(
             "CREATE STREAM I (K STRING KEY, V INT, N STRING) WITH (kafka_topic='t', value_format='JSON');
              CREATE STREAM O AS SELECT K, CASE WHEN V < 10 THEN 'small' WHEN V < 100 THEN 'medium' ELSE 'large' END AS SIZE,
-               CAST(V AS STRING) AS S, CAST(V AS DOUBLE) / 4 AS Q, N LIKE 'a_c%' AS M FROM I;",
+               CAST(V AS STRING) AS S, CAST(V AS DOUBLE) / 4 AS Q, N LIKE 'a_c%' AS M,
+               N LIKE 'a!_c%' ESCAPE '!' AS E FROM I;",
         )
         .unwrap()
         {
@@ -1308,7 +1309,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             out[0].value,
-            serde_json::json!({"SIZE": "medium", "S": "50", "Q": 12.5, "M": true})
+            serde_json::json!({"SIZE": "medium", "S": "50", "Q": 12.5, "M": true, "E": false})
         );
     }
 

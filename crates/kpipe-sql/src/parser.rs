@@ -127,7 +127,12 @@ pub struct Window {
 #[derive(Debug, Clone, PartialEq)]
 pub enum SelectItem {
     All,
-    Expr { expr: Expr, alias: Option<String> },
+    /// `source.*`: every column of one source.
+    AllOf(String),
+    Expr {
+        expr: Expr,
+        alias: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,6 +188,8 @@ pub enum Expr {
         expr: Box<Expr>,
         pattern: Box<Expr>,
         negated: bool,
+        /// `ESCAPE 'c'`: the character that makes the next `%` or `_` literal.
+        escape: Option<char>,
     },
     /// `base[index]`: an array element (from 1; negative from the end) or a map value.
     Subscript {
@@ -559,8 +566,16 @@ impl Parser<'_> {
         self.expect("SELECT")?;
         let mut items = Vec::new();
         loop {
+            let qualified_star = matches!(
+                (self.tokens.get(self.at + 1), self.tokens.get(self.at + 2)),
+                (Some((Token::Symbol("."), _)), Some((Token::Symbol("*"), _)))
+            );
             if self.eat_symbol("*") {
                 items.push(SelectItem::All);
+            } else if qualified_star {
+                let source = self.identifier("a source name")?;
+                self.at += 2;
+                items.push(SelectItem::AllOf(source));
             } else {
                 let expr = self.expr()?;
                 // `expr AS name`, or just `expr name`.
@@ -857,10 +872,23 @@ impl Parser<'_> {
             });
         }
         if self.eat("LIKE") {
+            let pattern = Box::new(self.additive()?);
+            let escape = if self.eat("ESCAPE") {
+                match self.peek().cloned() {
+                    Some(Token::Text(text)) if text.chars().count() == 1 => {
+                        self.at += 1;
+                        text.chars().next()
+                    }
+                    _ => return Err(self.expected("one character in quotes after ESCAPE")),
+                }
+            } else {
+                None
+            };
             return Ok(Expr::Like {
                 expr: Box::new(left),
-                pattern: Box::new(self.additive()?),
+                pattern,
                 negated,
+                escape,
             });
         }
         if negated {
@@ -1236,6 +1264,11 @@ mod tests {
             (JoinKind::Left, Some("X"), Some((1000, 2000)))
         );
         assert_eq!(select.joins[1].kind, JoinKind::Inner);
+        let statements = parse("CREATE STREAM S AS SELECT i.* FROM input i;").unwrap();
+        let Statement::CreateAs { select, .. } = &statements[0] else {
+            panic!()
+        };
+        assert_eq!(select.items, [SelectItem::AllOf("I".into())]);
     }
 
     #[test]

@@ -28,6 +28,13 @@ pub(crate) fn projection(select: &Select, from: &Source) -> Vec<(Expr, Option<St
                     .iter()
                     .map(|c| (Expr::Column(c.name.clone()), None)),
             ),
+            // A join's columns of one source (single sources resolve `x.*` to `*`).
+            SelectItem::AllOf(source) => items.extend(
+                from.columns
+                    .iter()
+                    .filter(|c| c.name.starts_with(&format!("{source}_")))
+                    .map(|c| (Expr::Column(c.name.clone()), None)),
+            ),
             SelectItem::Expr { expr, alias } => items.push((expr.clone(), alias.clone())),
         }
     }
@@ -477,10 +484,12 @@ impl fmt::Display for Expr {
                 expr,
                 pattern,
                 negated,
+                escape,
             } => {
+                let escape = escape.map(|c| format!(" ESCAPE '{c}'")).unwrap_or_default();
                 write!(
                     f,
-                    "({expr} {}LIKE {pattern})",
+                    "({expr} {}LIKE {pattern}{escape})",
                     if *negated { "NOT " } else { "" }
                 )
             }
