@@ -57,6 +57,8 @@ pub(crate) const SCALARS: &[&str] = &[
     "CONCAT_WS",
     "RANDOM",
     "EXTRACTJSONFIELD",
+    "TIMESTAMPTOSTRING",
+    "FORMAT_TIMESTAMP",
 ];
 
 /// The type a scalar function returns for arguments of `args`' types (a
@@ -72,7 +74,7 @@ pub(crate) fn return_type(name: &str, args: &[SqlType]) -> Result<SqlType> {
     Ok(match name {
         "LEN" | "SIGN" | "ARRAY_LENGTH" | "INSTR" => SqlType::Int,
         "CONCAT" | "CONCAT_WS" | "INITCAP" | "LCASE" | "UCASE" | "TRIM" | "SUBSTRING"
-        | "EXTRACTJSONFIELD" => SqlType::String,
+        | "EXTRACTJSONFIELD" | "TIMESTAMPTOSTRING" | "FORMAT_TIMESTAMP" => SqlType::String,
         "ARRAY_MIN" | "ARRAY_MAX" => match arg(0) {
             SqlType::Array(element) => *element,
             other => other,
@@ -247,6 +249,18 @@ pub(crate) fn scalar(name: &str, args: &[Value]) -> Result<Value> {
                     .find(&needle)
                     .map_or(0, |byte| haystack[..byte].chars().count() + 1),
             )
+        }
+        // Epoch milliseconds (a TIMESTAMP is one too) in a Java pattern and zone.
+        "TIMESTAMPTOSTRING" | "FORMAT_TIMESTAMP" => {
+            let (Some(millis), Some(pattern)) = (arg(0).as_i64(), text(&arg(1))) else {
+                return Ok(Value::Null);
+            };
+            let zone = text(&arg(2));
+            Value::from(crate::time::format_millis(
+                millis,
+                &pattern,
+                zone.as_deref(),
+            )?)
         }
         "EXTRACTJSONFIELD" => {
             let (Some(json), Some(path)) = (text(&arg(0)), text(&arg(1))) else {

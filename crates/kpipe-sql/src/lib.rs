@@ -23,4 +23,5 @@ pub mod lexer;
 pub mod parser;
 mod plan;
 pub mod qtt;
+mod time;
 mod types;
