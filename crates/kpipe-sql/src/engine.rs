@@ -332,7 +332,7 @@ impl Engine {
                     && outputs
                         .iter()
                         .zip(&into.columns)
-                        .all(|((a, _), b)| a.name == b.name && a.key == b.key);
+                        .all(|((a, _), b)| a.name == b.name && a.key == b.key && a.ty == b.ty);
                 if !same {
                     let describe = |columns: &mut dyn Iterator<Item = &ColumnDef>| {
                         columns

@@ -135,7 +135,11 @@ fn random_fraction() -> f64 {
 /// EXTRACTJSONFIELD: the value at a JSONPath like `$.a.b[0]` in JSON text;
 /// text values come back unquoted, others as JSON text.
 fn extract_json_field(json: &str, path: &str) -> Value {
-    let Ok(mut value) = serde_json::from_str::<Value>(json) else {
+    // The first JSON value in the text; anything after it is ignored, as Jackson does.
+    let first = serde_json::Deserializer::from_str(json)
+        .into_iter::<Value>()
+        .next();
+    let Some(Ok(mut value)) = first else {
         return Value::Null;
     };
     let Some(path) = path.strip_prefix('$') else {
@@ -443,6 +447,11 @@ mod tests {
             scalar("ROUND", &[Value::from(-1.5)]).unwrap(),
             Value::from(-1),
             "halves go up, as in Java"
+        );
+        assert_eq!(
+            scalar("EXTRACTJSONFIELD", &[v(r#"{"a": 1}}"#), v("$.a")]).unwrap(),
+            v("1"),
+            "text after the JSON value is ignored"
         );
         assert_eq!(
             scalar("TRUNC", &[Value::from(-1.7)]).unwrap(),

@@ -729,6 +729,11 @@ impl Parser<'_> {
     }
 
     fn window(&mut self) -> Result<Window> {
+        // An optional window name: `WINDOW w TUMBLING (..)`.
+        let named = matches!(self.tokens.get(self.at + 1), Some((t, _)) if ["TUMBLING", "HOPPING", "SESSION"].iter().any(|k| t.is(k)));
+        if named && matches!(self.peek(), Some(Token::Word { .. })) {
+            self.at += 1;
+        }
         let session = self.eat("SESSION");
         let hopping = if session || self.eat("TUMBLING") {
             false
@@ -1269,6 +1274,14 @@ mod tests {
             panic!()
         };
         assert_eq!(select.items, [SelectItem::AllOf("I".into())]);
+        let statements = parse(
+            "CREATE TABLE T AS SELECT COUNT(*) FROM s WINDOW w SESSION (1 SECOND) GROUP BY k;",
+        )
+        .unwrap();
+        let Statement::CreateAs { select, .. } = &statements[0] else {
+            panic!()
+        };
+        assert!(select.window.is_some_and(|w| w.session), "a named window");
     }
 
     #[test]
