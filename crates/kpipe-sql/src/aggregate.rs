@@ -5,7 +5,7 @@ use anyhow::{bail, Result};
 use serde_json::Value;
 
 use crate::eval::{arithmetic, compare, eval, Row};
-use crate::functions::{double, text, SCALARS};
+use crate::functions::{double, is_scalar, text};
 use crate::parser::{BinaryOp, Expr, SqlType};
 use crate::plan::children;
 
@@ -138,7 +138,7 @@ pub(crate) fn aggregate_calls(expr: &Expr, calls: &mut Vec<Expr>) -> Result<()> 
         return Ok(());
     }
     if let Expr::Function { name, .. } = expr {
-        if !SCALARS.contains(&name.as_str()) {
+        if !is_scalar(name) {
             bail!("Can't find any functions with the name '{name}'");
         }
     }

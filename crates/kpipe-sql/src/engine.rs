@@ -564,7 +564,7 @@ fn stream_row(
         ..
     } = query;
     let Some(aggregation) = aggregation else {
-        let mut projected = project(outputs, sink, row, &[], timestamp)?;
+        let mut projected = project(outputs, sink, row, &[], None, timestamp)?;
         projected.window = window;
         return Ok(vec![projected]);
     };
@@ -746,7 +746,14 @@ fn table_update(
     };
     let Some(aggregation) = &mut query.aggregation else {
         return Ok(match (new_row, old_row) {
-            (Some(row), _) => vec![project(&query.outputs, sink, &row, &[], record.timestamp)?],
+            (Some(row), _) => vec![project(
+                &query.outputs,
+                sink,
+                &row,
+                &[],
+                None,
+                record.timestamp,
+            )?],
             (None, Some(row)) => vec![Record {
                 topic: sink.topic.clone(),
                 key: project_key(&query.outputs, sink, &row),
@@ -843,7 +850,15 @@ fn emit(
     };
     if kept {
         aggregation.emitted.insert(target.id.to_string());
-        let mut record = project(query.outputs, query.sink, &row, &results, target.timestamp)?;
+        let group = target.group.as_array().map(Vec::as_slice);
+        let mut record = project(
+            query.outputs,
+            query.sink,
+            &row,
+            &results,
+            group,
+            target.timestamp,
+        )?;
         record.window = target.window;
         return Ok(Some(record));
     }
@@ -1075,23 +1090,29 @@ fn formats(properties: &Properties, inherit: Option<&Source>) -> Result<(Format,
 }
 
 /// The sink record for `row`: every output column computed, keys into the
-/// key and the rest into the value, in the sink's formats.
+/// key and the rest into the value, in the sink's formats. A group's key
+/// columns take the values it was grouped by (`group`, in key order), so no
+/// expression is evaluated twice for one row.
 fn project(
     outputs: &[(ColumnDef, Expr)],
     sink: &Source,
     row: &Row,
     aggregates: &[(Expr, Value)],
+    group: Option<&[Value]>,
     timestamp: i64,
 ) -> Result<Record> {
     let mut keys = Vec::new();
     let mut values = Vec::new();
     for (column, expr) in outputs {
-        let value = eval(expr, row, aggregates)?;
-        if column.key {
-            keys.push((column, value));
-        } else {
-            values.push((column, value));
+        if !column.key {
+            values.push((column, eval(expr, row, aggregates)?));
+            continue;
         }
+        let value = match group.and_then(|g| g.get(keys.len())) {
+            Some(grouped) => grouped.clone(),
+            None => eval(expr, row, aggregates)?,
+        };
+        keys.push((column, value));
     }
     Ok(Record {
         topic: sink.topic.clone(),

@@ -4,6 +4,8 @@ use anyhow::{bail, Result};
 use serde_json::Value;
 
 use std::cmp::Ordering;
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock, RwLock};
 
 use crate::eval::compare;
 use crate::parser::SqlType;
@@ -61,9 +63,52 @@ pub(crate) const SCALARS: &[&str] = &[
     "FORMAT_TIMESTAMP",
 ];
 
+/// A function body: argument values in, a value out (or a failure that drops the row).
+pub(crate) type FunctionBody = Box<dyn Fn(&[Value]) -> Result<Value> + Send + Sync>;
+
+/// A scalar function added at run time, as ksqlDB loads UDFs: its return
+/// type for given argument types, and its body.
+pub(crate) struct UserFunction {
+    pub(crate) return_type: fn(&[SqlType]) -> SqlType,
+    pub(crate) call: FunctionBody,
+}
+
+type UserFunctions = RwLock<HashMap<String, Arc<UserFunction>>>;
+
+/// The functions added at run time, by (upper-case) name; like ksqlDB's
+/// function registry, one for the process.
+fn user_functions() -> &'static UserFunctions {
+    static FUNCTIONS: OnceLock<UserFunctions> = OnceLock::new();
+    FUNCTIONS.get_or_init(Default::default)
+}
+
+/// Adds (or replaces) a scalar function.
+pub(crate) fn register(name: &str, function: UserFunction) {
+    user_functions()
+        .write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .insert(name.to_ascii_uppercase(), Arc::new(function));
+}
+
+fn user_function(name: &str) -> Option<Arc<UserFunction>> {
+    user_functions()
+        .read()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .get(name)
+        .cloned()
+}
+
+/// Whether `name` is a scalar function, built in or added.
+pub(crate) fn is_scalar(name: &str) -> bool {
+    SCALARS.contains(&name) || user_function(name).is_some()
+}
+
 /// The type a scalar function returns for arguments of `args`' types (a
 /// lambda's type is its body's).
 pub(crate) fn return_type(name: &str, args: &[SqlType]) -> Result<SqlType> {
+    if let Some(function) = user_function(name) {
+        return Ok((function.return_type)(args));
+    }
     if !SCALARS.contains(&name) {
         bail!("Can't find any functions with the name '{name}'");
     }
@@ -170,6 +215,9 @@ fn extract_json_field(json: &str, path: &str) -> Value {
 
 /// A scalar function of ksqlDB's library; null in, null out unless it says otherwise.
 pub(crate) fn scalar(name: &str, args: &[Value]) -> Result<Value> {
+    if let Some(function) = user_function(name) {
+        return (function.call)(args);
+    }
     if !SCALARS.contains(&name) {
         bail!("Can't find any functions with the name '{name}'");
     }
@@ -456,6 +504,26 @@ mod tests {
         assert_eq!(
             scalar("TRUNC", &[Value::from(-1.7)]).unwrap(),
             Value::from(-1)
+        );
+    }
+
+    #[test]
+    fn functions_added_at_run_time_are_called_and_typed() {
+        register(
+            "TWICE_FOR_TEST",
+            UserFunction {
+                return_type: |_| SqlType::BigInt,
+                call: Box::new(|args| Ok(Value::from(args[0].as_i64().unwrap_or(0) * 2))),
+            },
+        );
+        assert!(is_scalar("TWICE_FOR_TEST"));
+        assert_eq!(
+            scalar("TWICE_FOR_TEST", &[Value::from(21)]).unwrap(),
+            Value::from(42)
+        );
+        assert_eq!(
+            return_type("TWICE_FOR_TEST", &[SqlType::Int]).unwrap(),
+            SqlType::BigInt
         );
     }
 }

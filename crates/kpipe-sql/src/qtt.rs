@@ -5,11 +5,14 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
 use crate::engine::{Engine, Record};
-use crate::parser::parse;
+use crate::functions::{register, UserFunction};
+use crate::parser::{parse, SqlType};
 
 /// One run of one test.
 #[derive(Debug, Clone, PartialEq)]
@@ -82,7 +85,41 @@ fn strip_comments(text: &str) -> String {
     out
 }
 
+/// The test functions ksqlDB's QTT harness loads, which some tests call;
+/// registered afresh for each test, as their state is the test's.
+fn register_test_functions() {
+    // BAD_UDF: given text, null on every other call (the first included);
+    // given a number, it fails.
+    let calls = AtomicUsize::new(0);
+    register(
+        "BAD_UDF",
+        UserFunction {
+            return_type: |args| args.first().cloned().unwrap_or(SqlType::String),
+            call: Box::new(move |args| match args.first() {
+                Some(Value::Number(_)) => bail!("BAD_UDF fails for numbers"),
+                Some(value) if calls.fetch_add(1, Ordering::Relaxed) % 2 == 1 => Ok(value.clone()),
+                _ => Ok(Value::Null),
+            }),
+        },
+    );
+    // WHENCONDITION and WHENRESULT: their first argument, failing when the
+    // second is false (to show CASE evaluates only the branch it takes).
+    for name in ["WHENCONDITION", "WHENRESULT"] {
+        register(
+            name,
+            UserFunction {
+                return_type: |args| args.first().cloned().unwrap_or(SqlType::Boolean),
+                call: Box::new(|args| match args {
+                    [value, Value::Bool(true)] => Ok(value.clone()),
+                    _ => bail!("evaluated although its branch was not taken"),
+                }),
+            },
+        );
+    }
+}
+
 fn run_test(test: &Value, format: Option<&str>) -> Result<(), String> {
+    register_test_functions();
     let expected_error = test["expectedException"]["message"].as_str();
     let mut engine = Engine::default();
     for (name, value) in test["properties"].as_object().into_iter().flatten() {
