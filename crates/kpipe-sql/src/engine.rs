@@ -18,8 +18,8 @@ use crate::format::{decode, decode_key, encode_key, encode_value, Format};
 use crate::join::{join_update, resolve, JoinSide, JoinState};
 use crate::parser::{ColumnDef, Expr, Properties, Select, SourceKind, SqlType, Statement, Window};
 use crate::plan::{
-    check_grouping, check_no_aggregates, listing, output_columns, projection, unresolved_column,
-    PSEUDO_COLUMNS,
+    check_grouping, check_no_aggregates, listing, output_columns, projection, statement_text,
+    unresolved_column, PSEUDO_COLUMNS,
 };
 use crate::types::coerce;
 
@@ -298,7 +298,10 @@ impl Engine {
                     windowed: from.windowed || select.window.is_some(),
                     read_only: false,
                 };
-                check_formats(&sink)?;
+                check_formats(&sink).map_err(|e| {
+                    let text = statement_text(*kind, name, properties, select, &outputs);
+                    anyhow!("{e}\nStatement: {text}")
+                })?;
                 self.add(name, sink)?;
                 self.queries.push(Query {
                     from: select.from.clone(),
@@ -1704,5 +1707,21 @@ mod tests {
             let message = engine.execute(&parse(sql).unwrap()[0]).unwrap_err().to_string();
             assert!(message.starts_with(error), "{sql}: {message}");
         }
+    }
+
+    #[test]
+    fn format_errors_quote_the_statement_as_ksqldb_prints_it() {
+        let mut engine = Engine::default();
+        let create = parse("CREATE STREAM I (K STRING KEY, A INT, B INT) WITH (kafka_topic='t', value_format='JSON');").unwrap();
+        engine.execute(&create[0]).unwrap();
+        let statement =
+            parse("CREATE TABLE O AS SELECT A, B AS X, COUNT(*) FROM I GROUP BY A, B;").unwrap();
+        let message = engine.execute(&statement[0]).unwrap_err().to_string();
+        assert!(
+            message.ends_with(
+                "Statement: CREATE TABLE O AS SELECT\n  I.A A,\n  I.B X,\n  COUNT(*) KSQL_COL_0\nFROM I I\nGROUP BY I.A, I.B\nEMIT CHANGES"
+            ),
+            "{message}"
+        );
     }
 }

@@ -203,7 +203,7 @@ fn rewrite_select(
 }
 
 /// `expr` with every sub-expression `resolve` answers for replaced.
-fn rewrite(expr: &Expr, resolve: &dyn Fn(&Expr) -> Option<Expr>) -> Expr {
+pub(crate) fn rewrite(expr: &Expr, resolve: &dyn Fn(&Expr) -> Option<Expr>) -> Expr {
     if let Some(replaced) = resolve(expr) {
         return replaced;
     }

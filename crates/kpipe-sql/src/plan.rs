@@ -9,7 +9,8 @@ use serde_json::Value;
 
 use crate::aggregate::{aggregate_calls, is_aggregate};
 use crate::engine::Source;
-use crate::parser::{BinaryOp, ColumnDef, Expr, Select, SelectItem, SourceKind};
+use crate::join::rewrite;
+use crate::parser::{BinaryOp, ColumnDef, Expr, Properties, Select, SelectItem, SourceKind};
 use crate::types::{column_type, type_of};
 
 /// Columns every record has besides its own.
@@ -238,6 +239,98 @@ pub(crate) fn output_columns(
         .collect())
 }
 
+/// A CREATE ... AS SELECT as ksqlDB prints it back in messages: every
+/// column qualified by its source, every item named, one item a line.
+pub(crate) fn statement_text(
+    kind: SourceKind,
+    name: &str,
+    properties: &Properties,
+    select: &Select,
+    outputs: &[(ColumnDef, Expr)],
+) -> String {
+    let source = select.from_alias.as_deref().unwrap_or(&select.from);
+    let qualify = |expr: &Expr| qualified(expr, source);
+    let mut text = format!(
+        "CREATE {} {name}",
+        match kind {
+            SourceKind::Stream => "STREAM",
+            SourceKind::Table => "TABLE",
+        }
+    );
+    if !properties.is_empty() {
+        let properties: Vec<String> = properties
+            .iter()
+            .map(|(k, v)| match v {
+                Value::String(s) => format!("{k}='{s}'"),
+                other => format!("{k}={other}"),
+            })
+            .collect();
+        text.push_str(&format!(" WITH ({})", properties.join(", ")));
+    }
+    // Items in the order selected (keys were moved first in `outputs`).
+    let mut items: Vec<&(ColumnDef, Expr)> = outputs.iter().collect();
+    let selected = projection_order(select, outputs);
+    items.sort_by_key(|(column, _)| selected.iter().position(|n| *n == column.name));
+    let items: Vec<String> = items
+        .iter()
+        .map(|(column, expr)| format!("  {} {}", qualify(expr), column.name))
+        .collect();
+    text.push_str(&format!(
+        " AS SELECT\n{}\nFROM {} {source}",
+        items.join(",\n"),
+        select.from
+    ));
+    if let Some(filter) = &select.filter {
+        text.push_str(&format!("\nWHERE {}", qualify(filter)));
+    }
+    if !select.group_by.is_empty() {
+        let groups: Vec<String> = select
+            .group_by
+            .iter()
+            .map(|g| qualify(g).to_string())
+            .collect();
+        text.push_str(&format!("\nGROUP BY {}", groups.join(", ")));
+    }
+    if let Some(having) = &select.having {
+        text.push_str(&format!("\nHAVING {}", qualify(having)));
+    }
+    text.push_str("\nEMIT CHANGES");
+    text
+}
+
+/// The output column names in the order the SELECT lists them.
+fn projection_order(select: &Select, outputs: &[(ColumnDef, Expr)]) -> Vec<String> {
+    let mut names = Vec::new();
+    for item in &select.items {
+        if let SelectItem::Expr { expr, alias } = item {
+            let found = outputs.iter().find(|(column, e)| {
+                e == expr
+                    && alias.as_ref().is_none_or(|a| *a == column.name)
+                    && !names.contains(&column.name)
+            });
+            if let Some((column, _)) = found {
+                names.push(column.name.clone());
+            }
+        }
+    }
+    names
+}
+
+/// `expr` with its plain columns qualified by `source`.
+fn qualified(expr: &Expr, source: &str) -> Expr {
+    rewrite(expr, &|e| match e {
+        Expr::Column(c)
+            if !PSEUDO_COLUMNS.contains(&c.as_str()) && !WINDOW_BOUNDS.contains(&c.as_str()) =>
+        {
+            Some(Expr::Qualified {
+                source: source.to_string(),
+                column: c.clone(),
+            })
+        }
+        _ => None,
+    })
+}
+
 /// `A`, `A and B`, `A, B and C`, as ksqlDB lists names.
 pub(crate) fn listing(names: &[String]) -> String {
     match names {
@@ -327,7 +420,16 @@ pub(crate) fn check_no_aggregates(kind: SourceKind, select: &Select, from: &Sour
         bail!("Use of aggregate function {name} requires a GROUP BY clause.");
     }
     check_ungrouped_projection(&items, &[])?;
-    let calls: Vec<String> = calls.iter().map(Expr::to_string).collect();
+    // ksqlDB's aggregate analysis has counted `COUNT(*)` as `COUNT(ROWTIME)` by now.
+    let calls: Vec<String> = calls
+        .iter()
+        .map(|call| match call {
+            Expr::Function {
+                name, star: true, ..
+            } => format!("{name}(ROWTIME)"),
+            other => other.to_string(),
+        })
+        .collect();
     bail!(
         "CREATE TABLE AS SELECT statement does not support aggregate function [{}] without a GROUP BY clause.",
         calls.join(", ")
@@ -518,10 +620,9 @@ impl fmt::Display for Expr {
                 "({left} IS {}DISTINCT FROM {right})",
                 if *negated { "NOT " } else { "" }
             ),
-            // ksqlDB counts `COUNT(*)` as `COUNT(ROWTIME)`, and prints it so.
             Expr::Function {
                 name, star: true, ..
-            } => write!(f, "{name}(ROWTIME)"),
+            } => write!(f, "{name}(*)"),
             Expr::Function { name, args, .. } => write!(f, "{name}({})", list(args)),
         }
     }
