@@ -440,11 +440,47 @@ pub(crate) fn scalar(name: &str, args: &[Value]) -> Result<Value> {
     })
 }
 
-/// Rounds to `places` decimals with halves going up, as ksqlDB's ROUND does.
+/// Rounds to `places` decimals (negative: tens, hundreds..) with halves
+/// going up (-1.5 to -1), as ksqlDB's ROUND does: on the double's shortest
+/// decimal digits (BigDecimal.valueOf), so no binary error creeps in.
 pub(crate) fn round_half_up(f: f64, places: i64) -> f64 {
-    let scale = 10f64.powi(places as i32);
-    // Java's Math.round: halves go up (-1.5 to -1), and no negative zero.
-    ((f * scale + 0.5).floor() / scale) + 0.0
+    if !f.is_finite() {
+        return f;
+    }
+    let text = format!("{}", f.abs());
+    let (whole, fraction) = text.split_once('.').unwrap_or((&text, ""));
+    let digits: Vec<u8> = whole
+        .bytes()
+        .chain(fraction.bytes())
+        .map(|b| b - b'0')
+        .collect();
+    // How many leading digits survive.
+    let kept = whole.len() as i64 + places;
+    if kept >= digits.len() as i64 {
+        return f;
+    }
+    let kept = kept.max(0) as usize;
+    let first_dropped = digits[kept];
+    let beyond_half = digits[kept + 1..].iter().any(|d| *d != 0);
+    // Away from zero for positives at a half, towards zero for negatives.
+    let up = first_dropped > 5 || (first_dropped == 5 && (f > 0.0 || beyond_half));
+    let mut magnitude: f64 = digits[..kept]
+        .iter()
+        .fold(0.0, |n, d| n * 10.0 + f64::from(*d));
+    if up {
+        magnitude += 1.0;
+    }
+    let exponent = whole.len() as i64 - kept as i64;
+    let rounded = if exponent >= 0 {
+        magnitude * 10f64.powi(exponent as i32)
+    } else {
+        // Divide by an exact power of ten, the way parsing the digits would.
+        format!("{magnitude}e{exponent}")
+            .parse()
+            .unwrap_or(magnitude)
+    };
+    // No negative zero.
+    (if f < 0.0 { -rounded } else { rounded }) + 0.0
 }
 
 #[cfg(test)]
@@ -496,6 +532,15 @@ mod tests {
             Value::from(-1),
             "halves go up, as in Java"
         );
+        let round =
+            |f: f64, places: i64| scalar("ROUND", &[Value::from(f), Value::from(places)]).unwrap();
+        assert_eq!(
+            round(1.005, 2),
+            Value::from(1.01),
+            "on decimal digits, not binary ones"
+        );
+        assert_eq!(round(-2.5, 0), Value::from(-2.0));
+        assert_eq!(round(1234.5, -2), Value::from(1200.0));
         assert_eq!(
             scalar("EXTRACTJSONFIELD", &[v(r#"{"a": 1}}"#), v("$.a")]).unwrap(),
             v("1"),

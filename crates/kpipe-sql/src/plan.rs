@@ -56,7 +56,9 @@ pub(crate) fn output_columns(
     new_planner: bool,
 ) -> Result<Vec<(ColumnDef, Expr)>> {
     let grouped = !select.group_by.is_empty();
-    let windowed = grouped || select.window.is_some() || from.windowed;
+    // ksqlDB does not resolve WINDOWSTART/WINDOWEND in a join's projection
+    // (confluentinc/ksql#5931).
+    let windowed = (grouped || select.window.is_some() || from.windowed) && select.joins.is_empty();
     let key_exprs = if grouped {
         &select.group_by
     } else {
