@@ -85,19 +85,23 @@ impl Producer {
         value: &[u8],
         headers: Option<&OwnedHeaders>,
     ) -> Result<()> {
-        self.send_at(topic, key, value, headers, None)
+        self.send_at(topic, key, Some(value), headers, None)
     }
 
-    /// [`Producer::send`] with the message's own timestamp (ms) instead of the clock's.
+    /// [`Producer::send`] with the message's own timestamp (ms) instead of the
+    /// clock's; a `None` value is a tombstone.
     pub fn send_at(
         &mut self,
         topic: &str,
         key: Option<&[u8]>,
-        value: &[u8],
+        value: Option<&[u8]>,
         headers: Option<&OwnedHeaders>,
         timestamp_ms: Option<i64>,
     ) -> Result<()> {
-        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).payload(value);
+        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic);
+        if let Some(value) = value {
+            record = record.payload(value);
+        }
         if let Some(ts) = timestamp_ms {
             record = record.timestamp(ts);
         }

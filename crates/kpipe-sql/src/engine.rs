@@ -3,7 +3,7 @@
 //! source into a record of its sink, in offset order. The engine only sees
 //! `Record`s, so the QTT runner's in-memory topics and a live broker feed it alike.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use anyhow::{anyhow, bail, Result};
 use serde_json::Value;
@@ -16,7 +16,9 @@ use crate::check::{check_condition, check_selected};
 use crate::eval::{eval, Row};
 use crate::format::{decode, decode_key, encode_key, encode_value, Format};
 use crate::join::{join_update, resolve, JoinSide, JoinState};
-use crate::parser::{ColumnDef, Expr, Properties, Select, SourceKind, SqlType, Statement, Window};
+use crate::parser::{
+    ColumnDef, EmitMode, Expr, Properties, Select, SourceKind, SqlType, Statement, Window,
+};
 use crate::plan::{
     check_grouping, check_no_aggregates, listing, output_columns, projection, statement_text,
     unresolved_column, PSEUDO_COLUMNS,
@@ -47,17 +49,22 @@ pub(crate) struct Source {
     /// Whether a single value column is a field of a JSON object (the
     /// default) or the whole value (`WRAP_SINGLE_VALUE=false`).
     pub(crate) wrap_single_value: bool,
-    /// Whether keys carry a window (the source of WINDOWSTART and WINDOWEND).
-    pub(crate) windowed: bool,
+    /// The window keys carry (the source of WINDOWSTART and WINDOWEND).
+    pub(crate) window: Option<Window>,
     /// A `CREATE SOURCE` stream or table: nothing may write to or alter it.
     pub(crate) read_only: bool,
 }
 
-/// A running CREATE ... AS SELECT.
+/// A running query: persistent (CREATE ... AS SELECT, INSERT INTO) or a
+/// transient SELECT, whose sink has no topic anyone else reads.
 #[derive(Debug, Clone)]
-struct Query {
-    from: String,
-    sink: String,
+pub(crate) struct Query {
+    /// ksqlDB's style: `CSAS_OUTPUT_0`, `CTAS_T_1`, `INSERTQUERY_2`, `TRANSIENT_3`.
+    pub(crate) id: String,
+    /// A SELECT of a session, not a CREATE ... AS SELECT or INSERT INTO.
+    pub(crate) transient: bool,
+    pub(crate) from: String,
+    pub(crate) sink: String,
     select: Select,
     /// The sink's columns, each with the expression that computes it.
     outputs: Vec<(ColumnDef, Expr)>,
@@ -80,15 +87,64 @@ struct Aggregation {
     emitted: std::collections::HashSet<String>,
     /// The highest timestamp seen: windows older than it plus grace are closed.
     stream_time: i64,
+    /// Time windows by the stream time that closes them (end + grace), so
+    /// their state is dropped then, and EMIT FINAL emits them.
+    closing: BTreeSet<(i64, String)>,
+    /// EMIT FINAL: each open window's latest input row and timestamp.
+    pending: HashMap<String, Pending>,
     /// Session windows: per group, its sessions `(start, end, values)`.
     sessions: HashMap<String, Vec<(i64, i64, Vec<Value>)>>,
     settings: AggregateSettings,
 }
 
-#[derive(Default)]
+#[derive(Debug, Clone)]
+struct Pending {
+    group: Value,
+    window: Option<(i64, i64)>,
+    row: Row,
+    timestamp: i64,
+}
+
+/// What a statement did, for the session to report.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Executed {
+    Created {
+        kind: SourceKind,
+        name: String,
+    },
+    /// A persistent query started, writing into `sink`.
+    Started {
+        id: String,
+        sink: String,
+    },
+    /// A transient SELECT registered: a push query, or a pull query (no EMIT).
+    Transient {
+        id: String,
+        pull: bool,
+    },
+    Dropped {
+        name: String,
+    },
+    Terminated {
+        ids: Vec<String>,
+    },
+    /// ALTER added columns to a stream or table.
+    Altered {
+        kind: SourceKind,
+        name: String,
+    },
+    /// INSERT INTO .. VALUES wrote a record (see `Engine::take_inserted`).
+    Inserted {
+        topic: String,
+    },
+}
+
+#[derive(Default, Clone)]
 pub struct Engine {
-    sources: HashMap<String, Source>,
-    queries: Vec<Query>,
+    pub(crate) sources: HashMap<String, Source>,
+    pub(crate) queries: Vec<Query>,
+    /// Numbers query ids, as ksqlDB does, across the session.
+    query_count: usize,
     /// ksqlDB properties (`ksql.*`) for the queries started from now on.
     properties: HashMap<String, String>,
     /// Records written by `INSERT INTO .. VALUES`, not yet taken.
@@ -130,7 +186,7 @@ impl Engine {
         Ok(settings)
     }
 
-    pub fn execute(&mut self, statement: &Statement) -> Result<()> {
+    pub fn execute(&mut self, statement: &Statement) -> Result<Executed> {
         match statement {
             Statement::CreateSource {
                 kind,
@@ -142,7 +198,7 @@ impl Engine {
             } => {
                 let replaced_read_only = self.sources.get(name).is_some_and(|s| s.read_only);
                 if *or_replace && (*read_only || replaced_read_only) {
-                    let kind = kind_name(*kind);
+                    let kind = kind_word(*kind);
                     bail!("Cannot add {kind} '{name}': CREATE OR REPLACE is not supported on source {kind}s.");
                 }
                 if *or_replace {
@@ -168,11 +224,15 @@ impl Engine {
                     key_format,
                     value_format,
                     wrap_single_value: wrap_single_value(properties, value_format, columns)?,
-                    windowed: window_type(properties)?,
+                    window: window_type(properties)?,
                     read_only: *read_only,
                 };
                 check_formats(&source)?;
-                self.add(name, source)
+                self.add(name, source)?;
+                Ok(Executed::Created {
+                    kind: *kind,
+                    name: name.clone(),
+                })
             }
             Statement::Alter {
                 kind,
@@ -184,7 +244,7 @@ impl Engine {
                     .get_mut(name)
                     .ok_or_else(|| anyhow!("Source {name} does not exist."))?;
                 if source.read_only {
-                    let kind = kind_name(*kind);
+                    let kind = kind_word(*kind);
                     bail!("Cannot alter {kind} '{name}': ALTER operations are not supported on source {kind}s.");
                 }
                 for column in columns {
@@ -193,126 +253,117 @@ impl Engine {
                     }
                     source.columns.push(column.clone());
                 }
-                Ok(())
+                Ok(Executed::Altered {
+                    kind: *kind,
+                    name: name.clone(),
+                })
             }
             Statement::InsertValues {
                 target,
                 columns,
                 values,
-            } => self.insert_values(target, columns.as_deref(), values),
+            } => {
+                let topic = self.insert_values(target, columns.as_deref(), values)?;
+                Ok(Executed::Inserted { topic })
+            }
             Statement::CreateAs {
                 kind,
                 name,
                 properties,
                 select,
             } => {
-                let (select, from, join) = resolve(select, &self.sources)?;
-                let select = &select;
-                if join.as_ref().is_some_and(|j| j.tables) && !select.group_by.is_empty() {
-                    bail!("Aggregating a table-table join is not supported yet");
-                }
-                let aggregated = !select.group_by.is_empty();
-                if let Some(column) = select
-                    .filter
-                    .as_ref()
-                    .and_then(|f| unresolved_column(f, &from.columns))
-                {
-                    bail!("WHERE column '{column}' cannot be resolved.");
-                }
-                if let Some(filter) = &select.filter {
-                    check_condition("WHERE", filter, &from.columns)?;
-                }
-                if let Some(having) = &select.having {
-                    check_condition("HAVING", having, &from.columns)?;
-                }
-                for (expr, _) in projection(select, &from) {
-                    check_selected(&expr, &from.columns)?;
-                }
-                if !aggregated {
-                    check_no_aggregates(*kind, select, &from)?;
-                }
-                let produces_table = aggregated || from.kind == SourceKind::Table;
-                match (kind, produces_table) {
-                    (SourceKind::Stream, true) => bail!(
-                        "Invalid result type. Your SELECT query produces a TABLE. Please use CREATE TABLE AS SELECT statement instead."
-                    ),
-                    (SourceKind::Table, false) => bail!(
-                        "Invalid result type. Your SELECT query produces a STREAM. Please use CREATE STREAM AS SELECT statement instead."
-                    ),
-                    _ => {}
-                }
-                if from.kind == SourceKind::Table && select.window.is_some() {
-                    bail!("WINDOW clauses can only be used on streams");
-                }
-                let aggregation = if aggregated {
-                    if from.value_format == Format::Kafka {
-                        bail!(
-                            "Source(s) {} are using the 'KAFKA' value format. This format does not yet support GROUP BY.",
-                            select.from
-                        );
-                    }
-                    check_grouping(select, &from)?;
-                    let mut calls = Vec::new();
-                    for (expr, _) in projection(select, &from) {
-                        aggregate_calls(&expr, &mut calls)?;
-                    }
-                    if let Some(having) = &select.having {
-                        aggregate_calls(having, &mut calls)?;
-                    }
-                    if from.kind == SourceKind::Table {
-                        check_table_aggregates(&calls)?;
-                    }
-                    let value_format = formats(properties, Some(&from))?.1;
-                    let struct_state = calls.iter().any(
-                        |c| matches!(c, Expr::Function { name, .. } if COMPLEX_STATE.contains(&name.as_str())),
-                    );
-                    if struct_state && value_format != Format::Json {
-                        bail!("One of the functions used in the statement has an intermediate type that the value format can not handle. Please remove the function or change the format.");
-                    }
-                    Some(Aggregation {
-                        calls,
-                        settings: self.aggregate_settings()?,
-                        ..Aggregation::default()
-                    })
-                } else {
-                    None
-                };
-                let outputs = output_columns(select, &from, name, self.new_planner())?;
-                let prefix = self
-                    .properties
-                    .get("ksql.output.topic.name.prefix")
-                    .cloned()
-                    .unwrap_or_default();
-                let topic = text_property(properties, "KAFKA_TOPIC")?
-                    .unwrap_or_else(|| format!("{prefix}{name}"));
-                let (key_format, value_format) = formats(properties, Some(&from))?;
-                let columns: Vec<ColumnDef> = outputs.iter().map(|(c, _)| c.clone()).collect();
-                let wrap_single_value = wrap_single_value(properties, value_format, &columns)?;
-                let sink = Source {
-                    kind: *kind,
-                    topic,
-                    columns,
-                    key_format,
-                    value_format,
-                    wrap_single_value,
-                    windowed: from.windowed || select.window.is_some(),
-                    read_only: false,
-                };
-                check_formats(&sink).map_err(|e| {
-                    let text = statement_text(*kind, name, properties, select, &outputs);
-                    anyhow!("{e}\nStatement: {text}")
-                })?;
-                self.add(name, sink)?;
-                self.queries.push(Query {
-                    from: select.from.clone(),
+                let id = self.create_as(*kind, name, properties, select, false)?;
+                Ok(Executed::Started {
+                    id,
                     sink: name.clone(),
-                    select: select.clone(),
-                    outputs,
-                    aggregation,
-                    table_rows: HashMap::new(),
-                    join,
-                });
-                Ok(())
+                })
+            }
+            Statement::Query(select) => {
+                let pull = select.emit.is_none();
+                let from = self
+                    .sources
+                    .get(&select.from)
+                    .ok_or_else(|| anyhow!("{} does not exist.", select.from))?;
+                if pull && !select.group_by.is_empty() {
+                    bail!("Pull queries don't support GROUP BY clauses. See https://cnfl.io/queries for more info.\nAdd EMIT CHANGES if you intended to issue a push query.");
+                }
+                if pull && select.window.is_some() {
+                    bail!("Pull queries don't support WINDOW clauses. See https://cnfl.io/queries for more info.\nAdd EMIT CHANGES if you intended to issue a push query.");
+                }
+                let kind = if select.group_by.is_empty() {
+                    from.kind
+                } else {
+                    SourceKind::Table
+                };
+                let name = format!("TRANSIENT_{}", self.query_count);
+                let properties = vec![
+                    ("KEY_FORMAT".to_string(), Value::from("JSON")),
+                    ("VALUE_FORMAT".to_string(), Value::from("JSON")),
+                ];
+                let id = self.create_as(kind, &name, &properties, select, true)?;
+                Ok(Executed::Transient { id, pull })
+            }
+            Statement::Drop {
+                kind,
+                name,
+                if_exists,
+                ..
+            } => {
+                let Some(source) = self.sources.get(name) else {
+                    if *if_exists {
+                        return Ok(Executed::Dropped { name: name.clone() });
+                    }
+                    bail!("Source {name} does not exist.");
+                };
+                if source.kind != *kind {
+                    bail!(
+                        "{name} is a {}, not a {}.",
+                        kind_word(source.kind),
+                        kind_word(*kind)
+                    );
+                }
+                let users: Vec<&str> = self
+                    .queries
+                    .iter()
+                    .filter(|q| q.from == *name || q.sink == *name)
+                    .map(|q| q.id.as_str())
+                    .collect();
+                if !users.is_empty() {
+                    bail!(
+                        "Cannot drop {name}. The following queries read from or write to it: {}. Terminate them first.",
+                        users.join(", ")
+                    );
+                }
+                self.sources.remove(name);
+                Ok(Executed::Dropped { name: name.clone() })
+            }
+            Statement::Terminate { query } => {
+                let ids: Vec<String> = match query {
+                    Some(id) => {
+                        let Some(query) =
+                            self.queries.iter().find(|q| q.id.eq_ignore_ascii_case(id))
+                        else {
+                            bail!("Unknown queryId: {id}");
+                        };
+                        vec![query.id.clone()]
+                    }
+                    None => self.queries.iter().map(|q| q.id.clone()).collect(),
+                };
+                for id in &ids {
+                    if let Some(at) = self.queries.iter().position(|q| q.id == *id) {
+                        let query = self.queries.remove(at);
+                        if query.transient {
+                            self.sources.remove(&query.sink);
+                        }
+                    }
+                }
+                Ok(Executed::Terminated { ids })
+            }
+            Statement::Set { .. }
+            | Statement::Unset { .. }
+            | Statement::Show(_)
+            | Statement::Describe { .. } => {
+                bail!("SET, UNSET, SHOW and DESCRIBE are answered by a session, not the engine")
             }
             Statement::InsertInto { target, select } => {
                 let into = self
@@ -330,7 +381,7 @@ impl Engine {
                 if from.kind == SourceKind::Table || !select.group_by.is_empty() {
                     bail!("INSERT INTO can only write stream query results into a stream");
                 }
-                let outputs = output_columns(select, from, target, self.new_planner())?;
+                let outputs = output_columns(select, from, target, self.new_planner(), false)?;
                 let same = outputs.len() == into.columns.len()
                     && outputs
                         .iter()
@@ -352,7 +403,11 @@ impl Engine {
                         describe(&mut into.columns.iter())
                     );
                 }
+                let id = format!("INSERTQUERY_{}", self.query_count);
+                self.query_count += 1;
                 self.queries.push(Query {
+                    id: id.clone(),
+                    transient: false,
                     from: select.from.clone(),
                     sink: target.clone(),
                     select: select.clone(),
@@ -361,19 +416,22 @@ impl Engine {
                     table_rows: HashMap::new(),
                     join,
                 });
-                Ok(())
+                Ok(Executed::Started {
+                    id,
+                    sink: target.clone(),
+                })
             }
         }
     }
 
-    /// `INSERT INTO target VALUES (..)`: one record, written to the target's
-    /// topic and kept for `take_inserted` (the caller produces it).
+    /// `INSERT INTO target VALUES (..)`: one record, for the target's topic,
+    /// kept for `take_inserted` (the caller produces it); returns the topic.
     fn insert_values(
         &mut self,
         target: &str,
         columns: Option<&[String]>,
         values: &[Expr],
-    ) -> Result<()> {
+    ) -> Result<String> {
         let Some(into) = self.sources.get(target) else {
             let similar = self
                 .sources
@@ -393,7 +451,7 @@ impl Engine {
         if into.read_only {
             bail!(
                 "Cannot insert values into read-only {}: {target}",
-                kind_name(into.kind)
+                kind_word(into.kind)
             );
         }
         let names: Vec<String> = match columns {
@@ -434,14 +492,145 @@ impl Engine {
             partition: 0,
             offset: 0,
         };
+        let topic = record.topic.clone();
         self.inserted.push(record);
-        Ok(())
+        Ok(topic)
     }
 
     /// The records `INSERT INTO .. VALUES` statements wrote since the last
     /// call, for the caller to produce to their topics (and feed to `process`).
     pub fn take_inserted(&mut self) -> Vec<Record> {
         std::mem::take(&mut self.inserted)
+    }
+
+    /// Registers a CREATE ... AS SELECT (or a transient SELECT into `name`) and
+    /// returns its query id.
+    fn create_as(
+        &mut self,
+        kind: SourceKind,
+        name: &str,
+        properties: &Properties,
+        select: &Select,
+        transient: bool,
+    ) -> Result<String> {
+        if select.window.is_some_and(|w| w.session) && select.emit == Some(EmitMode::Final) {
+            bail!("EMIT FINAL is not supported for SESSION windows yet.");
+        }
+        let (select, from, join) = resolve(select, &self.sources)?;
+        let select = &select;
+        if join.as_ref().is_some_and(|j| j.tables) && !select.group_by.is_empty() {
+            bail!("Aggregating a table-table join is not supported yet");
+        }
+        let aggregated = !select.group_by.is_empty();
+        if let Some(column) = select
+            .filter
+            .as_ref()
+            .and_then(|f| unresolved_column(f, &from.columns))
+        {
+            bail!("WHERE column '{column}' cannot be resolved.");
+        }
+        if let Some(filter) = &select.filter {
+            check_condition("WHERE", filter, &from.columns)?;
+        }
+        if let Some(having) = &select.having {
+            check_condition("HAVING", having, &from.columns)?;
+        }
+        for (expr, _) in projection(select, &from) {
+            check_selected(&expr, &from.columns)?;
+        }
+        if !aggregated {
+            check_no_aggregates(kind, select, &from)?;
+        }
+        let produces_table = aggregated || from.kind == SourceKind::Table;
+        match (kind, produces_table) {
+            (SourceKind::Stream, true) => bail!(
+                "Invalid result type. Your SELECT query produces a TABLE. Please use CREATE TABLE AS SELECT statement instead."
+            ),
+            (SourceKind::Table, false) => bail!(
+                "Invalid result type. Your SELECT query produces a STREAM. Please use CREATE STREAM AS SELECT statement instead."
+            ),
+            _ => {}
+        }
+        if from.kind == SourceKind::Table && select.window.is_some() {
+            bail!("WINDOW clauses can only be used on streams");
+        }
+        let aggregation = if aggregated {
+            if from.value_format == Format::Kafka {
+                bail!(
+                    "Source(s) {} are using the 'KAFKA' value format. This format does not yet support GROUP BY.",
+                    select.from
+                );
+            }
+            check_grouping(select, &from)?;
+            let mut calls = Vec::new();
+            for (expr, _) in projection(select, &from) {
+                aggregate_calls(&expr, &mut calls)?;
+            }
+            if let Some(having) = &select.having {
+                aggregate_calls(having, &mut calls)?;
+            }
+            if from.kind == SourceKind::Table {
+                check_table_aggregates(&calls)?;
+            }
+            let value_format = formats(properties, Some(&from))?.1;
+            let struct_state = calls.iter().any(
+                |c| matches!(c, Expr::Function { name, .. } if COMPLEX_STATE.contains(&name.as_str())),
+            );
+            if struct_state && value_format != Format::Json {
+                bail!("One of the functions used in the statement has an intermediate type that the value format can not handle. Please remove the function or change the format.");
+            }
+            Some(Aggregation {
+                calls,
+                settings: self.aggregate_settings()?,
+                ..Aggregation::default()
+            })
+        } else {
+            None
+        };
+        let outputs = output_columns(select, &from, name, self.new_planner(), transient)?;
+        let prefix = self
+            .properties
+            .get("ksql.output.topic.name.prefix")
+            .cloned()
+            .unwrap_or_default();
+        let topic =
+            text_property(properties, "KAFKA_TOPIC")?.unwrap_or_else(|| format!("{prefix}{name}"));
+        let (key_format, value_format) = formats(properties, Some(&from))?;
+        let columns: Vec<ColumnDef> = outputs.iter().map(|(c, _)| c.clone()).collect();
+        let wrap_single_value = wrap_single_value(properties, value_format, &columns)?;
+        let sink = Source {
+            kind,
+            topic,
+            columns,
+            key_format,
+            value_format,
+            wrap_single_value,
+            window: select.window.or(from.window),
+            read_only: false,
+        };
+        check_formats(&sink).map_err(|e| {
+            let text = statement_text(kind, name, properties, select, &outputs);
+            anyhow!("{e}\nStatement: {text}")
+        })?;
+        self.add(name, sink)?;
+        let id = match (transient, kind) {
+            (true, _) => name.to_string(),
+            (false, SourceKind::Stream) => format!("CSAS_{name}_{}", self.query_count),
+            (false, SourceKind::Table) => format!("CTAS_{name}_{}", self.query_count),
+        };
+        self.query_count += 1;
+        self.queries.push(Query {
+            id: id.clone(),
+            transient,
+            from: select.from.clone(),
+            sink: name.to_string(),
+            select: select.clone(),
+            outputs,
+            aggregation,
+            table_rows: HashMap::new(),
+            join,
+        });
+        Ok(id)
     }
 
     fn add(&mut self, name: &str, source: Source) -> Result<()> {
@@ -512,7 +701,7 @@ fn stream_update(
             Vec::new()
         });
     };
-    let window = record.window.filter(|_| from.windowed);
+    let window = record.window.filter(|_| from.window.is_some());
     stream_row(query, sink, &row, record.timestamp, window)
 }
 
@@ -584,15 +773,29 @@ fn stream_row(
         return session_update(aggregation, &query, row, &group, w, timestamp);
     }
     let mut produced = Vec::new();
+    let final_only = select.emit == Some(EmitMode::Final);
     for window in windows_of(select.window, timestamp, aggregation.stream_time) {
         let id = format!("{group}@{window:?}");
         let first = !aggregation.groups.contains_key(&id);
+        if let (true, Some((_, end)), Some(w)) = (first, window, select.window) {
+            aggregation.closing.insert((end + w.grace, id.clone()));
+        }
         let values = aggregation
             .groups
             .entry(id.clone())
             .or_insert_with(|| aggregation.calls.iter().map(initial).collect());
         for (call, value) in aggregation.calls.iter().zip(values.iter_mut()) {
             *value = accumulate(call, value, row, first, aggregation.settings)?;
+        }
+        if final_only {
+            let pending = Pending {
+                group: group.clone(),
+                window,
+                row: row.clone(),
+                timestamp,
+            };
+            aggregation.pending.insert(id, pending);
+            continue;
         }
         let values = values.clone();
         let target = Emit {
@@ -603,6 +806,7 @@ fn stream_row(
         };
         produced.extend(emit(aggregation, &query, row, &values, target)?);
     }
+    produced.extend(close_windows(aggregation, &query)?);
     Ok(produced)
 }
 
@@ -827,6 +1031,41 @@ struct Emit<'a> {
     timestamp: i64,
 }
 
+/// Forgets the windows the stream time has closed; under EMIT FINAL, emits
+/// each one's final row first (HAVING applied), oldest close first.
+fn close_windows(aggregation: &mut Aggregation, query: &QueryParts<'_>) -> Result<Vec<Record>> {
+    let mut out = Vec::new();
+    while aggregation
+        .closing
+        .first()
+        .is_some_and(|(close, _)| *close <= aggregation.stream_time)
+    {
+        let Some((_, id)) = aggregation.closing.pop_first() else {
+            break;
+        };
+        let values = aggregation.groups.remove(&id);
+        aggregation.emitted.remove(&id);
+        if let (Some(values), Some(last)) = (values, aggregation.pending.remove(&id)) {
+            let target = Emit {
+                group: &last.group,
+                id: &id,
+                window: last.window,
+                timestamp: last.timestamp,
+            };
+            out.extend(emit(aggregation, query, &last.row, &values, target)?);
+            aggregation.emitted.remove(&id);
+        }
+    }
+    Ok(out)
+}
+
+fn kind_word(kind: SourceKind) -> &'static str {
+    match kind {
+        SourceKind::Stream => "stream",
+        SourceKind::Table => "table",
+    }
+}
+
 /// A group's new values as a sink record; when HAVING now rejects a group that
 /// was emitted before, a tombstone instead; else nothing.
 fn emit(
@@ -927,18 +1166,17 @@ fn wrap_single_value(
     Ok(wrap)
 }
 
-fn kind_name(kind: SourceKind) -> &'static str {
-    match kind {
-        SourceKind::Stream => "stream",
-        SourceKind::Table => "table",
-    }
-}
-
 /// Whether `WINDOW_TYPE` declares a windowed source; `WINDOW_SIZE` must
 /// come with TUMBLING and HOPPING, and be a valid duration.
-fn window_type(properties: &Properties) -> Result<bool> {
+fn window_type(properties: &Properties) -> Result<Option<Window>> {
     let Some(kind) = text_property(properties, "WINDOW_TYPE")? else {
-        return Ok(false);
+        return Ok(None);
+    };
+    let mut window = Window {
+        size: 0,
+        advance: 0,
+        grace: 0,
+        session: true,
     };
     let size = text_property(properties, "WINDOW_SIZE")?;
     match (kind.to_ascii_uppercase().as_str(), size) {
@@ -954,24 +1192,31 @@ fn window_type(properties: &Properties) -> Result<bool> {
                 .trim()
                 .split_once(char::is_whitespace)
                 .ok_or_else(|| invalid("Not a number and a time unit".into()))?;
-            amount
-                .parse::<u64>()
+            let amount = amount
+                .parse::<i64>()
                 .map_err(|_| invalid(format!("Not a number: '{amount}'")))?;
             let unit = unit.trim().to_ascii_uppercase();
-            if !TIME_UNITS.contains(&unit.trim_end_matches('S')) {
+            let Some(at) = TIME_UNITS
+                .iter()
+                .position(|u| *u == unit.trim_end_matches('S'))
+            else {
                 return Err(invalid(format!("Unknown time unit: '{unit}'")));
-            }
+            };
+            window.size = amount * UNIT_MILLIS[at];
+            window.advance = window.size;
+            window.session = false;
         }
         ("TUMBLING" | "HOPPING", None) => {
             bail!("'WINDOW_SIZE' is required for TUMBLING and HOPPING windows.")
         }
         (other, _) => bail!("WINDOW_TYPE must be SESSION, TUMBLING or HOPPING, not {other}"),
     }
-    Ok(true)
+    Ok(Some(window))
 }
 
 /// The time units of a duration, singular.
 const TIME_UNITS: [&str; 5] = ["MILLISECOND", "SECOND", "MINUTE", "HOUR", "DAY"];
+const UNIT_MILLIS: [i64; 5] = [1, 1000, 60_000, 3_600_000, 86_400_000];
 
 /// Refuses key and value columns the source's formats cannot hold.
 fn check_formats(source: &Source) -> Result<()> {

@@ -98,7 +98,7 @@ pub(crate) fn decode(source: &Source, record: &Record) -> Result<Option<Row>> {
     row.insert("ROWTIME".into(), Value::from(record.timestamp));
     row.insert("ROWPARTITION".into(), Value::from(record.partition));
     row.insert("ROWOFFSET".into(), Value::from(record.offset));
-    if let Some((start, end)) = record.window.filter(|_| source.windowed) {
+    if let Some((start, end)) = record.window.filter(|_| source.window.is_some()) {
         row.insert("WINDOWSTART".into(), Value::from(start));
         row.insert("WINDOWEND".into(), Value::from(end));
     }

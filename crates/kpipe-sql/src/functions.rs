@@ -13,6 +13,7 @@ use crate::parser::SqlType;
 /// The scalar functions known so far.
 pub(crate) const SCALARS: &[&str] = &[
     "ABS",
+    "FROM_UNIXTIME",
     "CONCAT",
     "COALESCE",
     "IFNULL",
@@ -118,6 +119,7 @@ pub(crate) fn return_type(name: &str, args: &[SqlType]) -> Result<SqlType> {
     let arg = |i: usize| args.get(i).cloned().unwrap_or(SqlType::String);
     Ok(match name {
         "LEN" | "SIGN" | "ARRAY_LENGTH" | "INSTR" => SqlType::Int,
+        "FROM_UNIXTIME" => SqlType::Timestamp,
         "CONCAT" | "CONCAT_WS" | "INITCAP" | "LCASE" | "UCASE" | "TRIM" | "SUBSTRING"
         | "EXTRACTJSONFIELD" | "TIMESTAMPTOSTRING" | "FORMAT_TIMESTAMP" => SqlType::String,
         "ARRAY_MIN" | "ARRAY_MAX" => match arg(0) {
@@ -270,6 +272,8 @@ pub(crate) fn scalar(name: &str, args: &[Value]) -> Result<Value> {
             Value::Number(n) => n.as_f64().map_or(Value::Null, |f| Value::from(f.abs())),
             _ => Value::Null,
         },
+        // A TIMESTAMP is its epoch milliseconds; display formats it.
+        "FROM_UNIXTIME" => arg(0).as_i64().map_or(Value::Null, Value::from),
         "LEN" => Value::from(text(&arg(0)).map_or(0, |s| s.chars().count())),
         "ARRAY_LENGTH" => Value::from(arg(0).as_array().map_or(0, Vec::len)),
         "ARRAY_MIN" | "ARRAY_MAX" => {

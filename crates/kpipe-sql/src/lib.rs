@@ -15,6 +15,7 @@
 //! DELIMITED and KAFKA. The live runtime is to come.
 
 mod aggregate;
+pub mod catalog;
 mod check;
 pub mod engine;
 mod eval;
@@ -22,8 +23,10 @@ mod format;
 mod functions;
 mod join;
 pub mod lexer;
+pub mod live;
 pub mod parser;
 mod plan;
 pub mod qtt;
 mod time;
 mod types;
+pub mod wire;

@@ -62,7 +62,10 @@ pub enum Statement {
         select: Select,
     },
     /// `INSERT INTO target SELECT ...`: another query writing into a stream.
-    InsertInto { target: String, select: Select },
+    InsertInto {
+        target: String,
+        select: Select,
+    },
     /// `INSERT INTO target [(columns)] VALUES (values)`: one record.
     InsertValues {
         target: String,
@@ -75,6 +78,48 @@ pub enum Statement {
         name: String,
         columns: Vec<ColumnDef>,
     },
+    /// A transient `SELECT`: a push query with EMIT, else a pull query.
+    Query(Select),
+    /// `SET 'name' = 'value'`: a property for the queries started after it.
+    Set {
+        name: String,
+        value: String,
+    },
+    Unset {
+        name: String,
+    },
+    /// `SHOW` / `LIST` STREAMS, TABLES, TOPICS, QUERIES or PROPERTIES.
+    Show(Listing),
+    Describe {
+        name: String,
+        extended: bool,
+    },
+    Drop {
+        kind: SourceKind,
+        name: String,
+        if_exists: bool,
+        delete_topic: bool,
+    },
+    /// `TERMINATE query_id`, or `TERMINATE ALL` (no id).
+    Terminate {
+        query: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listing {
+    Streams,
+    Tables,
+    Topics,
+    Queries,
+    Properties,
+}
+
+/// How a query emits: every change, or a window's final row once it closes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EmitMode {
+    Changes,
+    Final,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -85,6 +130,9 @@ pub struct Select {
     pub filter: Option<Expr>,
     pub group_by: Vec<Expr>,
     pub having: Option<Expr>,
+    /// None when no EMIT clause was written (a transient SELECT is then a pull query).
+    pub emit: Option<EmitMode>,
+    pub limit: Option<u64>,
     /// `PARTITION BY`: the expressions a stream's rows are re-keyed by.
     pub partition_by: Vec<Expr>,
     /// The FROM source's alias (`FROM input i` or `FROM input AS i`).
@@ -337,6 +385,67 @@ impl Parser<'_> {
     }
 
     fn statement(&mut self) -> Result<Statement> {
+        if self.peek_is("SELECT") {
+            return Ok(Statement::Query(self.select()?));
+        }
+        if self.eat("SET") {
+            let name = self.text("a property name in quotes")?;
+            self.expect_symbol("=")?;
+            let value = self.text("a property value in quotes")?;
+            return Ok(Statement::Set { name, value });
+        }
+        if self.eat("UNSET") {
+            let name = self.text("a property name in quotes")?;
+            return Ok(Statement::Unset { name });
+        }
+        if self.eat("SHOW") || self.eat("LIST") {
+            let listing = match self
+                .identifier("STREAMS, TABLES, TOPICS, QUERIES or PROPERTIES")?
+                .as_str()
+            {
+                "STREAMS" => Listing::Streams,
+                "TABLES" => Listing::Tables,
+                "TOPICS" => Listing::Topics,
+                "QUERIES" => Listing::Queries,
+                "PROPERTIES" => Listing::Properties,
+                _ => {
+                    self.at -= 1;
+                    return Err(self.expected("STREAMS, TABLES, TOPICS, QUERIES or PROPERTIES"));
+                }
+            };
+            self.eat("EXTENDED");
+            return Ok(Statement::Show(listing));
+        }
+        if self.eat("DESCRIBE") {
+            let extended = self.eat("EXTENDED");
+            let name = self.identifier("a stream or table name")?;
+            return Ok(Statement::Describe { name, extended });
+        }
+        if self.eat("DROP") {
+            let kind = self.source_kind()?;
+            let if_exists = self.eat("IF");
+            if if_exists {
+                self.expect("EXISTS")?;
+            }
+            let name = self.identifier("a name")?;
+            let delete_topic = self.eat("DELETE");
+            if delete_topic {
+                self.expect("TOPIC")?;
+            }
+            return Ok(Statement::Drop {
+                kind,
+                name,
+                if_exists,
+                delete_topic,
+            });
+        }
+        if self.eat("TERMINATE") {
+            if self.eat("ALL") {
+                return Ok(Statement::Terminate { query: None });
+            }
+            let query = self.identifier("a query id or ALL")?;
+            return Ok(Statement::Terminate { query: Some(query) });
+        }
         if self.eat("INSERT") {
             self.expect("INTO")?;
             let target = self.identifier("a stream name")?;
@@ -352,7 +461,9 @@ impl Parser<'_> {
             return self.alter();
         }
         if !self.peek_is("CREATE") {
-            return Err(self.expected("CREATE or INSERT"));
+            return Err(self.expected(
+                "a statement (CREATE, INSERT, SELECT, SET, SHOW, DESCRIBE, DROP, TERMINATE)",
+            ));
         }
         self.expect("CREATE")?;
         let or_replace = self.eat("OR");
@@ -360,13 +471,7 @@ impl Parser<'_> {
             self.expect("REPLACE")?;
         }
         let read_only = self.eat("SOURCE");
-        let kind = if self.eat("STREAM") {
-            SourceKind::Stream
-        } else if self.eat("TABLE") {
-            SourceKind::Table
-        } else {
-            return Err(self.expected("STREAM or TABLE"));
-        };
+        let kind = self.source_kind()?;
         let name = self.identifier("a name")?;
         if self.eat_symbol("(") {
             let columns = self.columns()?;
@@ -422,13 +527,7 @@ impl Parser<'_> {
 
     /// `STREAM|TABLE name ADD [COLUMN] name type, ...` after `ALTER`.
     fn alter(&mut self) -> Result<Statement> {
-        let kind = if self.eat("STREAM") {
-            SourceKind::Stream
-        } else if self.eat("TABLE") {
-            SourceKind::Table
-        } else {
-            return Err(self.expected("STREAM or TABLE"));
-        };
+        let kind = self.source_kind()?;
         let name = self.identifier("a name")?;
         let mut columns = Vec::new();
         loop {
@@ -447,6 +546,28 @@ impl Parser<'_> {
                     columns,
                 });
             }
+        }
+    }
+
+    fn source_kind(&mut self) -> Result<SourceKind> {
+        if self.eat("STREAM") {
+            Ok(SourceKind::Stream)
+        } else if self.eat("TABLE") {
+            Ok(SourceKind::Table)
+        } else {
+            Err(self.expected("STREAM or TABLE"))
+        }
+    }
+
+    /// A quoted string, as SET's property names and values are written.
+    fn text(&mut self, what: &str) -> Result<String> {
+        match self.peek() {
+            Some(Token::Text(text)) => {
+                let text = text.clone();
+                self.at += 1;
+                Ok(text)
+            }
+            _ => Err(self.expected(what)),
         }
     }
 
@@ -630,10 +751,11 @@ impl Parser<'_> {
                 on: self.expr()?,
             });
         }
-        let window = if self.eat("WINDOW") {
-            Some(self.window()?)
+        let (mut window, explicit_grace) = if self.eat("WINDOW") {
+            let (window, explicit_grace) = self.window()?;
+            (Some(window), explicit_grace)
         } else {
-            None
+            (None, false)
         };
         let filter = if self.eat("WHERE") {
             Some(self.expr()?)
@@ -677,9 +799,39 @@ impl Parser<'_> {
         } else {
             None
         };
-        if self.eat("EMIT") {
-            self.expect("CHANGES")?;
+        let emit = if !self.eat("EMIT") {
+            None
+        } else if self.eat("CHANGES") {
+            Some(EmitMode::Changes)
+        } else if self.eat("FINAL") {
+            Some(EmitMode::Final)
+        } else {
+            return Err(self.expected("CHANGES or FINAL"));
+        };
+        if emit == Some(EmitMode::Final) {
+            match window.as_mut() {
+                // A final row waits for its window to close; without a GRACE
+                // PERIOD it closes at its end, as seed 03's session shows (a row
+                // per 10-second window, not a day later).
+                Some(w) if !explicit_grace => w.grace = 0,
+                Some(_) => {}
+                None => bail!("EMIT FINAL is only supported for windowed aggregations."),
+            }
         }
+        let limit = if self.eat("LIMIT") {
+            match self.peek() {
+                Some(Token::Number(n)) => {
+                    let limit = n
+                        .parse()
+                        .map_err(|_| anyhow!("LIMIT needs a whole number, not {n}"))?;
+                    self.at += 1;
+                    Some(limit)
+                }
+                _ => return Err(self.expected("a row count after LIMIT")),
+            }
+        } else {
+            None
+        };
         Ok(Select {
             items,
             from,
@@ -687,6 +839,8 @@ impl Parser<'_> {
             filter,
             group_by,
             having,
+            emit,
+            limit,
             partition_by,
             from_alias,
             joins,
@@ -728,7 +882,8 @@ impl Parser<'_> {
         Ok(bounds)
     }
 
-    fn window(&mut self) -> Result<Window> {
+    /// The window, and whether its GRACE PERIOD was written.
+    fn window(&mut self) -> Result<(Window, bool)> {
         // An optional window name: `WINDOW w TUMBLING (..)`.
         let named = matches!(self.tokens.get(self.at + 1), Some((t, _)) if ["TUMBLING", "HOPPING", "SESSION"].iter().any(|k| t.is(k)));
         if named && matches!(self.peek(), Some(Token::Word { .. })) {
@@ -759,10 +914,12 @@ impl Parser<'_> {
             self.expect("BY")?;
             window.advance = self.duration()?;
         }
+        let mut explicit_grace = false;
         while self.eat_symbol(",") {
             if self.eat("GRACE") {
                 self.expect("PERIOD")?;
                 window.grace = self.duration()?;
+                explicit_grace = true;
             } else if self.eat("RETENTION") {
                 self.duration()?;
             } else {
@@ -773,7 +930,7 @@ impl Parser<'_> {
         if window.size <= 0 || window.advance <= 0 || window.advance > window.size {
             bail!("a window needs a positive size and an advance no larger than it");
         }
-        Ok(window)
+        Ok((window, explicit_grace))
     }
 
     /// `30 SECONDS` and the like, in milliseconds.
@@ -1159,9 +1316,9 @@ const CLAUSES: [&str; 14] = [
 ];
 
 /// Words that end an expression rather than name a column.
-const RESERVED: [&str; 16] = [
+const RESERVED: [&str; 17] = [
     "FROM", "WHERE", "SELECT", "GROUP", "HAVING", "WINDOW", "EMIT", "AS", "AND", "OR", "BY",
-    "WHEN", "THEN", "ELSE", "END", "LIKE",
+    "WHEN", "THEN", "ELSE", "END", "LIKE", "LIMIT",
 ];
 
 /// A numeric literal's value: a BIGINT when it is whole, else a DOUBLE;

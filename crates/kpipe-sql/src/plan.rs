@@ -49,16 +49,20 @@ pub(crate) fn projection(select: &Select, from: &Source) -> Vec<(Expr, Option<St
 /// Each comes with the expression that computes it; `sink` names the result in messages.
 /// Under the new query planner a plain projection may leave key columns out
 /// (the sink is then unkeyed) and orders its key columns as selected.
+/// A transient SELECT may name the pseudo columns unaliased (seed 03:
+/// `SELECT ROWPARTITION, ROWOFFSET, * FROM payments EMIT CHANGES`).
 pub(crate) fn output_columns(
     select: &Select,
     from: &Source,
     sink: &str,
     new_planner: bool,
+    transient: bool,
 ) -> Result<Vec<(ColumnDef, Expr)>> {
     let grouped = !select.group_by.is_empty();
     // ksqlDB does not resolve WINDOWSTART/WINDOWEND in a join's projection
     // (confluentinc/ksql#5931).
-    let windowed = (grouped || select.window.is_some() || from.windowed) && select.joins.is_empty();
+    let windowed =
+        (grouped || select.window.is_some() || from.window.is_some()) && select.joins.is_empty();
     let key_exprs = if grouped {
         &select.group_by
     } else {
@@ -90,7 +94,7 @@ pub(crate) fn output_columns(
         }
         if let Expr::Column(c) = expr {
             let pseudo = PSEUDO_COLUMNS.contains(&c.as_str());
-            if pseudo && alias.is_none() {
+            if pseudo && alias.is_none() && !transient {
                 bail!("Reserved column name in select: `{c}`. Please remove or alias the column.");
             }
             let window_bound = WINDOW_BOUNDS.contains(&c.as_str());

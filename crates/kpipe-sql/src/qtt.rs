@@ -138,8 +138,11 @@ fn run_test(test: &Value, format: Option<&str>) -> Result<(), String> {
             None => sql.to_string(),
         });
     }
-    let result = parse(&script.join("\n"))
-        .and_then(|statements| statements.iter().try_for_each(|s| engine.execute(s)));
+    let result = parse(&script.join("\n")).and_then(|statements| {
+        statements
+            .iter()
+            .try_for_each(|s| engine.execute(s).map(drop))
+    });
     if let Err(error) = result {
         let error = error.to_string();
         return match expected_error {

@@ -75,7 +75,7 @@ fn main() -> ExitCode {
         Command::Sink(args) => cmd::sink::run(args, &cli.kafka),
         Command::Lake(args) => cmd::lake::run(args, &cli.kafka),
         Command::Ch(args) => cmd::ch::run(args, &cli.kafka),
-        Command::Sql(args) => cmd::sql::run(args),
+        Command::Sql(args) => cmd::sql::run(args, &cli.kafka),
         Command::Query(args) => cmd::query::run(args),
         Command::Demo(args) => cmd::demo::run(args),
     };

@@ -147,7 +147,7 @@ fn produce(kafka: &ClientOptions, count: u64, seed: u64) -> Result<u64> {
         producer.send_at(
             TOPIC,
             Some(event.key.as_bytes()),
-            &event.value,
+            Some(&event.value),
             None,
             Some(event.timestamp_ms),
         )?;

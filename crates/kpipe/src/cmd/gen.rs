@@ -164,7 +164,7 @@ impl<W: Write> Sink<W> {
             Sink::Kafka(producer) => producer.send_at(
                 topic,
                 Some(event.key.as_bytes()),
-                &event.value,
+                Some(&event.value),
                 None,
                 Some(event.timestamp_ms),
             ),

@@ -1,15 +1,70 @@
-//! `kpipe sql`: streaming SQL in ksqlDB's dialect (today: `kpipe sql test`).
+//! `kpipe sql`: streaming SQL in ksqlDB's dialect, live against Kafka
+//! (`-e` / `--file`) or over ksqlDB's own test files (`kpipe sql test`).
 
+use std::io::Write;
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
-use clap::{Args, Subcommand};
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand, ValueEnum};
+use kpipe_sql::catalog::display;
+use kpipe_sql::live::{Output, Session, Settings};
+use kpipe_sql::parser::{ColumnDef, SqlType};
+use serde_json::{Map, Value};
 
-/// Streaming SQL in ksqlDB's dialect.
+use super::{stop_flag, table, KafkaArgs};
+
+/// Streaming SQL in ksqlDB's dialect, against Kafka.
+///
+/// Statements run in order; the first error stops the script (exit 1).
+/// CREATE STREAM/TABLE creates a missing topic when PARTITIONS is given.
+/// CREATE ... AS SELECT and INSERT INTO start persistent queries that read
+/// their source and write their sink topic until Ctrl-C (or, with --until-end,
+/// until they catch up). SELECT ... EMIT CHANGES / EMIT FINAL is a push query:
+/// rows stream to stdout until LIMIT or Ctrl-C. SELECT without EMIT is a pull
+/// query: it reads the topic as it is now and prints a table (a table source
+/// shows each key's latest row). Queries start at `auto.offset.reset`
+/// (latest, as in ksqlDB; `SET 'auto.offset.reset'='earliest';` to replay).
+/// Also: SHOW STREAMS|TABLES|TOPICS|QUERIES|PROPERTIES, DESCRIBE, DROP,
+/// TERMINATE, SET, UNSET.
+///
+/// Examples (seed 03):
+///   kpipe gen payments --rate 50 &
+///   kpipe sql -e "CREATE STREAM payments (name VARCHAR, amount INTEGER)
+///       WITH (KAFKA_TOPIC='payments', VALUE_FORMAT='json', PARTITIONS=3);
+///     SELECT * FROM payments WHERE amount > 900;"
+///   kpipe sql -e "CREATE STREAM payments (name VARCHAR, amount INTEGER)
+///       WITH (KAFKA_TOPIC='payments', VALUE_FORMAT='json');
+///     SELECT FROM_UNIXTIME(WINDOWSTART) AS ws, name, COUNT(*) AS cnt
+///       FROM payments WINDOW TUMBLING (SIZE 10 SECONDS) GROUP BY name EMIT FINAL;"
+///   kpipe sql --file pipeline.sql --until-end
+///   kpipe sql test ../shared/ksql-qtt/query-validation-tests/*.json
 #[derive(Args)]
+#[command(verbatim_doc_comment, args_conflicts_with_subcommands = true)]
 pub struct SqlArgs {
     #[command(subcommand)]
-    command: SqlCommand,
+    command: Option<SqlCommand>,
+    /// Statements to run, `;`-separated.
+    #[arg(short = 'e', long = "execute", conflicts_with = "file")]
+    execute: Option<String>,
+    /// A file of statements to run.
+    #[arg(short, long)]
+    file: Option<PathBuf>,
+    /// Persistent and push queries stop once they have read what their source
+    /// held at their start.
+    #[arg(long)]
+    until_end: bool,
+    /// Records that cannot be read go to this topic, with the reason in a header.
+    #[arg(long)]
+    dlq_topic: Option<String>,
+    /// Rows as tables, or as JSON lines (one object per row; messages go to stderr).
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    output: Format,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    Table,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -34,8 +89,171 @@ pub struct TestArgs {
     files: Vec<PathBuf>,
 }
 
-pub fn run(args: SqlArgs) -> Result<()> {
-    let SqlCommand::Test(args) = args.command;
+pub fn run(args: SqlArgs, kafka: &KafkaArgs) -> Result<()> {
+    if let Some(SqlCommand::Test(test)) = args.command {
+        return run_tests(test);
+    }
+    let script = match (&args.execute, &args.file) {
+        (Some(sql), _) => sql.clone(),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?,
+        (None, None) => bail!(
+            "give statements with -e \"...\" or --file F.sql (or run `kpipe sql test FILE.json...`)"
+        ),
+    };
+    let stop = stop_flag();
+    let settings = Settings {
+        until_end: args.until_end,
+        dead_letters: args.dlq_topic.clone(),
+        ..Settings::default()
+    };
+    let mut session = Session::connect(kafka.options(), settings, stop)?;
+    let mut out = Printer::new(args.output);
+    let ran = session.run(&script, &mut out);
+    if ran.is_ok() && session.persistent_queries() > 0 && !args.until_end {
+        eprintln!(
+            "{} persistent quer{} running; Ctrl-C stops them.",
+            session.persistent_queries(),
+            if session.persistent_queries() == 1 {
+                "y"
+            } else {
+                "ies"
+            }
+        );
+    }
+    // Running queries are stopped and drained even when a later statement failed.
+    let finished = session.finish();
+    ran?;
+    for (id, counts) in finished? {
+        eprintln!(
+            "{id}: read {} records, wrote {}, skipped {}",
+            counts.read, counts.written, counts.skipped
+        );
+    }
+    Ok(())
+}
+
+/// Prints a session's results: one-line messages, tables for finished
+/// listings, and push-query rows as they come.
+struct Printer {
+    format: Format,
+    columns: Vec<ColumnDef>,
+    widths: Vec<usize>,
+    streaming: bool,
+    buffered: Vec<Vec<String>>,
+    stdout: std::io::Stdout,
+}
+
+impl Printer {
+    fn new(format: Format) -> Printer {
+        Printer {
+            format,
+            columns: Vec::new(),
+            widths: Vec::new(),
+            streaming: false,
+            buffered: Vec::new(),
+            stdout: std::io::stdout(),
+        }
+    }
+
+    fn line(&mut self, text: &str) {
+        let mut out = self.stdout.lock();
+        // A closed stdout (`| head`) ends output, not the query's bookkeeping.
+        let _ = writeln!(out, "{text}").and_then(|()| out.flush());
+    }
+
+    fn border(&self) -> String {
+        let cells: Vec<String> = self.widths.iter().map(|w| "-".repeat(*w)).collect();
+        format!("+{}+", cells.join("+"))
+    }
+
+    fn cells(&self, values: &[String]) -> String {
+        let cells: Vec<String> = values
+            .iter()
+            .zip(&self.widths)
+            .map(|(v, w)| format!("{v:<w$}"))
+            .collect();
+        format!("|{}|", cells.join("|"))
+    }
+}
+
+impl Output for Printer {
+    fn message(&mut self, text: &str) {
+        match self.format {
+            Format::Table => self.line(text),
+            Format::Json => eprintln!("{text}"),
+        }
+    }
+
+    fn columns(&mut self, columns: &[ColumnDef], streaming: bool) {
+        self.columns = columns.to_vec();
+        self.streaming = streaming;
+        self.buffered.clear();
+        if self.format == Format::Table && streaming {
+            // Push rows print as they come, so the widths are fixed up front.
+            self.widths = columns
+                .iter()
+                .map(|c| {
+                    let widest = if c.ty == SqlType::Timestamp { 23 } else { 12 };
+                    c.name.len().max(widest) + 1
+                })
+                .collect();
+            let header: Vec<String> = columns.iter().map(|c| c.name.clone()).collect();
+            let text = [self.border(), self.cells(&header), self.border()].join("\n");
+            self.line(&text);
+        }
+    }
+
+    fn row(&mut self, values: &[Value]) {
+        match self.format {
+            Format::Json => {
+                let object: Map<String, Value> = self
+                    .columns
+                    .iter()
+                    .zip(values)
+                    .map(|(c, v)| (c.name.clone(), v.clone()))
+                    .collect();
+                self.line(&Value::Object(object).to_string());
+            }
+            Format::Table => {
+                let cells: Vec<String> = self
+                    .columns
+                    .iter()
+                    .zip(values)
+                    .map(|(c, v)| display(v, &c.ty))
+                    .collect();
+                if self.streaming {
+                    let text = self.cells(&cells);
+                    self.line(&text);
+                } else {
+                    self.buffered.push(cells);
+                }
+            }
+        }
+    }
+
+    fn end(&mut self) {
+        if self.format == Format::Json {
+            return;
+        }
+        if self.streaming {
+            let border = self.border();
+            self.line(&border);
+            return;
+        }
+        let header: Vec<&str> = self.columns.iter().map(|c| c.name.as_str()).collect();
+        let rows = std::mem::take(&mut self.buffered);
+        let count = rows.len();
+        let text = table(&header, rows).to_string();
+        self.line(&text);
+        self.line(&format!(
+            "({count} row{})",
+            if count == 1 { "" } else { "s" }
+        ));
+    }
+}
+
+fn run_tests(args: TestArgs) -> Result<()> {
     let (mut passed, mut failed) = (0usize, 0usize);
     for file in &args.files {
         let label = file.file_name().map_or_else(

@@ -11,5 +11,6 @@ mod kcat;
 mod lake;
 mod python;
 mod rdkafka_clients;
+mod sql;
 mod tools;
 mod topics;

@@ -1,0 +1,181 @@
+//! What a session can ask the engine: its streams and tables (SHOW, DESCRIBE),
+//! its queries, one query alone to run on its own thread, and a transient
+//! query's output record as display columns.
+
+use serde_json::Value;
+
+use crate::engine::{Engine, Record, Source};
+use crate::format::{split_delimited, Format};
+use crate::parser::{ColumnDef, SourceKind, SqlType};
+
+/// A stream or table as SHOW and DESCRIBE list it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceInfo {
+    pub name: String,
+    pub kind: SourceKind,
+    pub topic: String,
+    pub key_format: &'static str,
+    pub value_format: &'static str,
+    pub columns: Vec<ColumnDef>,
+    /// `TUMBLING`, `HOPPING` or `SESSION` for a windowed table.
+    pub window: Option<&'static str>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueryInfo {
+    pub id: String,
+    pub from: String,
+    pub sink: String,
+    pub transient: bool,
+}
+
+fn info(name: &str, source: &Source) -> SourceInfo {
+    SourceInfo {
+        name: name.to_string(),
+        kind: source.kind,
+        topic: source.topic.clone(),
+        key_format: source.key_format.name(),
+        value_format: source.value_format.name(),
+        columns: source.columns.clone(),
+        window: source.window.map(|w| match w {
+            w if w.session => "SESSION",
+            w if w.advance < w.size => "HOPPING",
+            _ => "TUMBLING",
+        }),
+    }
+}
+
+impl Engine {
+    /// The streams and tables, by name (transient queries' outputs left out).
+    pub fn sources(&self) -> Vec<SourceInfo> {
+        let mut list: Vec<SourceInfo> = self
+            .sources
+            .iter()
+            .filter(|(name, _)| !self.queries.iter().any(|q| q.transient && q.sink == **name))
+            .map(|(name, source)| info(name, source))
+            .collect();
+        list.sort_by(|a, b| a.name.cmp(&b.name));
+        list
+    }
+
+    pub fn source(&self, name: &str) -> Option<SourceInfo> {
+        self.sources.get(name).map(|source| info(name, source))
+    }
+
+    pub fn queries(&self) -> Vec<QueryInfo> {
+        self.queries
+            .iter()
+            .map(|q| QueryInfo {
+                id: q.id.clone(),
+                from: q.from.clone(),
+                sink: q.sink.clone(),
+                transient: q.transient,
+            })
+            .collect()
+    }
+
+    /// The topic a query reads and the topic it writes.
+    pub fn query_topics(&self, id: &str) -> Option<(String, String)> {
+        let query = self.queries.iter().find(|q| q.id == id)?;
+        Some((
+            self.sources.get(&query.from)?.topic.clone(),
+            self.sources.get(&query.sink)?.topic.clone(),
+        ))
+    }
+
+    /// An engine running only query `id` (with every source, to read and
+    /// write their formats), so each query can run on its own thread and
+    /// read its source from the broker rather than from another query.
+    pub fn only(&self, id: &str) -> Option<Engine> {
+        let query = self.queries.iter().find(|q| q.id == id)?.clone();
+        let mut engine = Engine::default();
+        engine.sources = self.sources.clone();
+        engine.queries.push(query);
+        Some(engine)
+    }
+
+    /// A record of a stream or table (or a transient query's output) as its
+    /// columns' values, in column order.
+    pub fn display_row(&self, source: &str, record: &Record) -> Vec<Value> {
+        let Some(source) = self.sources.get(source) else {
+            return Vec::new();
+        };
+        let keys = source.columns.iter().filter(|c| c.key).count();
+        let fields = match (&record.value, source.value_format) {
+            (Value::String(text), Format::Delimited | Format::Kafka) => split_delimited(text),
+            _ => Vec::new(),
+        };
+        let mut values = fields.into_iter();
+        source
+            .columns
+            .iter()
+            .map(|column| match (column.key, &record.value) {
+                (true, _) if keys == 1 => record.key.clone(),
+                (true, _) => record.key.get(&column.name).cloned().unwrap_or(Value::Null),
+                (false, Value::Object(object)) => {
+                    object.get(&column.name).cloned().unwrap_or(Value::Null)
+                }
+                (false, _) => values
+                    .next()
+                    .filter(|f| !f.is_empty())
+                    .map_or(Value::Null, Value::String),
+            })
+            .collect()
+    }
+}
+
+/// A value as a person reads it: text unquoted, TIMESTAMPs as ksqlDB prints
+/// them (`2024-10-10T15:11:50.000`, UTC), null as an empty cell.
+pub fn display(value: &Value, ty: &SqlType) -> String {
+    match (value, ty) {
+        (Value::Null, _) => String::new(),
+        (Value::Number(n), SqlType::Timestamp) => n.as_i64().map_or_else(
+            || n.to_string(),
+            |ms| {
+                let (days, ms_of_day) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
+                let (y, m, d) = civil_from_days(days);
+                format!(
+                    "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}",
+                    ms_of_day / 3_600_000,
+                    ms_of_day / 60_000 % 60,
+                    ms_of_day / 1000 % 60,
+                    ms_of_day % 1000
+                )
+            },
+        ),
+        (Value::String(s), _) => s.clone(),
+        (other, _) => other.to_string(),
+    }
+}
+
+/// Howard Hinnant's days-to-civil: the proleptic Gregorian date of a day count.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_display_as_ksqldb_prints_them() {
+        assert_eq!(
+            display(&Value::from(1_728_573_110_000i64), &SqlType::Timestamp),
+            "2024-10-10T15:11:50.000"
+        );
+        assert_eq!(
+            display(&Value::from(0), &SqlType::Timestamp),
+            "1970-01-01T00:00:00.000"
+        );
+        assert_eq!(display(&Value::from("x"), &SqlType::String), "x");
+        assert_eq!(display(&Value::Null, &SqlType::Int), "");
+    }
+}

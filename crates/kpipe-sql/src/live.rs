@@ -1,0 +1,859 @@
+//! The live runtime: a session runs statements against a Kafka cluster with the
+//! same engine the QTT runner feeds in-memory topics.
+//!
+//! DDL creates topics. CREATE ... AS SELECT and INSERT INTO start persistent
+//! queries, each on its own thread with an engine holding only that query: it
+//! reads its source from the broker and produces its sink's records. A SELECT
+//! runs on the caller's thread: a pull query reads up to the end offsets as of
+//! its start (a table keeps each key's latest row), a push query streams rows
+//! until its LIMIT, Ctrl-C or, with `until_end`, the end offsets.
+//!
+//! Partitions are merged by timestamp, as Kafka Streams does within a task: the
+//! head with the lowest timestamp goes first, and a partition known to hold
+//! more data is waited for (up to `Settings::idle`), so windows close by event
+//! time whatever order fetches arrive in. Nothing is committed: a query starts
+//! from `auto.offset.reset` on each run; durable queries are `kpipe server`'s.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use kpipe_kafka::admin::{Admin, IfExists, TopicSpec};
+use kpipe_kafka::client::{ClientOptions, QuietContext, CONNECT_TIMEOUT};
+use kpipe_kafka::produce::Producer;
+use kpipe_kafka::sink::{DeadLetters, Origin};
+use rdkafka::consumer::base_consumer::PartitionQueue;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Message as _};
+use rdkafka::{Offset, TopicPartitionList};
+use serde_json::Value;
+
+use crate::catalog::SourceInfo;
+use crate::engine::{Engine, Executed, Record};
+use crate::parser::{parse, ColumnDef, Listing, Select, SourceKind, SqlType, Statement};
+use crate::wire::Message;
+
+/// Where a session's results go: the command line prints them as tables.
+pub trait Output {
+    /// A statement's one-line result ("Stream created.").
+    fn message(&mut self, text: &str);
+    /// Rows follow in these columns; `streaming` when they arrive over time
+    /// (a push query) rather than all at once.
+    fn columns(&mut self, columns: &[ColumnDef], streaming: bool);
+    fn row(&mut self, values: &[Value]);
+    /// The rows are complete.
+    fn end(&mut self);
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Persistent and push queries stop at the end offsets as of their start.
+    pub until_end: bool,
+    /// Records that cannot be read go here (else they are logged), and are counted.
+    pub dead_letters: Option<String>,
+    /// How long to wait for a partition known to hold more data before
+    /// going on without it (Kafka Streams' max.task.idle.ms).
+    pub idle: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            until_end: false,
+            dead_letters: None,
+            idle: Duration::from_millis(500),
+        }
+    }
+}
+
+/// What a query did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub read: u64,
+    pub written: u64,
+    /// Records that could not be read or processed (dead-lettered or logged).
+    pub skipped: u64,
+}
+
+struct Running {
+    id: String,
+    stop: Arc<AtomicBool>,
+    handle: JoinHandle<Result<Counts>>,
+}
+
+pub struct Session {
+    options: ClientOptions,
+    settings: Settings,
+    engine: Engine,
+    properties: BTreeMap<String, String>,
+    running: Vec<Running>,
+    stop: Arc<AtomicBool>,
+    admin: Admin,
+    runtime: tokio::runtime::Runtime,
+}
+
+/// ksqlDB accepts the Kafka Streams name of the setting too.
+const OFFSET_RESET: [&str; 2] = ["auto.offset.reset", "ksql.streams.auto.offset.reset"];
+
+impl Session {
+    pub fn connect(
+        options: ClientOptions,
+        settings: Settings,
+        stop: Arc<AtomicBool>,
+    ) -> Result<Session> {
+        let admin = Admin::connect(&options)?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        Ok(Session {
+            options,
+            settings,
+            engine: Engine::default(),
+            properties: BTreeMap::new(),
+            running: Vec::new(),
+            stop,
+            admin,
+            runtime,
+        })
+    }
+
+    /// Runs a script's statements in order; the first error stops it.
+    pub fn run(&mut self, sql: &str, out: &mut dyn Output) -> Result<()> {
+        for statement in parse(sql)? {
+            if self.stop.load(Ordering::Relaxed) {
+                break;
+            }
+            self.statement(&statement, out)?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the persistent queries (until Ctrl-C, or with `until_end`
+    /// until they catch up) and returns what each did.
+    pub fn finish(self) -> Result<Vec<(String, Counts)>> {
+        let mut done = Vec::new();
+        for running in self.running {
+            let counts = running
+                .handle
+                .join()
+                .map_err(|_| anyhow!("query {} crashed", running.id))?
+                .with_context(|| format!("query {} failed", running.id))?;
+            done.push((running.id, counts));
+        }
+        Ok(done)
+    }
+
+    pub fn persistent_queries(&self) -> usize {
+        self.running.len()
+    }
+
+    fn statement(&mut self, statement: &Statement, out: &mut dyn Output) -> Result<()> {
+        match statement {
+            Statement::Set { name, value } => {
+                if OFFSET_RESET.contains(&name.as_str()) && value != "earliest" && value != "latest"
+                {
+                    bail!("{name} must be 'earliest' or 'latest', not '{value}'");
+                }
+                self.properties.insert(name.clone(), value.clone());
+                out.message(&format!(
+                    "Successfully changed local property '{name}' to '{value}'. Use the UNSET command to revert your change."
+                ));
+                Ok(())
+            }
+            Statement::Unset { name } => {
+                self.properties.remove(name);
+                out.message(&format!("Successfully unset local property '{name}'."));
+                Ok(())
+            }
+            Statement::Show(listing) => self.show(*listing, out),
+            Statement::Describe { name, .. } => {
+                let source = self.engine.source(name).ok_or_else(|| {
+                    anyhow!("Could not find STREAM/TABLE '{name}' in the Metastore")
+                })?;
+                describe(&source, out);
+                Ok(())
+            }
+            Statement::CreateSource {
+                kind, properties, ..
+            } => {
+                let Executed::Created { name, .. } = self.engine.execute(statement)? else {
+                    unreachable!("CREATE STREAM/TABLE creates a source")
+                };
+                let source = self.engine.source(&name).expect("just created");
+                if let Err(e) = self.ensure_topic(&source.topic, properties, None) {
+                    self.engine.execute(&Statement::Drop {
+                        kind: *kind,
+                        name,
+                        if_exists: true,
+                        delete_topic: false,
+                    })?;
+                    return Err(e);
+                }
+                out.message(match kind {
+                    SourceKind::Stream => "Stream created",
+                    SourceKind::Table => "Table created",
+                });
+                Ok(())
+            }
+            Statement::CreateAs { .. } | Statement::InsertInto { .. } => {
+                let Executed::Started { id, .. } = self.engine.execute(statement)? else {
+                    unreachable!("CREATE ... AS SELECT starts a query")
+                };
+                let (from, to) = self.engine.query_topics(&id).expect("just started");
+                let properties = match statement {
+                    Statement::CreateAs { properties, .. } => properties.as_slice(),
+                    _ => &[],
+                };
+                let started = self
+                    .ensure_topic(&to, properties, Some(&from))
+                    .and_then(|()| self.start(&id, from, to));
+                if let Err(e) = started {
+                    self.engine.execute(&Statement::Terminate {
+                        query: Some(id.clone()),
+                    })?;
+                    return Err(e);
+                }
+                out.message(&format!("Created query with ID {id}"));
+                Ok(())
+            }
+            Statement::Query(select) => {
+                let Executed::Transient { id, pull } = self.engine.execute(statement)? else {
+                    unreachable!("SELECT registers a transient query")
+                };
+                let result = self.transient(&id, select, pull, out);
+                self.engine
+                    .execute(&Statement::Terminate { query: Some(id) })?;
+                result
+            }
+            Statement::Drop {
+                name, delete_topic, ..
+            } => {
+                let topic = self.engine.source(name).map(|s| s.topic);
+                self.engine.execute(statement)?;
+                if let (Some(topic), true) = (&topic, *delete_topic) {
+                    self.runtime.block_on(self.admin.delete(topic))?;
+                }
+                out.message(&match topic {
+                    Some(topic) => format!("Source `{name}` (topic: {topic}) was dropped."),
+                    None => format!("Source `{name}` does not exist."),
+                });
+                Ok(())
+            }
+            Statement::Alter { kind, .. } => {
+                self.engine.execute(statement)?;
+                out.message(match kind {
+                    SourceKind::Stream => "Stream altered.",
+                    SourceKind::Table => "Table altered.",
+                });
+                Ok(())
+            }
+            Statement::InsertValues { .. } => {
+                self.engine.execute(statement)?;
+                let mut producer = Producer::connect(&self.options)?;
+                for record in self.engine.take_inserted() {
+                    let encoded = self.engine.encode_message(&record)?;
+                    producer.send_at(
+                        &record.topic,
+                        encoded.key.as_deref(),
+                        encoded.value.as_deref(),
+                        None,
+                        Some(record.timestamp),
+                    )?;
+                }
+                producer.finish(Duration::from_secs(60))?;
+                Ok(())
+            }
+            Statement::Terminate { .. } => {
+                let Executed::Terminated { ids } = self.engine.execute(statement)? else {
+                    unreachable!("TERMINATE terminates")
+                };
+                for running in self.running.iter().filter(|r| ids.contains(&r.id)) {
+                    running.stop.store(true, Ordering::Relaxed);
+                }
+                out.message(if ids.len() == 1 {
+                    "Query terminated."
+                } else {
+                    "All queries terminated."
+                });
+                Ok(())
+            }
+        }
+    }
+
+    /// Creates `topic` when missing: with PARTITIONS (and REPLICAS) from the
+    /// statement, else for a query's sink as many partitions as its source.
+    fn ensure_topic(
+        &self,
+        topic: &str,
+        properties: &[(String, Value)],
+        copy_from: Option<&str>,
+    ) -> Result<()> {
+        if self.admin.exists(topic)? {
+            return Ok(());
+        }
+        let number = |name: &str| -> Result<Option<i32>> {
+            match properties.iter().find(|(k, _)| k == name).map(|(_, v)| v) {
+                None => Ok(None),
+                Some(v) => v
+                    .as_i64()
+                    .and_then(|n| i32::try_from(n).ok())
+                    .filter(|n| *n > 0)
+                    .map(Some)
+                    .ok_or_else(|| anyhow!("{name} must be a positive whole number, not {v}")),
+            }
+        };
+        let partitions = match (number("PARTITIONS")?, copy_from) {
+            (Some(n), _) => n,
+            (None, Some(source)) => {
+                let probe = self.options.metadata_client()?;
+                self.options.require_topic(&probe, source)? as i32
+            }
+            (None, None) => bail!(
+                "Topic '{topic}' does not exist. If you want to create a new topic for the stream/table please re-run the statement providing the required 'PARTITIONS' configuration in the WITH clause (and optionally 'REPLICAS')."
+            ),
+        };
+        let spec = TopicSpec {
+            name: topic.to_string(),
+            partitions,
+            replication: number("REPLICAS")?.unwrap_or(1),
+            configs: BTreeMap::new(),
+        };
+        self.runtime
+            .block_on(self.admin.create(&spec, IfExists::Keep))?;
+        Ok(())
+    }
+
+    fn start_offset(&self) -> Offset {
+        let earliest = OFFSET_RESET
+            .iter()
+            .rev()
+            .find_map(|k| self.properties.get(*k))
+            .is_some_and(|v| v == "earliest");
+        if earliest {
+            Offset::Beginning
+        } else {
+            Offset::End
+        }
+    }
+
+    /// Runs persistent query `id` on its own thread until the session stops,
+    /// it is terminated, or (with `until_end`) it catches up.
+    fn start(&mut self, id: &str, from: String, to: String) -> Result<()> {
+        let engine = self.engine.only(id).expect("the query exists");
+        let feed = Feed {
+            topic: from,
+            start: self.start_offset(),
+            bounded: self.settings.until_end,
+            idle: self.settings.idle,
+        };
+        let mut options = self.options.clone();
+        // ksqlDB's producers partition as Java's do (murmur2), so a key lands
+        // where a Java client would put it; a user's -X still wins.
+        options
+            .overrides
+            .insert(0, ("partitioner".into(), "murmur2_random".into()));
+        let dead_letters = self.settings.dead_letters.clone();
+        let query_stop = Arc::new(AtomicBool::new(false));
+        let stops = [self.stop.clone(), query_stop.clone()];
+        let handle =
+            std::thread::Builder::new()
+                .name(id.to_string())
+                .spawn(move || -> Result<Counts> {
+                    let mut producer = Producer::connect(&options)?;
+                    let mut counts = drive(
+                        &options,
+                        engine,
+                        &feed,
+                        &stops,
+                        dead_letters.as_deref(),
+                        |engine, record| {
+                            let encoded = engine.encode_message(record)?;
+                            producer.send_at(
+                                &to,
+                                encoded.key.as_deref(),
+                                encoded.value.as_deref(),
+                                None,
+                                Some(record.timestamp),
+                            )?;
+                            Ok(true)
+                        },
+                    )?;
+                    counts.written = producer.finish(Duration::from_secs(60))?.delivered;
+                    Ok(counts)
+                })?;
+        self.running.push(Running {
+            id: id.to_string(),
+            stop: query_stop,
+            handle,
+        });
+        Ok(())
+    }
+
+    /// A SELECT: a pull query reads to the end offsets as of now, a push query
+    /// streams until LIMIT, Ctrl-C or (with `until_end`) the end offsets.
+    fn transient(
+        &mut self,
+        id: &str,
+        select: &Select,
+        pull: bool,
+        out: &mut dyn Output,
+    ) -> Result<()> {
+        let sink = self
+            .engine
+            .source(id)
+            .expect("the transient query's output");
+        let from = self
+            .engine
+            .source(&select.from)
+            .expect("the query's source exists");
+        let engine = self.engine.only(id).expect("the query exists");
+        let feed = Feed {
+            topic: from.topic.clone(),
+            start: if pull {
+                Offset::Beginning
+            } else {
+                self.start_offset()
+            },
+            bounded: pull || self.settings.until_end,
+            idle: self.settings.idle,
+        };
+        let limit = select.limit.unwrap_or(u64::MAX);
+        out.columns(&sink.columns, !pull);
+        let stops = [self.stop.clone()];
+        let dead_letters = self.settings.dead_letters.as_deref();
+        if pull && from.kind == SourceKind::Table {
+            // A table is its changelog's latest row per key.
+            let mut latest: Vec<Option<Vec<Value>>> = Vec::new();
+            let mut slots: HashMap<String, usize> = HashMap::new();
+            drive(
+                &self.options,
+                engine,
+                &feed,
+                &stops,
+                dead_letters,
+                |engine, record| {
+                    let key = format!("{}@{:?}", record.key, record.window);
+                    let row = (!record.value.is_null()).then(|| engine.display_row(id, record));
+                    match slots.get(&key) {
+                        Some(slot) => latest[*slot] = row,
+                        None => {
+                            slots.insert(key, latest.len());
+                            latest.push(row);
+                        }
+                    }
+                    Ok(true)
+                },
+            )?;
+            for row in latest.iter().flatten().take(limit as usize) {
+                out.row(row);
+            }
+        } else {
+            let mut rows = 0u64;
+            if limit > 0 {
+                drive(
+                    &self.options,
+                    engine,
+                    &feed,
+                    &stops,
+                    dead_letters,
+                    |engine, record| {
+                        if record.value.is_null() {
+                            return Ok(true);
+                        }
+                        out.row(&engine.display_row(id, record));
+                        rows += 1;
+                        Ok(rows < limit)
+                    },
+                )?;
+            }
+        }
+        out.end();
+        Ok(())
+    }
+
+    fn show(&self, listing: Listing, out: &mut dyn Output) -> Result<()> {
+        let text = |name: &str| ColumnDef {
+            name: name.to_string(),
+            ty: SqlType::String,
+            key: false,
+        };
+        let rows: Vec<Vec<Value>> = match listing {
+            Listing::Streams | Listing::Tables => {
+                let kind = if listing == Listing::Streams {
+                    SourceKind::Stream
+                } else {
+                    SourceKind::Table
+                };
+                let header = [
+                    if kind == SourceKind::Stream {
+                        "Stream Name"
+                    } else {
+                        "Table Name"
+                    },
+                    "Kafka Topic",
+                    "Key Format",
+                    "Value Format",
+                    "Windowed",
+                ];
+                out.columns(&header.map(text), false);
+                self.engine
+                    .sources()
+                    .into_iter()
+                    .filter(|s| s.kind == kind)
+                    .map(|s| {
+                        vec![
+                            Value::from(s.name),
+                            Value::from(s.topic),
+                            Value::from(s.key_format),
+                            Value::from(s.value_format),
+                            Value::from(s.window.is_some()),
+                        ]
+                    })
+                    .collect()
+            }
+            Listing::Topics => {
+                out.columns(
+                    &["Kafka Topic", "Partitions", "Partition Replicas"].map(text),
+                    false,
+                );
+                self.admin
+                    .list()?
+                    .into_iter()
+                    .filter(|t| !t.name.starts_with("__"))
+                    .map(|t| {
+                        vec![
+                            Value::from(t.name),
+                            Value::from(t.partitions),
+                            Value::from(t.replication),
+                        ]
+                    })
+                    .collect()
+            }
+            Listing::Queries => {
+                out.columns(
+                    &["Query ID", "Status", "Sink Name", "Source Name"].map(text),
+                    false,
+                );
+                self.engine
+                    .queries()
+                    .into_iter()
+                    .filter(|q| !q.transient)
+                    .map(|q| {
+                        let running = self.running.iter().any(|r| {
+                            r.id == q.id
+                                && !r.handle.is_finished()
+                                && !r.stop.load(Ordering::Relaxed)
+                        });
+                        vec![
+                            Value::from(q.id),
+                            Value::from(if running { "RUNNING" } else { "DONE" }),
+                            Value::from(q.sink),
+                            Value::from(q.from),
+                        ]
+                    })
+                    .collect()
+            }
+            Listing::Properties => {
+                out.columns(&["Property", "Value"].map(text), false);
+                self.properties
+                    .iter()
+                    .map(|(k, v)| vec![Value::from(k.as_str()), Value::from(v.as_str())])
+                    .collect()
+            }
+        };
+        for row in &rows {
+            out.row(row);
+        }
+        out.end();
+        Ok(())
+    }
+}
+
+fn describe(source: &SourceInfo, out: &mut dyn Output) {
+    let text = |name: &str| ColumnDef {
+        name: name.to_string(),
+        ty: SqlType::String,
+        key: false,
+    };
+    out.columns(&["Field", "Type"].map(text), false);
+    for column in &source.columns {
+        let ty = match (column.key, source.kind) {
+            (true, SourceKind::Table) => format!("{} (primary key)", column.ty),
+            (true, SourceKind::Stream) => format!("{} (key)", column.ty),
+            (false, _) => column.ty.to_string(),
+        };
+        out.row(&[Value::from(column.name.as_str()), Value::from(ty)]);
+    }
+    out.end();
+}
+
+/// Where a query reads.
+struct Feed {
+    topic: String,
+    start: Offset,
+    /// Stop at the end offsets as of the start.
+    bounded: bool,
+    idle: Duration,
+}
+
+/// A partition's next record, read ahead so partitions merge by timestamp.
+enum Head {
+    Record(Record),
+    /// A message that cannot be read, kept whole for the dead-letter topic.
+    Bad {
+        error: String,
+        key: Option<Vec<u8>>,
+        payload: Vec<u8>,
+        offset: i64,
+    },
+}
+
+impl Head {
+    fn timestamp(&self) -> i64 {
+        match self {
+            Head::Record(r) => r.timestamp,
+            Head::Bad { .. } => i64::MIN,
+        }
+    }
+}
+
+fn read(engine: &Engine, topic: &str, m: &BorrowedMessage<'_>) -> Head {
+    let message = Message {
+        topic,
+        key: m.key(),
+        value: m.payload(),
+        timestamp: m.timestamp().to_millis().unwrap_or(0),
+        partition: m.partition(),
+        offset: m.offset(),
+    };
+    match engine.decode_message(&message) {
+        Ok(record) => Head::Record(record),
+        Err(e) => Head::Bad {
+            error: format!("{e:#}"),
+            key: m.key().map(<[u8]>::to_vec),
+            payload: m.payload().unwrap_or_default().to_vec(),
+            offset: m.offset(),
+        },
+    }
+}
+
+/// The partitions being merged: each one's next record and how far it is read.
+struct Merge {
+    heads: Vec<Option<Head>>,
+    /// Records fetched before the partition queues were split off.
+    early: Vec<VecDeque<Head>>,
+    /// librdkafka said EOF: nothing more for now, so not waited for.
+    at_end: Vec<bool>,
+    /// Read up to the bound (bounded runs only).
+    done: Vec<bool>,
+    ends: Vec<i64>,
+    bounded: bool,
+}
+
+impl Merge {
+    /// Reads partition `p`'s next record into its head if it has none.
+    fn fill(
+        &mut self,
+        p: usize,
+        queue: &PartitionQueue<QuietContext>,
+        timeout: Duration,
+        engine: &Engine,
+        topic: &str,
+    ) {
+        if self.heads[p].is_some() || self.done[p] {
+            return;
+        }
+        if let Some(head) = self.early[p].pop_front() {
+            self.heads[p] = Some(head);
+            return;
+        }
+        match queue.poll(timeout) {
+            Some(Ok(m)) if m.offset() >= self.ends[p] => self.done[p] = true,
+            Some(Ok(m)) => {
+                self.heads[p] = Some(read(engine, topic, &m));
+                self.at_end[p] = false;
+                // The last record before the bound: read no further.
+                self.done[p] = m.offset() + 1 >= self.ends[p];
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) => {
+                self.at_end[p] = true;
+                self.done[p] = self.bounded;
+            }
+            Some(Err(e)) => tracing::warn!("reading {topic} [{p}]: {e}"),
+            None => {}
+        }
+    }
+
+    /// Every partition read to its bound.
+    fn finished(&self) -> bool {
+        self.bounded && (0..self.heads.len()).all(|p| self.done[p] && self.heads[p].is_none())
+    }
+
+    /// A partition with nothing read ahead that is known to hold more.
+    fn lagging(&self) -> Option<usize> {
+        (0..self.heads.len()).find(|&p| self.heads[p].is_none() && !self.done[p] && !self.at_end[p])
+    }
+}
+
+/// Feeds one query's engine from the broker, merging partitions by timestamp,
+/// and hands every record it writes to `emit` (which returns false to stop).
+fn drive(
+    options: &ClientOptions,
+    mut engine: Engine,
+    feed: &Feed,
+    stops: &[Arc<AtomicBool>],
+    dead_letter_topic: Option<&str>,
+    mut emit: impl FnMut(&Engine, &Record) -> Result<bool>,
+) -> Result<Counts> {
+    let probe = options.metadata_client()?;
+    let partitions = options.require_topic(&probe, &feed.topic)? as i32;
+    let mut dead_letters = DeadLetters::connect(options, &probe, dead_letter_topic)?;
+    let mut ends = vec![i64::MAX; partitions as usize];
+    if feed.bounded {
+        for (p, end) in ends.iter_mut().enumerate() {
+            *end = probe
+                .fetch_watermarks(&feed.topic, p as i32, CONNECT_TIMEOUT)?
+                .1;
+        }
+    }
+    let anonymous_group = format!("kpipe-sql-{}", std::process::id());
+    let consumer: Arc<BaseConsumer<QuietContext>> = Arc::new(
+        options
+            .config_with_defaults(&[
+                ("group.id", anonymous_group.as_str()),
+                ("enable.auto.commit", "false"),
+                ("enable.partition.eof", "true"),
+                ("fetch.queue.backoff.ms", "10"),
+            ])
+            .create_with_context(QuietContext::default())
+            .map_err(|e| options.config_error(e))?,
+    );
+    let mut assignment = TopicPartitionList::new();
+    for p in 0..partitions {
+        assignment.add_partition_offset(&feed.topic, p, feed.start)?;
+    }
+    consumer.assign(&assignment)?;
+    let queues = (0..partitions)
+        .map(|p| {
+            consumer
+                .split_partition_queue(&feed.topic, p)
+                .ok_or_else(|| anyhow!("cannot read partition {p} of {}", feed.topic))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    // Messages fetched before the split sit in the consumer's own queue; they
+    // come first in their partitions.
+    let mut early: Vec<VecDeque<Head>> = (0..partitions).map(|_| Default::default()).collect();
+    while let Some(polled) = consumer.poll(Duration::ZERO) {
+        if let Ok(m) = polled {
+            early[m.partition() as usize].push_back(read(&engine, &feed.topic, &m));
+        }
+    }
+    let mut merge = Merge {
+        heads: early.iter().map(|_| None).collect(),
+        at_end: vec![false; early.len()],
+        done: vec![false; early.len()],
+        early,
+        ends,
+        bounded: feed.bounded,
+    };
+    let n = partitions as usize;
+    let mut counts = Counts::default();
+    let mut waiting_since: Option<Instant> = None;
+    let mut last_served = Instant::now();
+    'run: loop {
+        if stops.iter().any(|s| s.load(Ordering::Relaxed)) {
+            break;
+        }
+        if last_served.elapsed() > Duration::from_millis(100) {
+            // Serves librdkafka's events (errors) on the consumer's own queue.
+            consumer.poll(Duration::ZERO);
+            last_served = Instant::now();
+        }
+        for (p, queue) in queues.iter().enumerate() {
+            merge.fill(p, queue, Duration::ZERO, &engine, &feed.topic);
+        }
+        if merge.finished() {
+            break;
+        }
+        let next = (0..n)
+            .filter(|&p| merge.heads[p].is_some())
+            .min_by_key(|&p| merge.heads[p].as_ref().map(Head::timestamp));
+        let Some(p) = next else {
+            // Nothing to merge: wait for any partition to bring something.
+            for (q, queue) in queues.iter().enumerate() {
+                merge.fill(
+                    q,
+                    queue,
+                    Duration::from_millis(20) / n as u32,
+                    &engine,
+                    &feed.topic,
+                );
+            }
+            continue;
+        };
+        // A partition with more to come may hold an earlier timestamp: wait
+        // for it a while, as Kafka Streams waits max.task.idle.ms.
+        if let Some(q) = merge.lagging() {
+            let since = *waiting_since.get_or_insert_with(Instant::now);
+            if since.elapsed() < feed.idle {
+                merge.fill(
+                    q,
+                    &queues[q],
+                    Duration::from_millis(5),
+                    &engine,
+                    &feed.topic,
+                );
+                continue;
+            }
+        }
+        waiting_since = None;
+        let head = merge.heads[p].take().expect("chosen among the heads");
+        counts.read += 1;
+        let record = match head {
+            Head::Record(record) => record,
+            Head::Bad {
+                error,
+                key,
+                payload,
+                offset,
+            } => {
+                counts.skipped += 1;
+                dead_letters.send(
+                    &Origin {
+                        topic: &feed.topic,
+                        partition: p as i32,
+                        offset,
+                        key: key.as_deref(),
+                        payload: &payload,
+                        headers: None,
+                    },
+                    &error,
+                )?;
+                continue;
+            }
+        };
+        let produced = match engine.process(&record) {
+            Ok(produced) => produced,
+            Err(e) => {
+                counts.skipped += 1;
+                tracing::warn!(
+                    partition = record.partition,
+                    offset = record.offset,
+                    "skipping a record the query cannot process: {e:#}"
+                );
+                continue;
+            }
+        };
+        for record in &produced {
+            if !emit(&engine, record)? {
+                break 'run;
+            }
+        }
+    }
+    dead_letters.flush()?;
+    Ok(counts)
+}
