@@ -5,7 +5,7 @@ use anyhow::{bail, Result};
 use serde_json::Value;
 
 use crate::eval::{arithmetic, compare, eval, Row};
-use crate::functions::{double, text, SCALARS};
+use crate::functions::{double, is_scalar, text};
 use crate::parser::{BinaryOp, Expr, SqlType};
 use crate::plan::children;
 
@@ -31,8 +31,18 @@ pub(crate) const AGGREGATES: [&str; 16] = [
 /// The aggregates that can take a row's contribution back, so apply to table sources.
 pub(crate) const RETRACTABLE: [&str; 5] = ["COUNT", "SUM", "AVG", "COLLECT_LIST", "HISTOGRAM"];
 
-/// Aggregates whose running state is a STRUCT, which DELIMITED and KAFKA values cannot hold.
-pub(crate) const STRUCT_STATE: [&str; 3] = ["AVG", "STDDEV_SAMP", "STDDEV_SAMPLE"];
+/// Aggregates whose running state is a STRUCT or an ARRAY, which DELIMITED
+/// and KAFKA values cannot hold.
+pub(crate) const COMPLEX_STATE: [&str; 8] = [
+    "AVG",
+    "STDDEV_SAMP",
+    "STDDEV_SAMPLE",
+    "TOPK",
+    "TOPKDISTINCT",
+    "COLLECT_LIST",
+    "COLLECT_SET",
+    "COUNT_DISTINCT",
+];
 
 pub(crate) fn is_aggregate(expr: &Expr) -> bool {
     matches!(expr, Expr::Function { name, .. } if AGGREGATES.contains(&name.as_str()))
@@ -53,12 +63,22 @@ impl Default for AggregateSettings {
     }
 }
 
-/// The type an aggregate returns for an argument of type `arg`.
-pub(crate) fn aggregate_type(name: &str, args: &[Expr], arg: Option<&SqlType>) -> SqlType {
-    let arg = arg.cloned().unwrap_or(SqlType::BigInt);
+/// The type an aggregate returns for arguments `args` of types `types`.
+pub(crate) fn aggregate_type(name: &str, args: &[Expr], types: &[SqlType]) -> SqlType {
+    let arg = types.first().cloned().unwrap_or(SqlType::BigInt);
     match name {
         "COUNT" | "COUNT_DISTINCT" => SqlType::BigInt,
         "AVG" | "STDDEV_SAMP" | "STDDEV_SAMPLE" => SqlType::Double,
+        "TOPK" | "TOPKDISTINCT" if args.len() > 2 => SqlType::Array(Box::new(SqlType::Struct(
+            std::iter::once(("sort_col".to_string(), arg))
+                .chain(
+                    types[1..types.len() - 1]
+                        .iter()
+                        .enumerate()
+                        .map(|(i, ty)| (format!("col{i}"), ty.clone())),
+                )
+                .collect(),
+        ))),
         "TOPK" | "TOPKDISTINCT" | "COLLECT_LIST" | "COLLECT_SET" => SqlType::Array(Box::new(arg)),
         "EARLIEST_BY_OFFSET" | "LATEST_BY_OFFSET" if keeps_several(args) => {
             SqlType::Array(Box::new(arg))
@@ -84,7 +104,8 @@ pub(crate) fn merge(call: &Expr, older: &Value, newer: &Value) -> Value {
         _ if older.is_null() => newer.clone(),
         _ if newer.is_null() => older.clone(),
         "COUNT" | "SUM" | "SUM_LIST" => arithmetic(BinaryOp::Add, older, newer),
-        "AVG" | "STDDEV_SAMP" | "STDDEV_SAMPLE" | "HISTOGRAM" => {
+        "AVG" | "STDDEV_SAMP" | "STDDEV_SAMPLE" => merge_moments(older, newer),
+        "HISTOGRAM" => {
             let mut merged = older.as_object().cloned().unwrap_or_default();
             for (k, v) in newer.as_object().into_iter().flatten() {
                 let sum = arithmetic(BinaryOp::Add, merged.get(k).unwrap_or(&Value::from(0)), v);
@@ -117,7 +138,7 @@ pub(crate) fn aggregate_calls(expr: &Expr, calls: &mut Vec<Expr>) -> Result<()> 
         return Ok(());
     }
     if let Expr::Function { name, .. } = expr {
-        if !SCALARS.contains(&name.as_str()) {
+        if !is_scalar(name) {
             bail!("Can't find any functions with the name '{name}'");
         }
     }
@@ -206,17 +227,30 @@ pub(crate) fn accumulate(
             Value::Object(counts)
         }
         "TOPK" | "TOPKDISTINCT" => {
-            let k = match args.get(1) {
-                Some(Expr::Literal(k)) => k.as_u64().unwrap_or(0) as usize,
-                _ => bail!("{name} takes a column and a number: {name}(col, k)"),
+            let k = match args.last() {
+                Some(Expr::Literal(k)) if args.len() > 1 => k.as_u64().unwrap_or(0) as usize,
+                _ => bail!("{name} takes a column, other columns to carry and a number: {name}(col, [other, ..], k)"),
             };
+            let carried = &args[1..args.len() - 1];
             let mut top = current.as_array().cloned().unwrap_or_default();
             let repeated = name == "TOPKDISTINCT" && top.contains(&arg);
             if !arg.is_null() && !repeated {
-                top.push(arg);
+                top.push(if carried.is_empty() {
+                    arg
+                } else {
+                    // With other columns, each entry is a struct sorted by `sort_col`.
+                    let mut entry = serde_json::Map::from_iter([("sort_col".to_string(), arg)]);
+                    for (i, expr) in carried.iter().enumerate() {
+                        entry.insert(format!("col{i}"), eval(expr, row, &[])?);
+                    }
+                    Value::Object(entry)
+                });
             }
+            let sort_key = |v: &Value| v.get("sort_col").cloned().unwrap_or_else(|| v.clone());
             // Highest first; ties keep their arrival order.
-            top.sort_by(|a, b| compare(b, a).unwrap_or(std::cmp::Ordering::Equal));
+            top.sort_by(|a, b| {
+                compare(&sort_key(b), &sort_key(a)).unwrap_or(std::cmp::Ordering::Equal)
+            });
             top.truncate(k);
             Value::Array(top)
         }
@@ -297,22 +331,39 @@ fn merge_by_offset(call: &Expr, older: &Value, newer: &Value) -> Value {
     }
 }
 
-/// The count, sum and sum of squares AVG and STDDEV keep, with `arg` added
-/// (`weight` 1) or taken back (`weight` -1); nulls do not count.
+/// The count, sum and sum of squared deviations (M2) AVG and STDDEV keep,
+/// with `arg` added (`weight` 1) or taken back from the count and sum
+/// (`weight` -1, for AVG); nulls do not count. M2 follows Youngs and
+/// Cramer's update, as ksqlDB's does (so results match to the last digit).
 fn moments(current: &Value, arg: &Value, weight: f64) -> Value {
     let get = |k: &str| current.get(k).and_then(Value::as_f64).unwrap_or(0.0);
     let Some(x) = arg.as_f64() else {
         return if current.is_null() {
-            serde_json::json!({"COUNT": 0.0, "SUM": 0.0, "SQUARES": 0.0})
+            serde_json::json!({"COUNT": 0.0, "SUM": 0.0, "M2": 0.0})
         } else {
             current.clone()
         };
     };
-    serde_json::json!({
-        "COUNT": get("COUNT") + weight,
-        "SUM": get("SUM") + weight * x,
-        "SQUARES": get("SQUARES") + weight * x * x,
-    })
+    let (count, sum) = (get("COUNT") + weight, get("SUM") + weight * x);
+    let mut m2 = get("M2");
+    if weight > 0.0 && count > 1.0 {
+        let t = count * x - sum;
+        m2 += t * t / (count * (count - 1.0));
+    }
+    serde_json::json!({"COUNT": count, "SUM": sum, "M2": m2})
+}
+
+/// Two sessions' AVG/STDDEV states as one (Chan et al.'s combination of M2).
+fn merge_moments(older: &Value, newer: &Value) -> Value {
+    let get = |v: &Value, k: &str| v.get(k).and_then(Value::as_f64).unwrap_or(0.0);
+    let (na, sa, ma) = (get(older, "COUNT"), get(older, "SUM"), get(older, "M2"));
+    let (nb, sb, mb) = (get(newer, "COUNT"), get(newer, "SUM"), get(newer, "M2"));
+    let mut m2 = ma + mb;
+    if na > 0.0 && nb > 0.0 {
+        let t = nb * sa - na * sb;
+        m2 += t * t / (na * nb * (na + nb));
+    }
+    serde_json::json!({"COUNT": na + nb, "SUM": sa + sb, "M2": m2})
 }
 
 /// What an aggregate reports for its state.
@@ -321,14 +372,14 @@ pub(crate) fn result(call: &Expr, state: &Value) -> Value {
         unreachable!("only calls aggregate")
     };
     let get = |k: &str| state.get(k).and_then(Value::as_f64).unwrap_or(0.0);
-    let (n, sum, squares) = (get("COUNT"), get("SUM"), get("SQUARES"));
+    let (n, sum, m2) = (get("COUNT"), get("SUM"), get("M2"));
     match name.as_str() {
         "AVG" if n == 0.0 => Value::Null,
         "AVG" => double(sum / n),
         // ksqlDB's STDDEV_SAMP reports the sample variance; STDDEV_SAMPLE its root.
         "STDDEV_SAMP" | "STDDEV_SAMPLE" if n < 2.0 => double(0.0),
-        "STDDEV_SAMP" => double((squares - sum * sum / n) / (n - 1.0)),
-        "STDDEV_SAMPLE" => double(((squares - sum * sum / n) / (n - 1.0)).sqrt()),
+        "STDDEV_SAMP" => double(m2 / (n - 1.0)),
+        "STDDEV_SAMPLE" => double((m2 / (n - 1.0)).sqrt()),
         "COUNT_DISTINCT" => Value::from(state.as_array().map_or(0, Vec::len)),
         _ => state.clone(),
     }
@@ -434,6 +485,8 @@ mod tests {
             fold("LATEST_BY_OFFSET(V, false)", &with_null[..2], settings),
             Value::Null
         );
+        let top = fold("TOPK(V, 'x', 1)", &values, settings);
+        assert_eq!(top, serde_json::json!([{"sort_col": 13.0, "col0": "x"}]));
         let lists = [serde_json::json!([1, 2]), serde_json::json!([3, null])];
         assert_eq!(fold("SUM_LIST(V)", &lists, settings), Value::from(6));
         assert_eq!(

@@ -20,8 +20,54 @@ pub(crate) fn check_condition(clause: &str, condition: &Expr, columns: &[ColumnD
     Ok(())
 }
 
-/// Checks the IN lists of a selected expression.
-pub(crate) fn check_in_lists(expr: &Expr, columns: &[ColumnDef]) -> Result<()> {
+/// Checks a selected expression: its IN lists and CASTs, and no comparison
+/// of two nulls.
+pub(crate) fn check_selected(expr: &Expr, columns: &[ColumnDef]) -> Result<()> {
+    check_null_comparisons(expr)?;
+    check_casts(expr, columns)?;
+    check_in_lists(expr, columns)
+}
+
+/// Refuses CASTs between a collection or struct and another kind of type
+/// (any type may become a STRING).
+fn check_casts(expr: &Expr, columns: &[ColumnDef]) -> Result<()> {
+    if let Expr::Cast { expr: inner, ty } = expr {
+        let from = type_of(inner, columns)?;
+        let same_kind = std::mem::discriminant(&from) == std::mem::discriminant(ty);
+        let convertible = (from.is_primitive() && ty.is_primitive())
+            || *ty == SqlType::String
+            || same_kind
+            || matches!(**inner, Expr::Literal(Value::Null));
+        if !convertible {
+            bail!("Invalid Select: Cast of {from} to {ty} is not supported");
+        }
+    }
+    if matches!(expr, Expr::Lambda { .. }) {
+        return Ok(());
+    }
+    children(expr)
+        .into_iter()
+        .try_for_each(|child| check_casts(child, columns))
+}
+
+fn check_null_comparisons(expr: &Expr) -> Result<()> {
+    if let Expr::Binary(op, left, right) = expr {
+        let null = |e: &Expr| matches!(e, Expr::Literal(Value::Null));
+        if comparison_name(*op).is_some() && null(left) && null(right) {
+            let symbol = Expr::Binary(*op, left.clone(), right.clone()).to_string();
+            bail!(
+                "Comparison with NULL not supported: {}",
+                symbol.trim_matches(['(', ')']).replace("null", "NULL")
+            );
+        }
+    }
+    children(expr)
+        .into_iter()
+        .try_for_each(check_null_comparisons)
+}
+
+/// Checks the IN lists of an expression.
+fn check_in_lists(expr: &Expr, columns: &[ColumnDef]) -> Result<()> {
     if let Expr::In {
         expr: tested, list, ..
     } = expr
@@ -223,6 +269,12 @@ mod tests {
         assert_eq!(
             error("'no'"),
             "Type error in WHERE expression: Should evaluate to boolean but is 'no' (STRING) instead."
+        );
+        assert_eq!(
+            check_selected(&condition("NULL <> NULL"), &columns)
+                .unwrap_err()
+                .to_string(),
+            "Comparison with NULL not supported: NULL <> NULL"
         );
         assert!(check_condition(
             "WHERE",

@@ -10,10 +10,10 @@ use anyhow::{anyhow, bail, Result};
 use serde_json::Value;
 
 use crate::aggregate::{
-    accumulate, aggregate_calls, initial, merge, result, retracted, AggregateSettings, RETRACTABLE,
-    STRUCT_STATE,
+    accumulate, aggregate_calls, initial, merge, result, retracted, AggregateSettings,
+    COMPLEX_STATE, RETRACTABLE,
 };
-use crate::check::{check_condition, check_in_lists};
+use crate::check::{check_condition, check_selected};
 use crate::eval::{eval, Row};
 use crate::format::{decode, decode_key, encode_key, encode_value, Format};
 use crate::join::{join_update, resolve, JoinSide, JoinState};
@@ -21,9 +21,10 @@ use crate::parser::{
     ColumnDef, EmitMode, Expr, Properties, Select, SourceKind, SqlType, Statement, Window,
 };
 use crate::plan::{
-    check_grouping, check_no_aggregates, listing, output_columns, projection, unresolved_column,
-    PSEUDO_COLUMNS,
+    check_grouping, check_no_aggregates, listing, output_columns, projection, statement_text,
+    unresolved_column, PSEUDO_COLUMNS,
 };
+use crate::types::coerce;
 
 /// A record as the engine sees it: key and value in their topic's logical
 /// form (a JSON value for JSON, a string for DELIMITED and KAFKA).
@@ -51,6 +52,8 @@ pub(crate) struct Source {
     pub(crate) wrap_single_value: bool,
     /// The window keys carry (the source of WINDOWSTART and WINDOWEND).
     pub(crate) window: Option<Window>,
+    /// A `CREATE SOURCE` stream or table: nothing may write to or alter it.
+    pub(crate) read_only: bool,
 }
 
 /// The streams and tables by name; shared, so a query's record costs no copy.
@@ -129,6 +132,15 @@ pub enum Executed {
     Terminated {
         ids: Vec<String>,
     },
+    /// ALTER added columns to a stream or table.
+    Altered {
+        kind: SourceKind,
+        name: String,
+    },
+    /// INSERT INTO .. VALUES wrote a record (see `Engine::take_inserted`).
+    Inserted {
+        topic: String,
+    },
 }
 
 #[derive(Default, Clone)]
@@ -139,6 +151,8 @@ pub struct Engine {
     query_count: usize,
     /// ksqlDB properties (`ksql.*`) for the queries started from now on.
     properties: HashMap<String, String>,
+    /// Records written by `INSERT INTO .. VALUES`, not yet taken.
+    inserted: Vec<Record>,
 }
 
 fn property<'a>(properties: &'a Properties, name: &str) -> Option<&'a Value> {
@@ -183,7 +197,17 @@ impl Engine {
                 name,
                 columns,
                 properties,
+                or_replace,
+                read_only,
             } => {
+                let replaced_read_only = self.sources.get(name).is_some_and(|s| s.read_only);
+                if *or_replace && (*read_only || replaced_read_only) {
+                    let kind = kind_word(*kind);
+                    bail!("Cannot add {kind} '{name}': CREATE OR REPLACE is not supported on source {kind}s.");
+                }
+                if *or_replace {
+                    self.sources.remove(name);
+                }
                 if let Some(c) = columns
                     .iter()
                     .find(|c| PSEUDO_COLUMNS.contains(&c.name.as_str()))
@@ -205,6 +229,7 @@ impl Engine {
                     value_format,
                     wrap_single_value: wrap_single_value(properties, value_format, columns)?,
                     window: window_type(properties)?,
+                    read_only: *read_only,
                 };
                 check_formats(&source)?;
                 self.add(name, source)?;
@@ -212,6 +237,38 @@ impl Engine {
                     kind: *kind,
                     name: name.clone(),
                 })
+            }
+            Statement::Alter {
+                kind,
+                name,
+                columns,
+            } => {
+                let source = self
+                    .sources
+                    .get_mut(name)
+                    .ok_or_else(|| anyhow!("Source {name} does not exist."))?;
+                if source.read_only {
+                    let kind = kind_word(*kind);
+                    bail!("Cannot alter {kind} '{name}': ALTER operations are not supported on source {kind}s.");
+                }
+                for column in columns {
+                    if source.columns.iter().any(|c| c.name == column.name) {
+                        bail!("Cannot add column `{}` to schema. A column with the same name already exists.", column.name);
+                    }
+                    source.columns.push(column.clone());
+                }
+                Ok(Executed::Altered {
+                    kind: *kind,
+                    name: name.clone(),
+                })
+            }
+            Statement::InsertValues {
+                target,
+                columns,
+                values,
+            } => {
+                let topic = self.insert_values(target, columns.as_deref(), values)?;
+                Ok(Executed::Inserted { topic })
             }
             Statement::CreateAs {
                 kind,
@@ -319,10 +376,13 @@ impl Engine {
                     .ok_or_else(|| anyhow!("{target} does not exist."))?;
                 let (select, from, join) = resolve(select, &self.sources)?;
                 let (select, from) = (&select, &from);
-                if into.kind == SourceKind::Table
-                    || from.kind == SourceKind::Table
-                    || !select.group_by.is_empty()
-                {
+                if into.read_only && into.kind == SourceKind::Stream {
+                    bail!("Cannot insert into read-only stream: {target}");
+                }
+                if into.kind == SourceKind::Table {
+                    bail!("INSERT INTO can only be used to insert into a stream. {target} is a table.");
+                }
+                if from.kind == SourceKind::Table || !select.group_by.is_empty() {
                     bail!("INSERT INTO can only write stream query results into a stream");
                 }
                 let outputs = output_columns(select, from, target, self.new_planner(), false)?;
@@ -330,7 +390,7 @@ impl Engine {
                     && outputs
                         .iter()
                         .zip(&into.columns)
-                        .all(|((a, _), b)| a.name == b.name && a.key == b.key);
+                        .all(|((a, _), b)| a.name == b.name && a.key == b.key && a.ty == b.ty);
                 if !same {
                     let describe = |columns: &mut dyn Iterator<Item = &ColumnDef>| {
                         columns
@@ -368,6 +428,85 @@ impl Engine {
         }
     }
 
+    /// `INSERT INTO target VALUES (..)`: one record, for the target's topic,
+    /// kept for `take_inserted` (the caller produces it); returns the topic.
+    fn insert_values(
+        &mut self,
+        target: &str,
+        columns: Option<&[String]>,
+        values: &[Expr],
+    ) -> Result<String> {
+        let Some(into) = self.sources.get(target) else {
+            let similar = self
+                .sources
+                .keys()
+                .find(|name| name.eq_ignore_ascii_case(target));
+            let hint = match similar {
+                Some(name) if *name == name.to_ascii_uppercase() => {
+                    format!("\nDid you mean {name}? Hint: try removing double quotes from the source name.")
+                }
+                Some(name) => format!(
+                    "\nDid you mean \"{name}\"? Hint: wrap the source name in double quotes to make it case-sensitive."
+                ),
+                None => String::new(),
+            };
+            bail!("Cannot insert values into an unknown stream/table: `{target}`{hint}");
+        };
+        if into.read_only {
+            bail!(
+                "Cannot insert values into read-only {}: {target}",
+                kind_word(into.kind)
+            );
+        }
+        let names: Vec<String> = match columns {
+            Some(names) => names.to_vec(),
+            None => into.columns.iter().map(|c| c.name.clone()).collect(),
+        };
+        if names.len() != values.len() {
+            bail!(
+                "Expected a value for each column. Expected Columns: [{}]. Got [{}]",
+                names.join(", "),
+                values
+                    .iter()
+                    .map(Expr::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        let mut row = Row::new();
+        for (name, value) in names.iter().zip(values) {
+            row.insert(name.clone(), eval(value, &Row::new(), &[])?);
+        }
+        let typed = |key: bool| -> Vec<(&ColumnDef, Value)> {
+            into.columns
+                .iter()
+                .filter(|c| c.key == key)
+                .map(|c| {
+                    let value = row.get(&c.name).map_or(Value::Null, |v| coerce(v, &c.ty));
+                    (c, value)
+                })
+                .collect()
+        };
+        let record = Record {
+            topic: into.topic.clone(),
+            key: encode_key(into.key_format, &typed(true)),
+            value: encode_value(into, &typed(false)),
+            timestamp: row.get("ROWTIME").and_then(Value::as_i64).unwrap_or(0),
+            window: None,
+            partition: 0,
+            offset: 0,
+        };
+        let topic = record.topic.clone();
+        self.inserted.push(record);
+        Ok(topic)
+    }
+
+    /// The records `INSERT INTO .. VALUES` statements wrote since the last
+    /// call, for the caller to produce to their topics (and feed to `process`).
+    pub fn take_inserted(&mut self) -> Vec<Record> {
+        std::mem::take(&mut self.inserted)
+    }
+
     /// Registers a CREATE ... AS SELECT (or a transient SELECT into `name`) and
     /// returns its query id.
     fn create_as(
@@ -401,7 +540,7 @@ impl Engine {
             check_condition("HAVING", having, &from.columns)?;
         }
         for (expr, _) in projection(select, &from) {
-            check_in_lists(&expr, &from.columns)?;
+            check_selected(&expr, &from.columns)?;
         }
         if !aggregated {
             check_no_aggregates(kind, select, &from)?;
@@ -439,7 +578,7 @@ impl Engine {
             }
             let value_format = formats(properties, Some(&from))?.1;
             let struct_state = calls.iter().any(
-                |c| matches!(c, Expr::Function { name, .. } if STRUCT_STATE.contains(&name.as_str())),
+                |c| matches!(c, Expr::Function { name, .. } if COMPLEX_STATE.contains(&name.as_str())),
             );
             if struct_state && value_format != Format::Json {
                 bail!("One of the functions used in the statement has an intermediate type that the value format can not handle. Please remove the function or change the format.");
@@ -453,7 +592,13 @@ impl Engine {
             None
         };
         let outputs = output_columns(select, &from, name, self.new_planner(), transient)?;
-        let topic = text_property(properties, "KAFKA_TOPIC")?.unwrap_or_else(|| name.to_string());
+        let prefix = self
+            .properties
+            .get("ksql.output.topic.name.prefix")
+            .cloned()
+            .unwrap_or_default();
+        let topic =
+            text_property(properties, "KAFKA_TOPIC")?.unwrap_or_else(|| format!("{prefix}{name}"));
         let (key_format, value_format) = formats(properties, Some(&from))?;
         let columns: Vec<ColumnDef> = outputs.iter().map(|(c, _)| c.clone()).collect();
         let wrap_single_value = wrap_single_value(properties, value_format, &columns)?;
@@ -465,8 +610,12 @@ impl Engine {
             value_format,
             wrap_single_value,
             window: select.window.or(from.window),
+            read_only: false,
         };
-        check_formats(&sink)?;
+        check_formats(&sink).map_err(|e| {
+            let text = statement_text(kind, name, properties, select, &outputs);
+            anyhow!("{e}\nStatement: {text}")
+        })?;
         self.add(name, sink)?;
         let id = match (transient, kind) {
             (true, _) => name.to_string(),
@@ -611,7 +760,7 @@ fn stream_row(
         ..
     } = query;
     let Some(aggregation) = aggregation else {
-        let mut projected = project(outputs, sink, row, &[], timestamp)?;
+        let mut projected = project(outputs, sink, row, &[], None, timestamp)?;
         projected.window = window;
         return Ok(vec![projected]);
     };
@@ -798,6 +947,10 @@ fn table_update(
     sink: &Source,
     record: &Record,
 ) -> Result<Vec<Record>> {
+    if record.key.is_null() {
+        // A table row needs a key; ksqlDB drops keyless ones.
+        return Ok(Vec::new());
+    }
     let key_id = record.key.to_string();
     let mut new_row = decode(from, record)?;
     if let (Some(row), Some(filter)) = (&new_row, &query.select.filter) {
@@ -811,7 +964,14 @@ fn table_update(
     };
     let Some(aggregation) = &mut query.aggregation else {
         return Ok(match (new_row, old_row) {
-            (Some(row), _) => vec![project(&query.outputs, sink, &row, &[], record.timestamp)?],
+            (Some(row), _) => vec![project(
+                &query.outputs,
+                sink,
+                &row,
+                &[],
+                None,
+                record.timestamp,
+            )?],
             (None, Some(row)) => vec![Record {
                 topic: sink.topic.clone(),
                 key: project_key(&query.outputs, sink, &row),
@@ -943,7 +1103,15 @@ fn emit(
     };
     if kept {
         aggregation.emitted.insert(target.id.to_string());
-        let mut record = project(query.outputs, query.sink, &row, &results, target.timestamp)?;
+        let group = target.group.as_array().map(Vec::as_slice);
+        let mut record = project(
+            query.outputs,
+            query.sink,
+            &row,
+            &results,
+            group,
+            target.timestamp,
+        )?;
         record.window = target.window;
         return Ok(Some(record));
     }
@@ -1088,8 +1256,42 @@ fn check_formats(source: &Source) -> Result<()> {
             );
         }
     }
+    if let Some(key) = keys.iter().find(|c| contains_map(&c.ty)) {
+        bail!(
+            "Map keys, including types that contain maps, are not supported as they may lead to unexpected behavior due to inconsistent serialization. Key column name: `{}`. Column type: {}. See https://github.com/confluentinc/ksql/issues/6621 for more.",
+            key.name,
+            key.ty
+        );
+    }
+    let json = |f: Format| f == Format::Json;
+    let has_non_string_map_keys = keys
+        .iter()
+        .filter(|_| json(source.key_format))
+        .chain(values.iter().filter(|_| json(source.value_format)))
+        .any(|c| has_non_string_map_key(&c.ty));
+    if has_non_string_map_keys {
+        bail!("JSON only supports MAP types with STRING keys");
+    }
     source.key_format.check(&keys)?;
     source.value_format.check(&values)
+}
+
+fn contains_map(ty: &SqlType) -> bool {
+    match ty {
+        SqlType::Map(..) => true,
+        SqlType::Array(element) => contains_map(element),
+        SqlType::Struct(fields) => fields.iter().any(|(_, t)| contains_map(t)),
+        _ => false,
+    }
+}
+
+fn has_non_string_map_key(ty: &SqlType) -> bool {
+    match ty {
+        SqlType::Map(key, value) => **key != SqlType::String || has_non_string_map_key(value),
+        SqlType::Array(element) => has_non_string_map_key(element),
+        SqlType::Struct(fields) => fields.iter().any(|(_, t)| has_non_string_map_key(t)),
+        _ => false,
+    }
 }
 
 /// The primitive types the KAFKA format can serialize.
@@ -1147,23 +1349,29 @@ fn formats(properties: &Properties, inherit: Option<&Source>) -> Result<(Format,
 }
 
 /// The sink record for `row`: every output column computed, keys into the
-/// key and the rest into the value, in the sink's formats.
+/// key and the rest into the value, in the sink's formats. A group's key
+/// columns take the values it was grouped by (`group`, in key order), so no
+/// expression is evaluated twice for one row.
 fn project(
     outputs: &[(ColumnDef, Expr)],
     sink: &Source,
     row: &Row,
     aggregates: &[(Expr, Value)],
+    group: Option<&[Value]>,
     timestamp: i64,
 ) -> Result<Record> {
     let mut keys = Vec::new();
     let mut values = Vec::new();
     for (column, expr) in outputs {
-        let value = eval(expr, row, aggregates)?;
-        if column.key {
-            keys.push((column, value));
-        } else {
-            values.push((column, value));
+        if !column.key {
+            values.push((column, eval(expr, row, aggregates)?));
+            continue;
         }
+        let value = match group.and_then(|g| g.get(keys.len())) {
+            Some(grouped) => grouped.clone(),
+            None => eval(expr, row, aggregates)?,
+        };
+        keys.push((column, value));
     }
     Ok(Record {
         topic: sink.topic.clone(),
@@ -1361,7 +1569,8 @@ mod tests {
         for s in parse(
             "CREATE STREAM I (K STRING KEY, V INT, N STRING) WITH (kafka_topic='t', value_format='JSON');
              CREATE STREAM O AS SELECT K, CASE WHEN V < 10 THEN 'small' WHEN V < 100 THEN 'medium' ELSE 'large' END AS SIZE,
-               CAST(V AS STRING) AS S, CAST(V AS DOUBLE) / 4 AS Q, N LIKE 'a_c%' AS M FROM I;",
+               CAST(V AS STRING) AS S, CAST(V AS DOUBLE) / 4 AS Q, N LIKE 'a_c%' AS M,
+               N LIKE 'a!_c%' ESCAPE '!' AS E FROM I;",
         )
         .unwrap()
         {
@@ -1380,7 +1589,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             out[0].value,
-            serde_json::json!({"SIZE": "medium", "S": "50", "Q": 12.5, "M": true})
+            serde_json::json!({"SIZE": "medium", "S": "50", "Q": 12.5, "M": true, "E": false})
         );
     }
 
@@ -1722,6 +1931,53 @@ mod tests {
                 Value::from("2"),
                 serde_json::json!({"S_K": "k", "T_ID": null, "T_NAME": null})
             )]
+        );
+    }
+
+    #[test]
+    fn insert_values_writes_a_record_and_source_streams_are_read_only() {
+        let mut engine = Engine::default();
+        for s in parse(
+            "CREATE STREAM S (ID INT KEY, NAME STRING) WITH (kafka_topic='s', value_format='JSON');
+             INSERT INTO S (ID, NAME) VALUES (1, 'a');
+             CREATE SOURCE STREAM R (ID INT KEY, NAME STRING) WITH (kafka_topic='r', value_format='JSON');",
+        )
+        .unwrap()
+        {
+            engine.execute(&s).unwrap();
+        }
+        let inserted = engine.take_inserted();
+        assert_eq!(
+            (inserted[0].key.clone(), inserted[0].value.clone()),
+            (Value::from(1), serde_json::json!({"NAME": "a"}))
+        );
+        for (sql, error) in [
+            ("INSERT INTO R VALUES (1, 'b');", "Cannot insert values into read-only stream: R"),
+            ("INSERT INTO \"r\" VALUES (1, 'b');", "Cannot insert values into an unknown stream/table: `r`\nDid you mean R?"),
+            ("ALTER STREAM R ADD COLUMN X INT;", "Cannot alter stream 'R': ALTER operations are not supported on source streams."),
+            (
+                "CREATE OR REPLACE STREAM R (ID INT KEY) WITH (kafka_topic='r', value_format='JSON');",
+                "Cannot add stream 'R': CREATE OR REPLACE is not supported on source streams.",
+            ),
+        ] {
+            let message = engine.execute(&parse(sql).unwrap()[0]).unwrap_err().to_string();
+            assert!(message.starts_with(error), "{sql}: {message}");
+        }
+    }
+
+    #[test]
+    fn format_errors_quote_the_statement_as_ksqldb_prints_it() {
+        let mut engine = Engine::default();
+        let create = parse("CREATE STREAM I (K STRING KEY, A INT, B INT) WITH (kafka_topic='t', value_format='JSON');").unwrap();
+        engine.execute(&create[0]).unwrap();
+        let statement =
+            parse("CREATE TABLE O AS SELECT A, B AS X, COUNT(*) FROM I GROUP BY A, B;").unwrap();
+        let message = engine.execute(&statement[0]).unwrap_err().to_string();
+        assert!(
+            message.ends_with(
+                "Statement: CREATE TABLE O AS SELECT\n  I.A A,\n  I.B X,\n  COUNT(*) KSQL_COL_0\nFROM I I\nGROUP BY I.A, I.B\nEMIT CHANGES"
+            ),
+            "{message}"
         );
     }
 }

@@ -156,10 +156,11 @@ pub(crate) fn eval(expr: &Expr, row: &Row, aggregates: &[(Expr, Value)]) -> Resu
             expr,
             pattern,
             negated,
+            escape,
         } => match (eval(expr)?, eval(pattern)?) {
             (Value::String(text), Value::String(pattern)) => {
                 let chars: Vec<char> = text.chars().collect();
-                let pattern: Vec<char> = pattern.chars().collect();
+                let pattern = like_pattern(&pattern, *escape);
                 Value::Bool(like(&chars, &pattern) != *negated)
             }
             _ => Value::Null,
@@ -243,13 +244,36 @@ fn higher_order(
     })
 }
 
+/// A LIKE pattern's parts: a literal character, `_` (any one) or `%` (any run).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LikePart {
+    Char(char),
+    One,
+    Any,
+}
+
+/// A LIKE pattern's text as parts; the `escape` character makes the next one literal.
+fn like_pattern(pattern: &str, escape: Option<char>) -> Vec<LikePart> {
+    let mut parts = Vec::new();
+    let mut chars = pattern.chars();
+    while let Some(c) = chars.next() {
+        parts.push(match c {
+            c if Some(c) == escape => LikePart::Char(chars.next().unwrap_or(c)),
+            '%' => LikePart::Any,
+            '_' => LikePart::One,
+            c => LikePart::Char(c),
+        });
+    }
+    parts
+}
+
 /// SQL LIKE: `%` any run, `_` any one character.
-pub(crate) fn like(text: &[char], pattern: &[char]) -> bool {
+fn like(text: &[char], pattern: &[LikePart]) -> bool {
     match pattern.split_first() {
         None => text.is_empty(),
-        Some(('%', rest)) => (0..=text.len()).any(|i| like(&text[i..], rest)),
-        Some(('_', rest)) => !text.is_empty() && like(&text[1..], rest),
-        Some((c, rest)) => text.first() == Some(c) && like(&text[1..], rest),
+        Some((LikePart::Any, rest)) => (0..=text.len()).any(|i| like(&text[i..], rest)),
+        Some((LikePart::One, rest)) => !text.is_empty() && like(&text[1..], rest),
+        Some((LikePart::Char(c), rest)) => text.first() == Some(c) && like(&text[1..], rest),
     }
 }
 
@@ -303,6 +327,10 @@ pub(crate) fn binary(op: BinaryOp, a: Value, b: Value) -> Value {
             (Value::Bool(false), Value::Bool(false)) => Value::Bool(false),
             _ => Value::Null,
         },
+        // A comparison with null is false in ksqlDB, not unknown.
+        B::Eq | B::NotEq | B::Lt | B::LtEq | B::Gt | B::GtEq if a.is_null() || b.is_null() => {
+            Value::Bool(false)
+        }
         B::Eq | B::NotEq | B::Lt | B::LtEq | B::Gt | B::GtEq => match compare(&a, &b) {
             Some(o) => Value::Bool(match op {
                 B::Eq => o.is_eq(),

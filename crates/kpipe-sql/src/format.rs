@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 use crate::engine::{Record, Source};
 use crate::eval::Row;
 use crate::parser::{ColumnDef, SqlType};
-use crate::types::{coerce, field};
+use crate::types::{coerce, field, java_double};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Format {
@@ -226,6 +226,7 @@ pub(crate) fn delimited_line(values: &[(&ColumnDef, Value)]) -> String {
             (Value::Number(n), SqlType::Decimal { scale, .. }) => {
                 format!("{:.*}", *scale as usize, n.as_f64().unwrap_or_default())
             }
+            (Value::Number(n), SqlType::Double) => java_double(n.as_f64().unwrap_or_default()),
             (Value::String(s), _) => s.clone(),
             (other, _) => other.to_string(),
         };

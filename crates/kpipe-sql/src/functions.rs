@@ -4,6 +4,8 @@ use anyhow::{bail, Result};
 use serde_json::Value;
 
 use std::cmp::Ordering;
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock, RwLock};
 
 use crate::eval::compare;
 use crate::parser::SqlType;
@@ -58,20 +60,68 @@ pub(crate) const SCALARS: &[&str] = &[
     "CONCAT_WS",
     "RANDOM",
     "EXTRACTJSONFIELD",
+    "TIMESTAMPTOSTRING",
+    "FORMAT_TIMESTAMP",
 ];
+
+/// A function body: argument values in, a value out (or a failure that drops the row).
+pub(crate) type FunctionBody = Box<dyn Fn(&[Value]) -> Result<Value> + Send + Sync>;
+
+/// A scalar function added at run time, as ksqlDB loads UDFs: its return
+/// type for given argument types, and its body.
+pub(crate) struct UserFunction {
+    pub(crate) return_type: fn(&[SqlType]) -> SqlType,
+    pub(crate) call: FunctionBody,
+}
+
+type UserFunctions = RwLock<HashMap<String, Arc<UserFunction>>>;
+
+/// The functions added at run time, by (upper-case) name; like ksqlDB's
+/// function registry, one for the process.
+fn user_functions() -> &'static UserFunctions {
+    static FUNCTIONS: OnceLock<UserFunctions> = OnceLock::new();
+    FUNCTIONS.get_or_init(Default::default)
+}
+
+/// Adds (or replaces) a scalar function.
+pub(crate) fn register(name: &str, function: UserFunction) {
+    user_functions()
+        .write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .insert(name.to_ascii_uppercase(), Arc::new(function));
+}
+
+fn user_function(name: &str) -> Option<Arc<UserFunction>> {
+    user_functions()
+        .read()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .get(name)
+        .cloned()
+}
+
+/// Whether `name` is a scalar function, built in or added.
+pub(crate) fn is_scalar(name: &str) -> bool {
+    SCALARS.contains(&name) || user_function(name).is_some()
+}
 
 /// The type a scalar function returns for arguments of `args`' types (a
 /// lambda's type is its body's).
 pub(crate) fn return_type(name: &str, args: &[SqlType]) -> Result<SqlType> {
+    if let Some(function) = user_function(name) {
+        return Ok((function.return_type)(args));
+    }
     if !SCALARS.contains(&name) {
         bail!("Can't find any functions with the name '{name}'");
+    }
+    if args.is_empty() && matches!(name, "COALESCE" | "IFNULL" | "CONCAT") {
+        bail!("Function '{name}' does not accept parameters ()");
     }
     let arg = |i: usize| args.get(i).cloned().unwrap_or(SqlType::String);
     Ok(match name {
         "LEN" | "SIGN" | "ARRAY_LENGTH" | "INSTR" => SqlType::Int,
         "FROM_UNIXTIME" => SqlType::Timestamp,
         "CONCAT" | "CONCAT_WS" | "INITCAP" | "LCASE" | "UCASE" | "TRIM" | "SUBSTRING"
-        | "EXTRACTJSONFIELD" => SqlType::String,
+        | "EXTRACTJSONFIELD" | "TIMESTAMPTOSTRING" | "FORMAT_TIMESTAMP" => SqlType::String,
         "ARRAY_MIN" | "ARRAY_MAX" => match arg(0) {
             SqlType::Array(element) => *element,
             other => other,
@@ -132,7 +182,11 @@ fn random_fraction() -> f64 {
 /// EXTRACTJSONFIELD: the value at a JSONPath like `$.a.b[0]` in JSON text;
 /// text values come back unquoted, others as JSON text.
 fn extract_json_field(json: &str, path: &str) -> Value {
-    let Ok(mut value) = serde_json::from_str::<Value>(json) else {
+    // The first JSON value in the text; anything after it is ignored, as Jackson does.
+    let first = serde_json::Deserializer::from_str(json)
+        .into_iter::<Value>()
+        .next();
+    let Some(Ok(mut value)) = first else {
         return Value::Null;
     };
     let Some(path) = path.strip_prefix('$') else {
@@ -163,6 +217,9 @@ fn extract_json_field(json: &str, path: &str) -> Value {
 
 /// A scalar function of ksqlDB's library; null in, null out unless it says otherwise.
 pub(crate) fn scalar(name: &str, args: &[Value]) -> Result<Value> {
+    if let Some(function) = user_function(name) {
+        return (function.call)(args);
+    }
     if !SCALARS.contains(&name) {
         bail!("Can't find any functions with the name '{name}'");
     }
@@ -249,6 +306,18 @@ pub(crate) fn scalar(name: &str, args: &[Value]) -> Result<Value> {
                     .map_or(0, |byte| haystack[..byte].chars().count() + 1),
             )
         }
+        // Epoch milliseconds (a TIMESTAMP is one too) in a Java pattern and zone.
+        "TIMESTAMPTOSTRING" | "FORMAT_TIMESTAMP" => {
+            let (Some(millis), Some(pattern)) = (arg(0).as_i64(), text(&arg(1))) else {
+                return Ok(Value::Null);
+            };
+            let zone = text(&arg(2));
+            Value::from(crate::time::format_millis(
+                millis,
+                &pattern,
+                zone.as_deref(),
+            )?)
+        }
         "EXTRACTJSONFIELD" => {
             let (Some(json), Some(path)) = (text(&arg(0)), text(&arg(1))) else {
                 return Ok(Value::Null);
@@ -266,8 +335,8 @@ pub(crate) fn scalar(name: &str, args: &[Value]) -> Result<Value> {
             }),
             _ => Value::Null,
         },
-        "LOG" => match (arg(0).as_f64(), args.get(1).and_then(Value::as_f64)) {
-            (Some(x), None) => double(x.ln()),
+        "LOG" if args.len() == 1 => arg(0).as_f64().map_or(Value::Null, |x| double(x.ln())),
+        "LOG" => match (arg(0).as_f64(), arg(1).as_f64()) {
             (Some(base), Some(x)) => double(x.ln() / base.ln()),
             _ => Value::Null,
         },
@@ -375,10 +444,47 @@ pub(crate) fn scalar(name: &str, args: &[Value]) -> Result<Value> {
     })
 }
 
-/// Rounds half away from zero at `places` decimals, as ksqlDB's ROUND does.
+/// Rounds to `places` decimals (negative: tens, hundreds..) with halves
+/// going up (-1.5 to -1), as ksqlDB's ROUND does: on the double's shortest
+/// decimal digits (BigDecimal.valueOf), so no binary error creeps in.
 pub(crate) fn round_half_up(f: f64, places: i64) -> f64 {
-    let scale = 10f64.powi(places as i32);
-    (f * scale).round() / scale
+    if !f.is_finite() {
+        return f;
+    }
+    let text = format!("{}", f.abs());
+    let (whole, fraction) = text.split_once('.').unwrap_or((&text, ""));
+    let digits: Vec<u8> = whole
+        .bytes()
+        .chain(fraction.bytes())
+        .map(|b| b - b'0')
+        .collect();
+    // How many leading digits survive.
+    let kept = whole.len() as i64 + places;
+    if kept >= digits.len() as i64 {
+        return f;
+    }
+    let kept = kept.max(0) as usize;
+    let first_dropped = digits[kept];
+    let beyond_half = digits[kept + 1..].iter().any(|d| *d != 0);
+    // Away from zero for positives at a half, towards zero for negatives.
+    let up = first_dropped > 5 || (first_dropped == 5 && (f > 0.0 || beyond_half));
+    let mut magnitude: f64 = digits[..kept]
+        .iter()
+        .fold(0.0, |n, d| n * 10.0 + f64::from(*d));
+    if up {
+        magnitude += 1.0;
+    }
+    let exponent = whole.len() as i64 - kept as i64;
+    let rounded = if exponent >= 0 {
+        magnitude * 10f64.powi(exponent as i32)
+    } else {
+        // Divide by an exact power of ten, the way parsing the digits would.
+        format!("{magnitude}e{exponent}")
+            .parse()
+            .unwrap_or(magnitude)
+    };
+    // No negative zero.
+    (if f < 0.0 { -rounded } else { rounded }) + 0.0
 }
 
 #[cfg(test)]
@@ -426,8 +532,47 @@ mod tests {
             v("x")
         );
         assert_eq!(
+            scalar("ROUND", &[Value::from(-1.5)]).unwrap(),
+            Value::from(-1),
+            "halves go up, as in Java"
+        );
+        let round =
+            |f: f64, places: i64| scalar("ROUND", &[Value::from(f), Value::from(places)]).unwrap();
+        assert_eq!(
+            round(1.005, 2),
+            Value::from(1.01),
+            "on decimal digits, not binary ones"
+        );
+        assert_eq!(round(-2.5, 0), Value::from(-2.0));
+        assert_eq!(round(1234.5, -2), Value::from(1200.0));
+        assert_eq!(
+            scalar("EXTRACTJSONFIELD", &[v(r#"{"a": 1}}"#), v("$.a")]).unwrap(),
+            v("1"),
+            "text after the JSON value is ignored"
+        );
+        assert_eq!(
             scalar("TRUNC", &[Value::from(-1.7)]).unwrap(),
             Value::from(-1)
+        );
+    }
+
+    #[test]
+    fn functions_added_at_run_time_are_called_and_typed() {
+        register(
+            "TWICE_FOR_TEST",
+            UserFunction {
+                return_type: |_| SqlType::BigInt,
+                call: Box::new(|args| Ok(Value::from(args[0].as_i64().unwrap_or(0) * 2))),
+            },
+        );
+        assert!(is_scalar("TWICE_FOR_TEST"));
+        assert_eq!(
+            scalar("TWICE_FOR_TEST", &[Value::from(21)]).unwrap(),
+            Value::from(42)
+        );
+        assert_eq!(
+            return_type("TWICE_FOR_TEST", &[SqlType::Int]).unwrap(),
+            SqlType::BigInt
         );
     }
 }

@@ -82,7 +82,7 @@ pub(crate) fn resolve(
     };
     let Some(join) = select.joins.first() else {
         let mut resolved = select.clone();
-        rewrite_select(&mut resolved, &|e| single_source(e, &left));
+        rewrite_select(&mut resolved, &|e| single_source(e, &left), &[&left]);
         return Ok((resolved, left.source.clone(), None));
     };
     if select.joins.len() > 1 {
@@ -141,7 +141,7 @@ pub(crate) fn resolve(
             *alias = Some(c.clone());
         }
     }
-    rewrite_select(&mut resolved, &resolve_expr);
+    rewrite_select(&mut resolved, &resolve_expr, &sides);
     if resolved.group_by.is_empty() && resolved.partition_by.is_empty() {
         // The result is keyed by the join expression.
         resolved.partition_by = vec![left_key.clone()];
@@ -174,11 +174,22 @@ pub(crate) fn resolve(
     ))
 }
 
-/// Applies `resolve` to every expression of the SELECT.
-fn rewrite_select(select: &mut Select, resolve: &dyn Fn(&Expr) -> Option<Expr>) {
+/// Applies `resolve` to every expression of the SELECT, and names each
+/// `source.*` by its side's qualifier (`*` when there is one source).
+fn rewrite_select(
+    select: &mut Select,
+    resolve: &dyn Fn(&Expr) -> Option<Expr>,
+    sides: &[&Side<'_>],
+) {
     for item in &mut select.items {
-        if let SelectItem::Expr { expr, .. } = item {
-            *expr = rewrite(expr, resolve);
+        match item {
+            SelectItem::Expr { expr, .. } => *expr = rewrite(expr, resolve),
+            SelectItem::AllOf(source) => match sides.iter().find(|s| s.answers_to(source)) {
+                Some(_) if sides.len() == 1 => *item = SelectItem::All,
+                Some(side) => *source = side.qualifier.clone(),
+                None => {}
+            },
+            SelectItem::All => {}
         }
     }
     for expr in select
@@ -193,7 +204,7 @@ fn rewrite_select(select: &mut Select, resolve: &dyn Fn(&Expr) -> Option<Expr>) 
 }
 
 /// `expr` with every sub-expression `resolve` answers for replaced.
-fn rewrite(expr: &Expr, resolve: &dyn Fn(&Expr) -> Option<Expr>) -> Expr {
+pub(crate) fn rewrite(expr: &Expr, resolve: &dyn Fn(&Expr) -> Option<Expr>) -> Expr {
     if let Some(replaced) = resolve(expr) {
         return replaced;
     }

@@ -3,14 +3,16 @@
 //! and the runner for ksqlDB's query-validation tests (`qtt`), which feeds the
 //! same engine in-memory topics.
 //!
-//! Today: CREATE STREAM/TABLE with primitive, DECIMAL, ARRAY, MAP and STRUCT
-//! columns (one or several key columns), CREATE ... AS SELECT with projections,
-//! WHERE, GROUP BY one or more expressions, HAVING, TUMBLING/HOPPING/SESSION
-//! windows, the common aggregates (COUNT, SUM, AVG, MIN, MAX, COUNT_DISTINCT,
-//! COLLECT_LIST, STDDEV_SAMP, TOPK, EARLIEST/LATEST_BY_OFFSET), subscripts,
-//! struct fields, constructors and lambdas, INSERT INTO and table sources
-//! (updates retract the old row), over JSON, DELIMITED and KAFKA.
-//! Joins and the live runtime are to come.
+//! Today: CREATE [OR REPLACE] [SOURCE] STREAM/TABLE with primitive, DECIMAL,
+//! ARRAY, MAP and STRUCT columns (one or several key columns, windowed
+//! sources), ALTER, INSERT INTO ... VALUES and ... SELECT, CREATE ... AS
+//! SELECT with projections, WHERE, GROUP BY one or more expressions, HAVING,
+//! PARTITION BY, TUMBLING/HOPPING/SESSION windows, stream-stream INNER joins
+//! WITHIN a window and INNER/LEFT joins with tables, the common aggregates
+//! (COUNT, SUM, AVG, MIN, MAX, COUNT_DISTINCT, COLLECT_LIST, STDDEV_SAMP,
+//! TOPK, EARLIEST/LATEST_BY_OFFSET, SUM_LIST), subscripts, struct fields,
+//! constructors and lambdas, ksqlDB's type checks and messages, over JSON,
+//! DELIMITED and KAFKA. The live runtime is to come.
 
 mod aggregate;
 pub mod catalog;
@@ -25,5 +27,6 @@ pub mod live;
 pub mod parser;
 mod plan;
 pub mod qtt;
+mod time;
 mod types;
 pub mod wire;

@@ -243,6 +243,30 @@ impl Session {
                 });
                 Ok(())
             }
+            Statement::Alter { kind, .. } => {
+                self.engine.execute(statement)?;
+                out.message(match kind {
+                    SourceKind::Stream => "Stream altered.",
+                    SourceKind::Table => "Table altered.",
+                });
+                Ok(())
+            }
+            Statement::InsertValues { .. } => {
+                self.engine.execute(statement)?;
+                let mut producer = Producer::connect(&self.options)?;
+                for record in self.engine.take_inserted() {
+                    let encoded = self.engine.encode_message(&record)?;
+                    producer.send_at(
+                        &record.topic,
+                        encoded.key.as_deref(),
+                        encoded.value.as_deref(),
+                        None,
+                        Some(record.timestamp),
+                    )?;
+                }
+                producer.finish(Duration::from_secs(60))?;
+                Ok(())
+            }
             Statement::Terminate { .. } => {
                 let Executed::Terminated { ids } = self.engine.execute(statement)? else {
                     unreachable!("TERMINATE terminates")

@@ -50,6 +50,10 @@ pub enum Statement {
         name: String,
         columns: Vec<ColumnDef>,
         properties: Properties,
+        /// `CREATE OR REPLACE`: redefine an existing stream or table.
+        or_replace: bool,
+        /// `CREATE SOURCE`: read-only, no INSERT, ALTER or REPLACE.
+        read_only: bool,
     },
     CreateAs {
         kind: SourceKind,
@@ -61,6 +65,18 @@ pub enum Statement {
     InsertInto {
         target: String,
         select: Select,
+    },
+    /// `INSERT INTO target [(columns)] VALUES (values)`: one record.
+    InsertValues {
+        target: String,
+        columns: Option<Vec<String>>,
+        values: Vec<Expr>,
+    },
+    /// `ALTER STREAM|TABLE name ADD [COLUMN] name type, ...`.
+    Alter {
+        kind: SourceKind,
+        name: String,
+        columns: Vec<ColumnDef>,
     },
     /// A transient `SELECT`: a push query with EMIT, else a pull query.
     Query(Select),
@@ -159,7 +175,12 @@ pub struct Window {
 #[derive(Debug, Clone, PartialEq)]
 pub enum SelectItem {
     All,
-    Expr { expr: Expr, alias: Option<String> },
+    /// `source.*`: every column of one source.
+    AllOf(String),
+    Expr {
+        expr: Expr,
+        alias: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -215,6 +236,8 @@ pub enum Expr {
         expr: Box<Expr>,
         pattern: Box<Expr>,
         negated: bool,
+        /// `ESCAPE 'c'`: the character that makes the next `%` or `_` literal.
+        escape: Option<char>,
     },
     /// `base[index]`: an array element (from 1; negative from the end) or a map value.
     Subscript {
@@ -292,14 +315,34 @@ impl Parser<'_> {
     }
 
     fn expected(&self, what: &str) -> anyhow::Error {
-        match self.tokens.get(self.at) {
-            Some((token, position)) => anyhow!(
-                "line {}: expected {what}, found {}",
-                line_of(self.sql, *position),
-                describe(token)
-            ),
-            None => anyhow!("expected {what} at the end of the statement"),
-        }
+        let found = self.tokens.get(self.at).map(|(t, _)| describe(t));
+        self.syntax_error(&match found {
+            Some(found) => format!("expected {what}, found {found}"),
+            None => format!("expected {what} at the end of the statement"),
+        })
+    }
+
+    /// `line L:C` of the current token (or the end), C counted from
+    /// `first_column`, as ksqlDB's messages place errors.
+    fn location(&self, first_column: usize) -> String {
+        let position = self.tokens.get(self.at).map_or(self.sql.len(), |(_, p)| *p);
+        let line_start = self.sql[..position].rfind('\n').map_or(0, |i| i + 1);
+        format!(
+            "line {}:{}",
+            line_of(self.sql, position),
+            position - line_start + first_column
+        )
+    }
+
+    /// An error found preparing the statement, at the current token (whose
+    /// column ksqlDB counts from 2 in these messages).
+    fn prepare_error(&self, error: anyhow::Error) -> anyhow::Error {
+        anyhow!("Failed to prepare statement: {}: {error}", self.location(2))
+    }
+
+    /// A parse error as ksqlDB words them: `line L:C: Syntax Error` and the detail.
+    fn syntax_error(&self, detail: &str) -> anyhow::Error {
+        anyhow!("{}: Syntax Error\n{detail}", self.location(1))
     }
 
     fn eat(&mut self, keyword: &str) -> bool {
@@ -324,10 +367,10 @@ impl Parser<'_> {
 
     fn expect_symbol(&mut self, symbol: &str) -> Result<()> {
         if self.eat_symbol(symbol) {
-            Ok(())
-        } else {
-            Err(self.expected(&format!("'{symbol}'")))
+            return Ok(());
         }
+        let found = self.peek().map_or_else(|| "the end".to_string(), describe);
+        Err(self.syntax_error(&format!("missing '{symbol}' at {found}")))
     }
 
     fn identifier(&mut self, what: &str) -> Result<String> {
@@ -407,12 +450,15 @@ impl Parser<'_> {
             self.expect("INTO")?;
             let target = self.identifier("a stream name")?;
             if self.peek_is("VALUES") || self.peek() == Some(&Token::Symbol("(")) {
-                bail!("INSERT INTO ... VALUES is not supported yet");
+                return self.insert_values(target);
             }
             return Ok(Statement::InsertInto {
                 target,
                 select: self.select()?,
             });
+        }
+        if self.eat("ALTER") {
+            return self.alter();
         }
         if !self.peek_is("CREATE") {
             return Err(self.expected(
@@ -420,6 +466,11 @@ impl Parser<'_> {
             ));
         }
         self.expect("CREATE")?;
+        let or_replace = self.eat("OR");
+        if or_replace {
+            self.expect("REPLACE")?;
+        }
+        let read_only = self.eat("SOURCE");
         let kind = self.source_kind()?;
         let name = self.identifier("a name")?;
         if self.eat_symbol("(") {
@@ -430,7 +481,12 @@ impl Parser<'_> {
                 name,
                 columns,
                 properties,
+                or_replace,
+                read_only,
             });
+        }
+        if or_replace || read_only {
+            bail!("CREATE OR REPLACE and CREATE SOURCE take a column list");
         }
         let properties = self.properties()?;
         self.expect("AS")?;
@@ -441,6 +497,56 @@ impl Parser<'_> {
             properties,
             select,
         })
+    }
+
+    /// `[(columns)] VALUES (values)` after `INSERT INTO target`.
+    fn insert_values(&mut self, target: String) -> Result<Statement> {
+        let columns = if self.eat_symbol("(") {
+            let mut names = vec![self.identifier("a column name")?];
+            while self.eat_symbol(",") {
+                names.push(self.identifier("a column name")?);
+            }
+            self.expect_symbol(")")?;
+            Some(names)
+        } else {
+            None
+        };
+        self.expect("VALUES")?;
+        self.expect_symbol("(")?;
+        let mut values = vec![self.expr()?];
+        while self.eat_symbol(",") {
+            values.push(self.expr()?);
+        }
+        self.expect_symbol(")")?;
+        Ok(Statement::InsertValues {
+            target,
+            columns,
+            values,
+        })
+    }
+
+    /// `STREAM|TABLE name ADD [COLUMN] name type, ...` after `ALTER`.
+    fn alter(&mut self) -> Result<Statement> {
+        let kind = self.source_kind()?;
+        let name = self.identifier("a name")?;
+        let mut columns = Vec::new();
+        loop {
+            self.expect("ADD")?;
+            self.eat("COLUMN");
+            let column = self.identifier("a column name")?;
+            columns.push(ColumnDef {
+                name: column,
+                ty: self.sql_type()?,
+                key: false,
+            });
+            if !self.eat_symbol(",") {
+                return Ok(Statement::Alter {
+                    kind,
+                    name,
+                    columns,
+                });
+            }
+        }
     }
 
     fn source_kind(&mut self) -> Result<SourceKind> {
@@ -536,7 +642,10 @@ impl Parser<'_> {
                 }
                 SqlType::Struct(fields)
             }
-            other => bail!("Unknown type: {other}"),
+            _ => {
+                self.at -= 1;
+                return Err(self.expected("a type"));
+            }
         })
     }
 
@@ -578,8 +687,16 @@ impl Parser<'_> {
         self.expect("SELECT")?;
         let mut items = Vec::new();
         loop {
+            let qualified_star = matches!(
+                (self.tokens.get(self.at + 1), self.tokens.get(self.at + 2)),
+                (Some((Token::Symbol("."), _)), Some((Token::Symbol("*"), _)))
+            );
             if self.eat_symbol("*") {
                 items.push(SelectItem::All);
+            } else if qualified_star {
+                let source = self.identifier("a source name")?;
+                self.at += 2;
+                items.push(SelectItem::AllOf(source));
             } else {
                 let expr = self.expr()?;
                 // `expr AS name`, or just `expr name`.
@@ -767,6 +884,11 @@ impl Parser<'_> {
 
     /// The window, and whether its GRACE PERIOD was written.
     fn window(&mut self) -> Result<(Window, bool)> {
+        // An optional window name: `WINDOW w TUMBLING (..)`.
+        let named = matches!(self.tokens.get(self.at + 1), Some((t, _)) if ["TUMBLING", "HOPPING", "SESSION"].iter().any(|k| t.is(k)));
+        if named && matches!(self.peek(), Some(Token::Word { .. })) {
+            self.at += 1;
+        }
         let session = self.eat("SESSION");
         let hopping = if session || self.eat("TUMBLING") {
             false
@@ -912,10 +1034,23 @@ impl Parser<'_> {
             });
         }
         if self.eat("LIKE") {
+            let pattern = Box::new(self.additive()?);
+            let escape = if self.eat("ESCAPE") {
+                match self.peek().cloned() {
+                    Some(Token::Text(text)) if text.chars().count() == 1 => {
+                        self.at += 1;
+                        text.chars().next()
+                    }
+                    _ => return Err(self.expected("one character in quotes after ESCAPE")),
+                }
+            } else {
+                None
+            };
             return Ok(Expr::Like {
                 expr: Box::new(left),
-                pattern: Box::new(self.additive()?),
+                pattern,
                 negated,
+                escape,
             });
         }
         if negated {
@@ -953,6 +1088,12 @@ impl Parser<'_> {
 
     fn unary(&mut self) -> Result<Expr> {
         if self.eat_symbol("-") {
+            // `-9223372036854775808` is a literal, not the negation of one too large.
+            if let Some(Token::Number(n)) = self.peek().cloned() {
+                let literal = number(&format!("-{n}")).map_err(|e| self.prepare_error(e))?;
+                self.at += 1;
+                return Ok(Expr::Literal(literal));
+            }
             return Ok(Expr::Negate(Box::new(self.unary()?)));
         }
         self.postfix()
@@ -1039,7 +1180,10 @@ impl Parser<'_> {
         self.at += 1;
         Ok(match token {
             Token::Number(n) => {
-                Expr::Literal(number(&n).ok_or_else(|| anyhow!("{n} is not a number"))?)
+                self.at -= 1;
+                let literal = number(&n).map_err(|e| self.prepare_error(e))?;
+                self.at += 1;
+                Expr::Literal(literal)
             }
             Token::Text(s) => Expr::Literal(Value::String(s)),
             Token::Symbol("(") => {
@@ -1177,13 +1321,23 @@ const RESERVED: [&str; 17] = [
     "WHEN", "THEN", "ELSE", "END", "LIKE", "LIMIT",
 ];
 
-fn number(text: &str) -> Option<Value> {
-    if let Ok(n) = text.parse::<i64>() {
-        return Some(Value::from(n));
+/// A numeric literal's value: a BIGINT when it is whole, else a DOUBLE;
+/// what does not fit is refused in ksqlDB's words.
+fn number(text: &str) -> Result<Value> {
+    let whole = !text.contains(['.', 'e', 'E']);
+    if whole {
+        return text
+            .parse::<i64>()
+            .map(Value::from)
+            .map_err(|_| anyhow!("Invalid numeric literal: {text}"));
     }
-    text.parse::<f64>()
-        .ok()
-        .and_then(|f| serde_json::Number::from_f64(f).map(Value::Number))
+    let f: f64 = text
+        .parse()
+        .map_err(|_| anyhow!("Invalid numeric literal: {text}"))?;
+    serde_json::Number::from_f64(f)
+        .filter(|_| f.is_finite())
+        .map(Value::Number)
+        .ok_or_else(|| anyhow!("Number overflows DOUBLE: {text}"))
 }
 
 fn describe(token: &Token) -> String {
@@ -1272,6 +1426,19 @@ mod tests {
             (JoinKind::Left, Some("X"), Some((1000, 2000)))
         );
         assert_eq!(select.joins[1].kind, JoinKind::Inner);
+        let statements = parse("CREATE STREAM S AS SELECT i.* FROM input i;").unwrap();
+        let Statement::CreateAs { select, .. } = &statements[0] else {
+            panic!()
+        };
+        assert_eq!(select.items, [SelectItem::AllOf("I".into())]);
+        let statements = parse(
+            "CREATE TABLE T AS SELECT COUNT(*) FROM s WINDOW w SESSION (1 SECOND) GROUP BY k;",
+        )
+        .unwrap();
+        let Statement::CreateAs { select, .. } = &statements[0] else {
+            panic!()
+        };
+        assert!(select.window.is_some_and(|w| w.session), "a named window");
     }
 
     #[test]
@@ -1279,6 +1446,31 @@ mod tests {
         let error = parse("CREATE STREAM S AS\nSELECT FROM t;")
             .unwrap_err()
             .to_string();
-        assert_eq!(error, "line 2: expected an expression, found 'FROM'");
+        assert_eq!(
+            error,
+            "line 2:8: Syntax Error\nexpected an expression, found 'FROM'"
+        );
+    }
+
+    #[test]
+    fn numeric_literals_that_do_not_fit_are_refused() {
+        let error = |sql: &str| parse(sql).unwrap_err().to_string();
+        assert_eq!(
+            error("CREATE STREAM S AS SELECT 9223372036854775808 FROM T;"),
+            "Failed to prepare statement: line 1:28: Invalid numeric literal: 9223372036854775808"
+        );
+        assert!(error("CREATE STREAM S AS SELECT 1e999 FROM T;")
+            .ends_with("Number overflows DOUBLE: 1e999"));
+        let smallest = parse("CREATE STREAM S AS SELECT -9223372036854775808 FROM T;").unwrap();
+        let Statement::CreateAs { select, .. } = &smallest[0] else {
+            panic!()
+        };
+        assert_eq!(
+            select.items[0],
+            SelectItem::Expr {
+                expr: Expr::Literal(Value::from(i64::MIN)),
+                alias: None
+            }
+        );
     }
 }

@@ -9,7 +9,8 @@ use serde_json::Value;
 
 use crate::aggregate::{aggregate_calls, is_aggregate};
 use crate::engine::Source;
-use crate::parser::{BinaryOp, ColumnDef, Expr, Select, SelectItem, SourceKind};
+use crate::join::rewrite;
+use crate::parser::{BinaryOp, ColumnDef, Expr, Properties, Select, SelectItem, SourceKind};
 use crate::types::{column_type, type_of};
 
 /// Columns every record has besides its own.
@@ -26,6 +27,13 @@ pub(crate) fn projection(select: &Select, from: &Source) -> Vec<(Expr, Option<St
             SelectItem::All => items.extend(
                 from.columns
                     .iter()
+                    .map(|c| (Expr::Column(c.name.clone()), None)),
+            ),
+            // A join's columns of one source (single sources resolve `x.*` to `*`).
+            SelectItem::AllOf(source) => items.extend(
+                from.columns
+                    .iter()
+                    .filter(|c| c.name.starts_with(&format!("{source}_")))
                     .map(|c| (Expr::Column(c.name.clone()), None)),
             ),
             SelectItem::Expr { expr, alias } => items.push((expr.clone(), alias.clone())),
@@ -51,7 +59,10 @@ pub(crate) fn output_columns(
     transient: bool,
 ) -> Result<Vec<(ColumnDef, Expr)>> {
     let grouped = !select.group_by.is_empty();
-    let windowed = grouped || select.window.is_some() || from.window.is_some();
+    // ksqlDB does not resolve WINDOWSTART/WINDOWEND in a join's projection
+    // (confluentinc/ksql#5931).
+    let windowed =
+        (grouped || select.window.is_some() || from.window.is_some()) && select.joins.is_empty();
     let key_exprs = if grouped {
         &select.group_by
     } else {
@@ -77,6 +88,9 @@ pub(crate) fn output_columns(
         }
         if let Expr::Qualified { .. } = expr {
             bail!("SELECT column '{expr}' cannot be resolved.");
+        }
+        if let Expr::Literal(Value::Null) = expr {
+            bail!("Can't infer a type of null. Please explicitly cast it to a required type, e.g. CAST(null AS VARCHAR).");
         }
         if let Expr::Column(c) = expr {
             let pseudo = PSEUDO_COLUMNS.contains(&c.as_str());
@@ -213,7 +227,9 @@ pub(crate) fn output_columns(
         bail!("The projection contains no value columns.");
     }
     for (i, (value, _)) in values.iter().enumerate() {
-        if values[..i].iter().any(|(v, _)| v.name == value.name) {
+        let clashes = values[..i].iter().any(|(v, _)| v.name == value.name)
+            || keys.iter().any(|(_, k, _)| k.name == value.name);
+        if clashes {
             bail!(
                 "Duplicate value columns found in schema: `{}` {}",
                 value.name,
@@ -227,6 +243,98 @@ pub(crate) fn output_columns(
         .map(|(_, c, e)| (c, e.clone()))
         .chain(values)
         .collect())
+}
+
+/// A CREATE ... AS SELECT as ksqlDB prints it back in messages: every
+/// column qualified by its source, every item named, one item a line.
+pub(crate) fn statement_text(
+    kind: SourceKind,
+    name: &str,
+    properties: &Properties,
+    select: &Select,
+    outputs: &[(ColumnDef, Expr)],
+) -> String {
+    let source = select.from_alias.as_deref().unwrap_or(&select.from);
+    let qualify = |expr: &Expr| qualified(expr, source);
+    let mut text = format!(
+        "CREATE {} {name}",
+        match kind {
+            SourceKind::Stream => "STREAM",
+            SourceKind::Table => "TABLE",
+        }
+    );
+    if !properties.is_empty() {
+        let properties: Vec<String> = properties
+            .iter()
+            .map(|(k, v)| match v {
+                Value::String(s) => format!("{k}='{s}'"),
+                other => format!("{k}={other}"),
+            })
+            .collect();
+        text.push_str(&format!(" WITH ({})", properties.join(", ")));
+    }
+    // Items in the order selected (keys were moved first in `outputs`).
+    let mut items: Vec<&(ColumnDef, Expr)> = outputs.iter().collect();
+    let selected = projection_order(select, outputs);
+    items.sort_by_key(|(column, _)| selected.iter().position(|n| *n == column.name));
+    let items: Vec<String> = items
+        .iter()
+        .map(|(column, expr)| format!("  {} {}", qualify(expr), column.name))
+        .collect();
+    text.push_str(&format!(
+        " AS SELECT\n{}\nFROM {} {source}",
+        items.join(",\n"),
+        select.from
+    ));
+    if let Some(filter) = &select.filter {
+        text.push_str(&format!("\nWHERE {}", qualify(filter)));
+    }
+    if !select.group_by.is_empty() {
+        let groups: Vec<String> = select
+            .group_by
+            .iter()
+            .map(|g| qualify(g).to_string())
+            .collect();
+        text.push_str(&format!("\nGROUP BY {}", groups.join(", ")));
+    }
+    if let Some(having) = &select.having {
+        text.push_str(&format!("\nHAVING {}", qualify(having)));
+    }
+    text.push_str("\nEMIT CHANGES");
+    text
+}
+
+/// The output column names in the order the SELECT lists them.
+fn projection_order(select: &Select, outputs: &[(ColumnDef, Expr)]) -> Vec<String> {
+    let mut names = Vec::new();
+    for item in &select.items {
+        if let SelectItem::Expr { expr, alias } = item {
+            let found = outputs.iter().find(|(column, e)| {
+                e == expr
+                    && alias.as_ref().is_none_or(|a| *a == column.name)
+                    && !names.contains(&column.name)
+            });
+            if let Some((column, _)) = found {
+                names.push(column.name.clone());
+            }
+        }
+    }
+    names
+}
+
+/// `expr` with its plain columns qualified by `source`.
+fn qualified(expr: &Expr, source: &str) -> Expr {
+    rewrite(expr, &|e| match e {
+        Expr::Column(c)
+            if !PSEUDO_COLUMNS.contains(&c.as_str()) && !WINDOW_BOUNDS.contains(&c.as_str()) =>
+        {
+            Some(Expr::Qualified {
+                source: source.to_string(),
+                column: c.clone(),
+            })
+        }
+        _ => None,
+    })
 }
 
 /// `A`, `A and B`, `A, B and C`, as ksqlDB lists names.
@@ -318,7 +426,16 @@ pub(crate) fn check_no_aggregates(kind: SourceKind, select: &Select, from: &Sour
         bail!("Use of aggregate function {name} requires a GROUP BY clause.");
     }
     check_ungrouped_projection(&items, &[])?;
-    let calls: Vec<String> = calls.iter().map(Expr::to_string).collect();
+    // ksqlDB's aggregate analysis has counted `COUNT(*)` as `COUNT(ROWTIME)` by now.
+    let calls: Vec<String> = calls
+        .iter()
+        .map(|call| match call {
+            Expr::Function {
+                name, star: true, ..
+            } => format!("{name}(ROWTIME)"),
+            other => other.to_string(),
+        })
+        .collect();
     bail!(
         "CREATE TABLE AS SELECT statement does not support aggregate function [{}] without a GROUP BY clause.",
         calls.join(", ")
@@ -475,10 +592,12 @@ impl fmt::Display for Expr {
                 expr,
                 pattern,
                 negated,
+                escape,
             } => {
+                let escape = escape.map(|c| format!(" ESCAPE '{c}'")).unwrap_or_default();
                 write!(
                     f,
-                    "({expr} {}LIKE {pattern})",
+                    "({expr} {}LIKE {pattern}{escape})",
                     if *negated { "NOT " } else { "" }
                 )
             }
@@ -507,10 +626,9 @@ impl fmt::Display for Expr {
                 "({left} IS {}DISTINCT FROM {right})",
                 if *negated { "NOT " } else { "" }
             ),
-            // ksqlDB counts `COUNT(*)` as `COUNT(ROWTIME)`, and prints it so.
             Expr::Function {
                 name, star: true, ..
-            } => write!(f, "{name}(ROWTIME)"),
+            } => write!(f, "{name}(*)"),
             Expr::Function { name, args, .. } => write!(f, "{name}({})", list(args)),
         }
     }

@@ -5,11 +5,14 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
 use crate::engine::{Engine, Record};
-use crate::parser::parse;
+use crate::functions::{register, UserFunction};
+use crate::parser::{parse, SqlType};
 
 /// One run of one test.
 #[derive(Debug, Clone, PartialEq)]
@@ -82,7 +85,41 @@ fn strip_comments(text: &str) -> String {
     out
 }
 
+/// The test functions ksqlDB's QTT harness loads, which some tests call;
+/// registered afresh for each test, as their state is the test's.
+fn register_test_functions() {
+    // BAD_UDF: given text, null on every other call (the first included);
+    // given a number, it fails.
+    let calls = AtomicUsize::new(0);
+    register(
+        "BAD_UDF",
+        UserFunction {
+            return_type: |args| args.first().cloned().unwrap_or(SqlType::String),
+            call: Box::new(move |args| match args.first() {
+                Some(Value::Number(_)) => bail!("BAD_UDF fails for numbers"),
+                Some(value) if calls.fetch_add(1, Ordering::Relaxed) % 2 == 1 => Ok(value.clone()),
+                _ => Ok(Value::Null),
+            }),
+        },
+    );
+    // WHENCONDITION and WHENRESULT: their first argument, failing when the
+    // second is false (to show CASE evaluates only the branch it takes).
+    for name in ["WHENCONDITION", "WHENRESULT"] {
+        register(
+            name,
+            UserFunction {
+                return_type: |args| args.first().cloned().unwrap_or(SqlType::Boolean),
+                call: Box::new(|args| match args {
+                    [value, Value::Bool(true)] => Ok(value.clone()),
+                    _ => bail!("evaluated although its branch was not taken"),
+                }),
+            },
+        );
+    }
+}
+
 fn run_test(test: &Value, format: Option<&str>) -> Result<(), String> {
+    register_test_functions();
     let expected_error = test["expectedException"]["message"].as_str();
     let mut engine = Engine::default();
     for (name, value) in test["properties"].as_object().into_iter().flatten() {
@@ -91,24 +128,28 @@ fn run_test(test: &Value, format: Option<&str>) -> Result<(), String> {
             .map_or_else(|| value.to_string(), String::from);
         engine.set_property(name, &value);
     }
+    // One script, a statement a line, as ksqlDB's runner has it (so parse
+    // errors name the same line).
+    let mut script = Vec::new();
     for statement in test["statements"].as_array().into_iter().flatten() {
-        let mut sql = statement.as_str().unwrap_or_default().to_string();
-        if let Some(format) = format {
-            sql = sql.replace("{FORMAT}", format);
-        }
-        let result = parse(&sql).and_then(|statements| {
-            statements
-                .iter()
-                .try_for_each(|s| engine.execute(s).map(drop))
+        let sql = statement.as_str().unwrap_or_default();
+        script.push(match format {
+            Some(format) => sql.replace("{FORMAT}", format),
+            None => sql.to_string(),
         });
-        if let Err(error) = result {
-            let error = error.to_string();
-            return match expected_error {
-                Some(expected) if error.contains(expected) => Ok(()),
-                Some(expected) => Err(format!("expected the error {expected:?}, got {error:?}")),
-                None => Err(error),
-            };
-        }
+    }
+    let result = parse(&script.join("\n")).and_then(|statements| {
+        statements
+            .iter()
+            .try_for_each(|s| engine.execute(s).map(drop))
+    });
+    if let Err(error) = result {
+        let error = error.to_string();
+        return match expected_error {
+            Some(expected) if error.contains(expected) => Ok(()),
+            Some(expected) => Err(format!("expected the error {expected:?}, got {error:?}")),
+            None => Err(error),
+        };
     }
     if let Some(expected) = expected_error {
         return Err(format!(
@@ -116,6 +157,10 @@ fn run_test(test: &Value, format: Option<&str>) -> Result<(), String> {
         ));
     }
     let mut produced: Vec<Record> = Vec::new();
+    // Records of INSERT INTO .. VALUES reach their topics before the inputs.
+    for record in engine.take_inserted() {
+        produced.extend(engine.process(&record).map_err(|e| e.to_string())?);
+    }
     // Offsets per (topic, partition), as a broker would assign them.
     let mut offsets: std::collections::HashMap<(String, i32), i64> = Default::default();
     for input in test["inputs"].as_array().into_iter().flatten() {

@@ -57,7 +57,11 @@ pub(crate) fn coerce(value: &Value, ty: &SqlType) -> Value {
         (
             SqlType::Int | SqlType::BigInt | SqlType::Timestamp | SqlType::Date | SqlType::Time,
             Value::Number(n),
-        ) => n.as_i64().map_or(Value::Null, Value::from),
+        ) => n
+            .as_i64()
+            // A fractional number is truncated, as Java's intValue() does.
+            .or_else(|| n.as_f64().map(|f| f.trunc() as i64))
+            .map_or(Value::Null, Value::from),
         (
             SqlType::Int | SqlType::BigInt | SqlType::Timestamp | SqlType::Date | SqlType::Time,
             Value::String(s),
@@ -126,17 +130,12 @@ pub(crate) fn cast(value: &Value, ty: &SqlType) -> Value {
         (SqlType::Int | SqlType::BigInt, Value::Number(n)) if !n.is_i64() => n
             .as_f64()
             .map_or(Value::Null, |f| Value::from(f.trunc() as i64)),
+        // Narrowing to INTEGER wraps around, as Java's (int) cast does.
+        (SqlType::Int, Value::Number(n)) => Value::from(n.as_i64().unwrap_or_default() as i32),
         (SqlType::Double, Value::Number(n)) => n.as_f64().map_or(Value::Null, double),
-        (SqlType::String, Value::Number(n)) if !n.is_i64() => {
-            // Java prints doubles with a fractional part: 1.0, not 1.
-            let f = n.as_f64().unwrap_or_default();
-            Value::from(if f.fract() == 0.0 && f.abs() < 1e7 {
-                format!("{f:.1}")
-            } else {
-                n.to_string()
-            })
+        (SqlType::String, Value::Number(_) | Value::Array(_) | Value::Object(_)) => {
+            Value::from(java_text(value))
         }
-        (SqlType::String, Value::Array(_) | Value::Object(_)) => Value::from(value.to_string()),
         (SqlType::Array(element), Value::Array(items)) => {
             Value::Array(items.iter().map(|v| cast(v, element)).collect())
         }
@@ -148,6 +147,59 @@ pub(crate) fn cast(value: &Value, ty: &SqlType) -> Value {
         ),
         _ => coerce(value, ty),
     }
+}
+
+/// A value as Java's toString() writes it: doubles as `1.0` or `1.0E10`,
+/// lists as `[a, b]` and maps as `{k=v}`.
+pub(crate) fn java_text(value: &Value) -> String {
+    match value {
+        Value::Number(n) if n.is_i64() || n.is_u64() => n.to_string(),
+        Value::Number(n) => java_double(n.as_f64().unwrap_or_default()),
+        Value::String(s) => s.clone(),
+        Value::Array(items) => {
+            let items: Vec<String> = items.iter().map(java_text).collect();
+            format!("[{}]", items.join(", "))
+        }
+        Value::Object(entries) => {
+            let entries: Vec<String> = entries
+                .iter()
+                .map(|(k, v)| format!("{k}={}", java_text(v)))
+                .collect();
+            format!("{{{}}}", entries.join(", "))
+        }
+        other => other.to_string(),
+    }
+}
+
+/// A double as Java's Double.toString writes it: plain between 10^-3 and
+/// 10^7 (always with a fraction), else `d.dddE±n`.
+pub(crate) fn java_double(f: f64) -> String {
+    if !f.is_finite() {
+        return if f.is_nan() {
+            "NaN".into()
+        } else if f > 0.0 {
+            "Infinity".into()
+        } else {
+            "-Infinity".into()
+        };
+    }
+    let magnitude = f.abs();
+    if magnitude == 0.0 || (1e-3..1e7).contains(&magnitude) {
+        let plain = f.to_string();
+        return if plain.contains('.') {
+            plain
+        } else {
+            format!("{plain}.0")
+        };
+    }
+    let scientific = format!("{f:e}");
+    let (mantissa, exponent) = scientific.split_once('e').unwrap_or((&scientific, "0"));
+    let mantissa = if mantissa.contains('.') {
+        mantissa.to_string()
+    } else {
+        format!("{mantissa}.0")
+    };
+    format!("{mantissa}E{exponent}")
 }
 
 /// What an expression's value is typed as, given the columns in scope (and
@@ -180,14 +232,11 @@ pub(crate) fn type_of(expr: &Expr, columns: &[ColumnDef]) -> Result<SqlType> {
             otherwise,
             ..
         } => {
-            let mut result = SqlType::String;
-            for then in branches.iter().map(|(_, t)| t).chain(otherwise.as_deref()) {
-                if !is_null_literal(then) {
-                    result = of(then)?;
-                    break;
-                }
+            let mut results = branches.iter().map(|(_, t)| t).chain(otherwise.as_deref());
+            match results.find(|then| !is_null_literal(then)) {
+                Some(then) => of(then)?,
+                None => bail!("Invalid Case expression. All case branches have NULL type"),
             }
-            result
         }
         Expr::Cast { ty, .. } => ty.clone(),
         Expr::Subscript { base, .. } => match of(base)? {
@@ -221,11 +270,8 @@ pub(crate) fn type_of(expr: &Expr, columns: &[ColumnDef]) -> Result<SqlType> {
         Expr::Lambda { body, .. } => of(body)?,
         Expr::Function { name, args, .. } => {
             if is_aggregate(expr) {
-                let arg = match args.first() {
-                    Some(a) => Some(of(a)?),
-                    None => None,
-                };
-                aggregate_type(name, args, arg.as_ref())
+                let types = args.iter().map(of).collect::<Result<Vec<_>>>()?;
+                aggregate_type(name, args, &types)
             } else {
                 let types = args
                     .iter()
@@ -448,5 +494,20 @@ mod tests {
         assert_eq!(typed("STRUCT(A := I)->A"), "INTEGER");
         assert_eq!(typed("COUNT(*)"), "BIGINT");
         assert_eq!(typed("SUM(M['a'])"), "DOUBLE");
+    }
+
+    #[test]
+    fn values_print_as_java_prints_them() {
+        assert_eq!(java_double(1.0), "1.0");
+        assert_eq!(java_double(0.5), "0.5");
+        assert_eq!(java_double(1e10), "1.0E10");
+        assert_eq!(java_double(-2.5e-5), "-2.5E-5");
+        assert_eq!(java_text(&serde_json::json!([1, "a"])), "[1, a]");
+        assert_eq!(java_text(&serde_json::json!({"k": 1.5})), "{k=1.5}");
+        assert_eq!(
+            cast(&Value::from(2_147_483_648i64), &SqlType::Int),
+            Value::from(-2_147_483_648i64),
+            "narrowing wraps"
+        );
     }
 }
