@@ -255,7 +255,7 @@ impl Engine {
                     if source.columns.iter().any(|c| c.name == column.name) {
                         bail!("Cannot add column `{}` to schema. A column with the same name already exists.", column.name);
                     }
-                    source.columns.push(column.clone());
+                    Arc::make_mut(source).columns.push(column.clone());
                 }
                 Ok(Executed::Altered {
                     kind: *kind,
@@ -473,9 +473,9 @@ impl Engine {
                     .join(", ")
             );
         }
-        let mut row = Row::new();
+        let mut row = Row::default();
         for (name, value) in names.iter().zip(values) {
-            row.insert(name.clone(), eval(value, &Row::new(), &[])?);
+            row.insert(name.clone(), eval(value, &Row::default(), &[])?);
         }
         let typed = |key: bool| -> Vec<(&ColumnDef, Value)> {
             into.columns

@@ -726,7 +726,9 @@ fn drive(
         let (batches, received) = std::sync::mpsc::sync_channel::<Vec<Head>>(16);
         let reader = std::thread::Builder::new()
             .name("sql-reader".into())
-            .spawn_scoped(scope, || read_merged(options, &decoder, feed, stops, &quit, batches))?;
+            .spawn_scoped(scope, || {
+                read_merged(options, &decoder, feed, stops, &quit, batches)
+            })?;
         let ran = (|| -> Result<()> {
             for head in received.iter().flatten() {
                 counts.read += 1;
@@ -848,7 +850,10 @@ fn read_merged(
     let mut batch = Vec::with_capacity(BATCH);
     // Hands the batch over; false when the query's thread has gone.
     let hand_over = |batch: &mut Vec<Head>| {
-        batch.is_empty() || batches.send(std::mem::replace(batch, Vec::with_capacity(BATCH))).is_ok()
+        batch.is_empty()
+            || batches
+                .send(std::mem::replace(batch, Vec::with_capacity(BATCH)))
+                .is_ok()
     };
     let mut waiting_since: Option<Instant> = None;
     let mut turns = 0u32;
