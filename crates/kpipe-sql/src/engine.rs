@@ -4,9 +4,11 @@
 //! `Record`s, so the QTT runner's in-memory topics and a live broker feed it alike.
 
 use std::collections::{BTreeSet, HashMap};
+use std::fmt::Write as _;
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Result};
+use rustc_hash::{FxHashMap, FxHashSet};
 use serde_json::Value;
 
 use crate::aggregate::{
@@ -15,7 +17,7 @@ use crate::aggregate::{
 };
 use crate::check::{check_condition, check_selected};
 use crate::eval::{eval, Row};
-use crate::format::{decode, decode_key, encode_key, encode_value, Format};
+use crate::format::{decode, decode_key, decode_reusing, encode_key, encode_value, Format};
 use crate::join::{join_update, resolve, JoinSide, JoinState};
 use crate::parser::{
     ColumnDef, EmitMode, Expr, Properties, Select, SourceKind, SqlType, Statement, Window,
@@ -79,6 +81,8 @@ pub(crate) struct Query {
     table_rows: HashMap<String, Row>,
     /// For a join: the other source and both sides' rows so far.
     join: Option<JoinState>,
+    /// The last record's row, decoded into again (its column names reused).
+    spare_row: Option<Row>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -86,16 +90,18 @@ struct Aggregation {
     /// Every distinct aggregate call of the SELECT and HAVING, in order.
     calls: Vec<Expr>,
     /// Group (its key as JSON text) → the calls' current values.
-    groups: HashMap<String, Vec<Value>>,
+    groups: FxHashMap<String, Vec<Value>>,
     /// Groups whose last output was a row, so a failing HAVING must retract it.
-    emitted: std::collections::HashSet<String>,
+    emitted: FxHashSet<String>,
     /// The highest timestamp seen: windows older than it plus grace are closed.
     stream_time: i64,
     /// Time windows by the stream time that closes them (end + grace), so
     /// their state is dropped then, and EMIT FINAL emits them.
     closing: BTreeSet<(i64, String)>,
     /// EMIT FINAL: each open window's latest input row and timestamp.
-    pending: HashMap<String, Pending>,
+    pending: FxHashMap<String, Pending>,
+    /// Where each record's group-and-window id is written.
+    id_buffer: String,
     /// Session windows: per group, its sessions `(start, end, values)`.
     sessions: HashMap<String, Vec<(i64, i64, Vec<Value>)>>,
     settings: AggregateSettings,
@@ -418,6 +424,7 @@ impl Engine {
                     outputs,
                     aggregation: None,
                     table_rows: HashMap::new(),
+                    spare_row: None,
                     join,
                 });
                 Ok(Executed::Started {
@@ -632,6 +639,7 @@ impl Engine {
             outputs,
             aggregation,
             table_rows: HashMap::new(),
+            spare_row: None,
             join,
         });
         Ok(id)
@@ -687,7 +695,8 @@ fn stream_update(
     sink: &Source,
     record: &Record,
 ) -> Result<Vec<Record>> {
-    let Some(row) = decode(from, record)? else {
+    let spare = query.spare_row.take().unwrap_or_default();
+    let Some(row) = decode_reusing(from, record, spare)? else {
         // A null value passes through a plain projection as a null value.
         let passes = query.aggregation.is_none() && query.select.filter.is_none();
         return Ok(if passes && record.value.is_null() {
@@ -706,7 +715,9 @@ fn stream_update(
         });
     };
     let window = record.window.filter(|_| from.window.is_some());
-    stream_row(query, sink, &row, record.timestamp, window)
+    let produced = stream_row(query, sink, &row, record.timestamp, window);
+    query.spare_row = Some(row);
+    produced
 }
 
 /// A record on one side of a join: the joined rows it makes go on through
@@ -778,23 +789,32 @@ fn stream_row(
     }
     let mut produced = Vec::new();
     let final_only = select.emit == Some(EmitMode::Final);
+    // The group-and-window id is written into one buffer per query and
+    // allocated only when a window opens.
+    let mut id = std::mem::take(&mut aggregation.id_buffer);
     for window in windows_of(select.window, timestamp, aggregation.stream_time) {
-        let id = format!("{group}@{window:?}");
-        let first = !aggregation.groups.contains_key(&id);
-        if let (true, Some((_, end)), Some(w)) = (first, window, select.window) {
-            aggregation.closing.insert((end + w.grace, id.clone()));
+        id.clear();
+        // Writing into a String cannot fail.
+        let _ = write!(id, "{group}@{window:?}");
+        let first = !aggregation.groups.contains_key(id.as_str());
+        if first {
+            let initial_values = aggregation.calls.iter().map(initial).collect();
+            aggregation.groups.insert(id.clone(), initial_values);
+            if let (Some((_, end)), Some(w)) = (window, select.window) {
+                aggregation.closing.insert((end + w.grace, id.clone()));
+            }
         }
         let values = aggregation
             .groups
-            .entry(id.clone())
-            .or_insert_with(|| aggregation.calls.iter().map(initial).collect());
+            .get_mut(id.as_str())
+            .expect("the group was just ensured");
         for (call, value) in aggregation.calls.iter().zip(values.iter_mut()) {
             *value = accumulate(call, value, row, first, aggregation.settings)?;
         }
         if final_only {
             // The group's columns are all a final row reads besides the
             // aggregates, so the window's first row serves; only time moves.
-            match aggregation.pending.get_mut(&id) {
+            match aggregation.pending.get_mut(id.as_str()) {
                 Some(pending) => pending.timestamp = timestamp,
                 None => {
                     let pending = Pending {
@@ -803,7 +823,7 @@ fn stream_row(
                         row: row.clone(),
                         timestamp,
                     };
-                    aggregation.pending.insert(id, pending);
+                    aggregation.pending.insert(id.clone(), pending);
                 }
             }
             continue;
@@ -817,6 +837,7 @@ fn stream_row(
         };
         produced.extend(emit(aggregation, &query, row, &values, target)?);
     }
+    aggregation.id_buffer = id;
     produced.extend(close_windows(aggregation, &query)?);
     Ok(produced)
 }

@@ -58,21 +58,31 @@ impl Format {
 
 /// The record's columns, or None for a tombstone (or a value that does not parse).
 pub(crate) fn decode(source: &Source, record: &Record) -> Result<Option<Row>> {
+    decode_reusing(source, record, Row::default())
+}
+
+/// [`decode`] into `row`, a row of an earlier record of the same source: its
+/// column names are kept, so a record costs no name allocations.
+pub(crate) fn decode_reusing(
+    source: &Source,
+    record: &Record,
+    mut row: Row,
+) -> Result<Option<Row>> {
     if record.value.is_null() {
         return Ok(None);
     }
-    let mut row = decode_key(source, &record.key);
+    decode_key_into(source, &record.key, &mut row);
     let values: Vec<&ColumnDef> = source.columns.iter().filter(|c| !c.key).collect();
     match source.value_format {
         Format::Json => match (&record.value, values.as_slice()) {
             (value, [only]) if !source.wrap_single_value => {
-                row.insert(only.name.clone(), coerce(value, &only.ty));
+                set(&mut row, &only.name, coerce(value, &only.ty));
             }
             (Value::Object(object), _) => {
                 for column in &values {
                     let value =
                         field(object, &column.name).map_or(Value::Null, |v| coerce(v, &column.ty));
-                    row.insert(column.name.clone(), value);
+                    set(&mut row, &column.name, value);
                 }
             }
             _ => return Ok(None),
@@ -91,26 +101,48 @@ pub(crate) fn decode(source: &Source, record: &Record) -> Result<Option<Row>> {
                 return Ok(None);
             }
             for (column, text) in values.iter().zip(fields) {
-                row.insert(column.name.clone(), delimited_field(text, &column.ty));
+                set(&mut row, &column.name, delimited_field(text, &column.ty));
             }
         }
     }
-    row.insert("ROWTIME".into(), Value::from(record.timestamp));
-    row.insert("ROWPARTITION".into(), Value::from(record.partition));
-    row.insert("ROWOFFSET".into(), Value::from(record.offset));
-    if let Some((start, end)) = record.window.filter(|_| source.window.is_some()) {
-        row.insert("WINDOWSTART".into(), Value::from(start));
-        row.insert("WINDOWEND".into(), Value::from(end));
+    set(&mut row, "ROWTIME", Value::from(record.timestamp));
+    set(&mut row, "ROWPARTITION", Value::from(record.partition));
+    set(&mut row, "ROWOFFSET", Value::from(record.offset));
+    match record.window.filter(|_| source.window.is_some()) {
+        Some((start, end)) => {
+            set(&mut row, "WINDOWSTART", Value::from(start));
+            set(&mut row, "WINDOWEND", Value::from(end));
+        }
+        None => {
+            row.remove("WINDOWSTART");
+            row.remove("WINDOWEND");
+        }
     }
     Ok(Some(row))
+}
+
+/// Sets a column, allocating its name only the first time.
+fn set(row: &mut Row, name: &str, value: Value) {
+    match row.get_mut(name) {
+        Some(slot) => *slot = value,
+        None => {
+            row.insert(name.to_string(), value);
+        }
+    }
 }
 
 /// The key columns of a record's key: one column is the key itself; several
 /// are a JSON object's fields or DELIMITED fields.
 pub(crate) fn decode_key(source: &Source, key: &Value) -> Row {
+    let mut row = Row::default();
+    decode_key_into(source, key, &mut row);
+    row
+}
+
+fn decode_key_into(source: &Source, key: &Value, row: &mut Row) {
     let columns: Vec<&ColumnDef> = source.columns.iter().filter(|c| c.key).collect();
     // Room for every column and the pseudo columns, so decoding never rehashes.
-    let mut row = Row::with_capacity_and_hasher(source.columns.len() + 5, Default::default());
+    row.reserve((source.columns.len() + 5).saturating_sub(row.len()));
     match (columns.as_slice(), source.key_format) {
         ([], _) => {}
         ([only], Format::Delimited) => {
@@ -120,10 +152,10 @@ pub(crate) fn decode_key(source: &Source, key: &Value) -> Row {
             } else {
                 delimited_field(text, &only.ty)
             };
-            row.insert(only.name.clone(), value);
+            set(row, &only.name, value);
         }
         ([only], _) => {
-            row.insert(only.name.clone(), coerce(key, &only.ty));
+            set(row, &only.name, coerce(key, &only.ty));
         }
         (many, Format::Delimited) => {
             let fields = key.as_str().map(split_delimited).unwrap_or_default();
@@ -131,7 +163,7 @@ pub(crate) fn decode_key(source: &Source, key: &Value) -> Row {
                 let value = fields.get(i).map_or(Value::Null, |text| {
                     delimited_field(text.clone(), &column.ty)
                 });
-                row.insert(column.name.clone(), value);
+                set(row, &column.name, value);
             }
         }
         (many, _) => {
@@ -142,11 +174,10 @@ pub(crate) fn decode_key(source: &Source, key: &Value) -> Row {
                     }
                     _ => Value::Null,
                 };
-                row.insert(column.name.clone(), value);
+                set(row, &column.name, value);
             }
         }
     }
-    row
 }
 
 /// A DELIMITED field's text as a value of `ty`; empty is null.

@@ -401,12 +401,23 @@ fn decimal_result(op: BinaryOp, (p1, s1): (u32, u32), (p2, s2): (u32, u32)) -> S
 
 /// A JSON object's field by name, exactly or else ignoring case.
 pub(crate) fn field<'a>(object: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
-    object.get(name).or_else(|| {
-        object
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v)
-    })
+    // Wide objects look the exact name up; narrow ones are scanned once, an
+    // exact match winning over the first that differs only in case.
+    if object.len() > 8 {
+        if let Some(value) = object.get(name) {
+            return Some(value);
+        }
+    }
+    let mut folded = None;
+    for (key, value) in object {
+        if key == name {
+            return Some(value);
+        }
+        if folded.is_none() && key.eq_ignore_ascii_case(name) {
+            folded = Some(value);
+        }
+    }
+    folded
 }
 
 #[cfg(test)]
