@@ -49,10 +49,14 @@ con.execute(f"COPY events TO '{work}/events.jsonl' (FORMAT json)")
 windows = """SELECT count(*), sum(cnt), sum(total) FROM (
     SELECT name, ts // 10000 * 10000 AS ws, count(*) AS cnt, sum(amount) AS total FROM {src}
     GROUP BY name, ws) WHERE ws + 10000 <= (SELECT max(ts) FROM {src})"""
-def timed(src):
-    t0 = time.perf_counter()
-    answer = con.execute(windows.format(src=src)).fetchone()
-    return answer, time.perf_counter() - t0
+def timed(src):  # best of three, so file caching does not decide the ceiling
+    best = None
+    for _ in range(3):
+        t0 = time.perf_counter()
+        answer = con.execute(windows.format(src=src)).fetchone()
+        elapsed = time.perf_counter() - t0
+        best = elapsed if best is None else min(best, elapsed)
+    return answer, best
 from_file, file_s = timed(f"read_json('{work}/events.jsonl', format='newline_delimited', columns={{ts: 'BIGINT', name: 'VARCHAR', amount: 'BIGINT'}})")
 in_memory, memory_s = timed("events")
 streamed = con.execute(f"""SELECT count(*), sum(CNT), sum(TOTAL)
@@ -63,7 +67,7 @@ cpu = user + sys_s
 print(f"{n} payments events, 3 partitions; {int(from_file[0])} closed 10-second windows agree (count {int(from_file[1])}, sum {int(from_file[2])})")
 print(f"{'engine':44} {'events/s':>10} {'per core':>10}")
 print(f"{'kpipe sql (from kpipe broker, EMIT FINAL)':44} {n / elapsed:10.0f} {n / cpu:10.0f}   cpu {cpu:.1f} s, RSS {rss_kb / 1024:.0f} MB")
-print(f"{'DuckDB batch, JSON lines file':44} {n / file_s:10.0f}")
+print(f"{'DuckDB batch, JSON lines file (2 threads)':44} {n / file_s:10.0f}")
 print(f"{'DuckDB batch, table in memory':44} {n / memory_s:10.0f}")
 print(f"kpipe / DuckDB over JSON: {100 * file_s / elapsed:.0f}% ({elapsed / file_s:.1f}x slower)")
 PY
