@@ -94,10 +94,28 @@ impl Engine {
         Some(engine)
     }
 
-    /// A record of a stream or table (or a transient query's output) as its
-    /// columns' values, in column order.
-    pub fn display_row(&self, source: &str, record: &Record) -> Vec<Value> {
-        let Some(source) = self.sources.get(source) else {
+    /// The columns a SELECT's rows show, in SELECT order.
+    pub fn shown_columns(&self, id: &str) -> Vec<ColumnDef> {
+        let Some(source) = self.sources.get(id) else {
+            return Vec::new();
+        };
+        self.shown_order(id, source.columns.len())
+            .into_iter()
+            .map(|i| source.columns[i].clone())
+            .collect()
+    }
+
+    fn shown_order(&self, id: &str, columns: usize) -> Vec<usize> {
+        match self.queries.iter().find(|q| q.sink == id) {
+            Some(query) if query.shown.len() == columns => query.shown.clone(),
+            _ => (0..columns).collect(),
+        }
+    }
+
+    /// A record of a stream or table (or a SELECT's output) as the values of
+    /// its columns, in the order [`Engine::shown_columns`] gives.
+    pub fn display_row(&self, source_name: &str, record: &Record) -> Vec<Value> {
+        let Some(source) = self.sources.get(source_name) else {
             return Vec::new();
         };
         let keys = source.columns.iter().filter(|c| c.key).count();
@@ -106,7 +124,7 @@ impl Engine {
             _ => Vec::new(),
         };
         let mut values = fields.into_iter();
-        source
+        let in_sink_order: Vec<Value> = source
             .columns
             .iter()
             .map(|column| match (column.key, &record.value) {
@@ -120,6 +138,10 @@ impl Engine {
                     .filter(|f| !f.is_empty())
                     .map_or(Value::Null, Value::String),
             })
+            .collect();
+        self.shown_order(source_name, in_sink_order.len())
+            .into_iter()
+            .map(|i| in_sink_order[i].clone())
             .collect()
     }
 }
@@ -164,6 +186,52 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::Executed;
+    use crate::parser::parse;
+
+    #[test]
+    fn a_select_shows_its_columns_in_select_order_though_keys_come_first_in_the_sink() {
+        let mut engine = Engine::default();
+        let statements = parse(
+            "CREATE STREAM p (name STRING, amount INT) WITH (kafka_topic='p', value_format='JSON');
+             SELECT FROM_UNIXTIME(WINDOWSTART) AS ws, name, COUNT(*) AS cnt FROM p
+               WINDOW TUMBLING (SIZE 10 SECONDS) GROUP BY name EMIT CHANGES;",
+        )
+        .unwrap();
+        engine.execute(&statements[0]).unwrap();
+        let Executed::Transient { id, pull } = engine.execute(&statements[1]).unwrap() else {
+            panic!("a SELECT is transient")
+        };
+        assert!(!pull);
+        let names: Vec<String> = engine
+            .shown_columns(&id)
+            .into_iter()
+            .map(|c| c.name)
+            .collect();
+        assert_eq!(names, ["WS", "NAME", "CNT"]);
+        let sink: Vec<String> = engine
+            .source(&id)
+            .unwrap()
+            .columns
+            .into_iter()
+            .map(|c| c.name)
+            .collect();
+        assert_eq!(sink[0], "NAME", "the key column leads the sink");
+        let record = Record {
+            topic: "p".into(),
+            key: Value::Null,
+            value: serde_json::json!({"name": "Carol", "amount": 5}),
+            timestamp: 12_345,
+            window: None,
+            partition: 0,
+            offset: 0,
+        };
+        let out = engine.process(&record).unwrap();
+        assert_eq!(
+            engine.display_row(&id, &out[0]),
+            [Value::from(10_000), Value::from("Carol"), Value::from(1)]
+        );
+    }
 
     #[test]
     fn timestamps_display_as_ksqldb_prints_them() {

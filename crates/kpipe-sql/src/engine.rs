@@ -83,6 +83,9 @@ pub(crate) struct Query {
     join: Option<JoinState>,
     /// The last record's row, decoded into again (its column names reused).
     spare_row: Option<Row>,
+    /// The sink's columns in SELECT order, as a transient query shows them
+    /// (the sink itself has its key columns first, as ksqlDB's schemas do).
+    pub(crate) shown: Vec<usize>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -425,6 +428,7 @@ impl Engine {
                     aggregation: None,
                     table_rows: HashMap::new(),
                     spare_row: None,
+                    shown: Vec::new(),
                     join,
                 });
                 Ok(Executed::Started {
@@ -599,6 +603,13 @@ impl Engine {
             None
         };
         let outputs = output_columns(select, &from, name, self.new_planner(), transient)?;
+        let mut shown: Vec<usize> = Vec::with_capacity(outputs.len());
+        for (expr, _) in projection(select, &from) {
+            let at = (0..outputs.len()).find(|i| !shown.contains(i) && outputs[*i].1 == expr);
+            shown.extend(at);
+        }
+        let unshown: Vec<usize> = (0..outputs.len()).filter(|i| !shown.contains(i)).collect();
+        shown.extend(unshown);
         let prefix = self
             .properties
             .get("ksql.output.topic.name.prefix")
@@ -640,6 +651,7 @@ impl Engine {
             aggregation,
             table_rows: HashMap::new(),
             spare_row: None,
+            shown,
             join,
         });
         Ok(id)

@@ -402,10 +402,6 @@ impl Session {
         pull: bool,
         out: &mut dyn Output,
     ) -> Result<()> {
-        let sink = self
-            .engine
-            .source(id)
-            .expect("the transient query's output");
         let from = self
             .engine
             .source(&select.from)
@@ -422,7 +418,7 @@ impl Session {
             idle: self.settings.idle,
         };
         let limit = select.limit.unwrap_or(u64::MAX);
-        out.columns(&sink.columns, !pull);
+        out.columns(&self.engine.shown_columns(id), !pull);
         let stops = [self.stop.clone()];
         let dead_letters = self.settings.dead_letters.as_deref();
         if pull && from.kind == SourceKind::Table {
