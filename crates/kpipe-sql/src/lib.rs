@@ -24,6 +24,7 @@ mod functions;
 mod join;
 pub mod lexer;
 pub mod live;
+mod merge;
 pub mod parser;
 mod plan;
 pub mod qtt;

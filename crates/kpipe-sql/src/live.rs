@@ -8,17 +8,16 @@
 //! its start (a table keeps each key's latest row), a push query streams rows
 //! until its LIMIT, Ctrl-C or, with `until_end`, the end offsets.
 //!
-//! Partitions are merged by timestamp, as Kafka Streams does within a task: the
-//! head with the lowest timestamp goes first, and a partition known to hold
-//! more data is waited for (up to `Settings::idle`), so windows close by event
-//! time whatever order fetches arrive in. Nothing is committed: a query starts
+//! A reader thread merges the source's partitions by timestamp (`merge`, as a
+//! Kafka Streams task does) and decodes while the query's thread processes.
+//! Nothing is committed: a query starts
 //! from `auto.offset.reset` on each run; durable queries are `kpipe server`'s.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use kpipe_kafka::admin::{Admin, IfExists, TopicSpec};
@@ -34,6 +33,7 @@ use serde_json::Value;
 
 use crate::catalog::SourceInfo;
 use crate::engine::{Engine, Executed, Record};
+use crate::merge::{merge, Bounds, Head, Partitions, Polled};
 use crate::parser::{parse, ColumnDef, Listing, Select, SourceKind, SqlType, Statement};
 use crate::wire::Message;
 
@@ -596,28 +596,6 @@ struct Feed {
     idle: Duration,
 }
 
-/// A partition's next record, read ahead so partitions merge by timestamp.
-enum Head {
-    Record(Record),
-    /// A message that cannot be read, kept whole for the dead-letter topic.
-    Bad {
-        error: String,
-        key: Option<Vec<u8>>,
-        payload: Vec<u8>,
-        partition: i32,
-        offset: i64,
-    },
-}
-
-impl Head {
-    fn timestamp(&self) -> i64 {
-        match self {
-            Head::Record(r) => r.timestamp,
-            Head::Bad { .. } => i64::MIN,
-        }
-    }
-}
-
 fn read(engine: &Engine, topic: &str, m: &BorrowedMessage<'_>) -> Head {
     let message = Message {
         topic,
@@ -638,68 +616,6 @@ fn read(engine: &Engine, topic: &str, m: &BorrowedMessage<'_>) -> Head {
         },
     }
 }
-
-/// The partitions being merged: each one's next record and how far it is read.
-struct Merge {
-    heads: Vec<Option<Head>>,
-    /// Records fetched before the partition queues were split off.
-    early: Vec<VecDeque<Head>>,
-    /// librdkafka said EOF: nothing more for now, so not waited for.
-    at_end: Vec<bool>,
-    /// Read up to the bound (bounded runs only).
-    done: Vec<bool>,
-    ends: Vec<i64>,
-    bounded: bool,
-}
-
-impl Merge {
-    /// Reads partition `p`'s next record into its head if it has none.
-    fn fill(
-        &mut self,
-        p: usize,
-        queue: &PartitionQueue<QuietContext>,
-        timeout: Duration,
-        engine: &Engine,
-        topic: &str,
-    ) {
-        if self.heads[p].is_some() || self.done[p] {
-            return;
-        }
-        if let Some(head) = self.early[p].pop_front() {
-            self.heads[p] = Some(head);
-            return;
-        }
-        match queue.poll(timeout) {
-            Some(Ok(m)) if m.offset() >= self.ends[p] => self.done[p] = true,
-            Some(Ok(m)) => {
-                self.heads[p] = Some(read(engine, topic, &m));
-                self.at_end[p] = false;
-                // The last record before the bound: read no further.
-                self.done[p] = m.offset() + 1 >= self.ends[p];
-            }
-            Some(Err(KafkaError::PartitionEOF(_))) => {
-                self.at_end[p] = true;
-                self.done[p] = self.bounded;
-            }
-            Some(Err(e)) => tracing::warn!("reading {topic} [{p}]: {e}"),
-            None => {}
-        }
-    }
-
-    /// Every partition read to its bound.
-    fn finished(&self) -> bool {
-        self.bounded && (0..self.heads.len()).all(|p| self.done[p] && self.heads[p].is_none())
-    }
-
-    /// A partition with nothing read ahead that is known to hold more.
-    fn lagging(&self) -> Option<usize> {
-        (0..self.heads.len()).find(|&p| self.heads[p].is_none() && !self.done[p] && !self.at_end[p])
-    }
-}
-
-/// Records a reader thread hands the query's thread at once: enough to make
-/// the hand-over cheap, few enough to keep a push query prompt.
-const BATCH: usize = 512;
 
 /// Feeds one query's engine from the broker and hands every record it writes
 /// to `emit` (which returns false to stop). A reader thread polls, merges the
@@ -834,75 +750,59 @@ fn read_merged(
             early[m.partition() as usize].push_back(read(decoder, &feed.topic, &m));
         }
     }
-    let mut merge = Merge {
-        heads: early.iter().map(|_| None).collect(),
-        at_end: vec![false; early.len()],
-        done: vec![false; early.len()],
+    let mut partitions = BrokerPartitions {
+        consumer: &consumer,
+        queues,
         early,
+        decoder,
+        topic: &feed.topic,
+    };
+    let bounds = Bounds {
         ends,
         bounded: feed.bounded,
     };
-    let n = partitions as usize;
-    let mut batch = Vec::with_capacity(BATCH);
-    // Hands the batch over; false when the query's thread has gone.
-    let hand_over = |batch: &mut Vec<Head>| {
-        batch.is_empty()
-            || batches
-                .send(std::mem::replace(batch, Vec::with_capacity(BATCH)))
-                .is_ok()
-    };
-    let mut waiting_since: Option<Instant> = None;
-    let mut turns = 0u32;
-    loop {
-        if quit.load(Ordering::Relaxed) || stops.iter().any(|s| s.load(Ordering::Relaxed)) {
-            break;
+    merge(
+        &mut partitions,
+        bounds,
+        feed.idle,
+        || !quit.load(Ordering::Relaxed) && !stops.iter().any(|s| s.load(Ordering::Relaxed)),
+        |batch| batches.send(batch).is_ok(),
+    );
+    Ok(())
+}
+
+/// A topic's partitions on the broker: one librdkafka queue each.
+struct BrokerPartitions<'a> {
+    consumer: &'a BaseConsumer<QuietContext>,
+    queues: Vec<PartitionQueue<QuietContext>>,
+    /// Records fetched before the queues were split off; they come first.
+    early: Vec<VecDeque<Head>>,
+    decoder: &'a Engine,
+    topic: &'a str,
+}
+
+impl Partitions for BrokerPartitions<'_> {
+    fn count(&self) -> usize {
+        self.queues.len()
+    }
+
+    fn poll(&mut self, p: usize, timeout: Duration) -> Polled {
+        if let Some(head) = self.early[p].pop_front() {
+            return Polled::Head(head);
         }
-        turns = turns.wrapping_add(1);
-        if turns.is_multiple_of(1024) {
-            // Serves librdkafka's events (errors) on the consumer's own queue.
-            consumer.poll(Duration::ZERO);
-        }
-        for (p, queue) in queues.iter().enumerate() {
-            merge.fill(p, queue, Duration::ZERO, decoder, &feed.topic);
-        }
-        if merge.finished() {
-            break;
-        }
-        let next = (0..n)
-            .filter(|&p| merge.heads[p].is_some())
-            .min_by_key(|&p| merge.heads[p].as_ref().map(Head::timestamp));
-        let Some(p) = next else {
-            // Nothing to merge: pass on what is read, then wait for any
-            // partition to bring something.
-            if !hand_over(&mut batch) {
-                break;
+        match self.queues[p].poll(timeout) {
+            Some(Ok(m)) => Polled::Head(read(self.decoder, self.topic, &m)),
+            Some(Err(KafkaError::PartitionEOF(_))) => Polled::End,
+            Some(Err(e)) => {
+                tracing::warn!("reading {} [{p}]: {e}", self.topic);
+                Polled::Nothing
             }
-            consumer.poll(Duration::ZERO);
-            for (q, queue) in queues.iter().enumerate() {
-                let wait = Duration::from_millis(20) / n as u32;
-                merge.fill(q, queue, wait, decoder, &feed.topic);
-            }
-            continue;
-        };
-        // A partition with more to come may hold an earlier timestamp: wait
-        // for it a while, as Kafka Streams waits max.task.idle.ms.
-        if let Some(q) = merge.lagging() {
-            let since = *waiting_since.get_or_insert_with(Instant::now);
-            if since.elapsed() < feed.idle {
-                if !hand_over(&mut batch) {
-                    break;
-                }
-                let wait = Duration::from_millis(5);
-                merge.fill(q, &queues[q], wait, decoder, &feed.topic);
-                continue;
-            }
-        }
-        waiting_since = None;
-        batch.push(merge.heads[p].take().expect("chosen among the heads"));
-        if batch.len() == BATCH && !hand_over(&mut batch) {
-            break;
+            None => Polled::Nothing,
         }
     }
-    hand_over(&mut batch);
-    Ok(())
+
+    /// librdkafka's events (errors) arrive on the consumer's own queue.
+    fn serve(&mut self) {
+        self.consumer.poll(Duration::ZERO);
+    }
 }
