@@ -15,6 +15,7 @@ use crate::aggregate::{
     accumulate, aggregate_calls, initial, merge, result, retracted, AggregateSettings,
     COMPLEX_STATE, RETRACTABLE,
 };
+use crate::avro::{self, SchemaRegistry};
 use crate::check::{check_condition, check_selected};
 use crate::eval::{eval, Row};
 use crate::format::{decode, decode_key, decode_reusing, encode_key, encode_value, Format};
@@ -159,6 +160,8 @@ pub struct Engine {
     properties: HashMap<String, String>,
     /// Records written by `INSERT INTO .. VALUES`, not yet taken.
     inserted: Vec<Record>,
+    /// The AVRO schemas of the topics, registered as sources are created.
+    pub(crate) registry: SchemaRegistry,
 }
 
 fn property<'a>(properties: &'a Properties, name: &str) -> Option<&'a Value> {
@@ -587,7 +590,7 @@ impl Engine {
             let struct_state = calls.iter().any(
                 |c| matches!(c, Expr::Function { name, .. } if COMPLEX_STATE.contains(&name.as_str())),
             );
-            if struct_state && value_format != Format::Json {
+            if struct_state && !value_format.has_nested_types() {
                 bail!("One of the functions used in the statement has an intermediate type that the value format can not handle. Please remove the function or change the format.");
             }
             Some(Aggregation {
@@ -649,7 +652,26 @@ impl Engine {
         if self.sources.contains_key(name) {
             bail!("Cannot add stream '{name}': A stream with the same name already exists");
         }
+        self.register_avro_schemas(&source)?;
         self.sources.insert(name.to_string(), Arc::new(source));
+        Ok(())
+    }
+
+    /// Registers the schemas ksqlDB derives for a source's AVRO key and
+    /// value, as it does with the schema registry when it creates a source.
+    fn register_avro_schemas(&mut self, source: &Source) -> Result<()> {
+        let (keys, values): (Vec<&ColumnDef>, Vec<&ColumnDef>) =
+            source.columns.iter().partition(|c| c.key);
+        if source.key_format == Format::Avro && !keys.is_empty() {
+            let schema = avro::derive(&keys, keys.len() > 1)?;
+            self.registry
+                .register(&avro::key_subject(&source.topic), schema);
+        }
+        if source.value_format == Format::Avro {
+            let schema = avro::derive(&values, source.wrap_single_value)?;
+            self.registry
+                .register(&avro::value_subject(&source.topic), schema);
+        }
         Ok(())
     }
 
@@ -1186,7 +1208,7 @@ fn wrap_single_value(
         Some(Value::String(s)) if s.eq_ignore_ascii_case("false") => false,
         Some(other) => bail!("Property WRAP_SINGLE_VALUE must be a boolean, not {other}"),
     };
-    if format != Format::Json {
+    if !format.has_nested_types() {
         bail!(
             "Format '{}' does not support 'WRAP_SINGLE_VALUE' set to '{wrap}'.",
             format.name()
