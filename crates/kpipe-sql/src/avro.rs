@@ -73,6 +73,66 @@ pub(crate) fn derive(columns: &[&ColumnDef], wrapped: bool) -> Result<Schema> {
     }
 }
 
+/// The columns a registered key or value schema gives a source created
+/// without a column list: a record's fields, or for a key of another type one
+/// column, `ROWKEY`.
+pub(crate) fn columns(schema: &Schema, key: bool) -> Result<Vec<ColumnDef>> {
+    let column = |name: &str, schema: &Schema| {
+        Ok(ColumnDef {
+            name: name.to_string(),
+            ty: sql_type(schema)?,
+            key,
+        })
+    };
+    match (non_null(schema)?, key) {
+        (Schema::Record { fields, .. }, _) => fields.iter().map(|(n, s)| column(n, s)).collect(),
+        (other, true) => Ok(vec![column("ROWKEY", other)?]),
+        (other, false) => bail!(
+            "the value schema must be a record to give columns, not {}",
+            other.to_json()
+        ),
+    }
+}
+
+/// The SQL type of values of `schema`.
+fn sql_type(schema: &Schema) -> Result<SqlType> {
+    Ok(match non_null(schema)? {
+        Schema::Boolean => SqlType::Boolean,
+        Schema::Int => SqlType::Int,
+        Schema::Long => SqlType::BigInt,
+        Schema::Float | Schema::Double => SqlType::Double,
+        Schema::Bytes => SqlType::Bytes,
+        Schema::String => SqlType::String,
+        Schema::Decimal { precision, scale } => SqlType::Decimal {
+            precision: *precision,
+            scale: *scale,
+        },
+        Schema::Date => SqlType::Date,
+        Schema::Time => SqlType::Time,
+        Schema::Timestamp => SqlType::Timestamp,
+        Schema::Array(items) => SqlType::Array(Box::new(sql_type(items)?)),
+        Schema::Map(values) => SqlType::Map(Box::new(SqlType::String), Box::new(sql_type(values)?)),
+        Schema::Record { fields, .. } => SqlType::Struct(
+            fields
+                .iter()
+                .map(|(name, schema)| Ok((name.clone(), sql_type(schema)?)))
+                .collect::<Result<_>>()?,
+        ),
+        Schema::Null | Schema::Union(_) => bail!("Avro type {} has no SQL type", schema.to_json()),
+    })
+}
+
+/// An optional type's schema without its null: `T` of `["null", T]`.
+fn non_null(schema: &Schema) -> Result<&Schema> {
+    match schema {
+        Schema::Union(branches) => match branches.as_slice() {
+            [Schema::Null, only] | [only, Schema::Null] | [only] => Ok(only),
+            _ => bail!("Avro union {} has no SQL type", schema.to_json()),
+        },
+        other => Ok(other),
+    }
+}
+
 fn optional(schema: Schema) -> Schema {
     Schema::Union(vec![Schema::Null, schema])
 }
@@ -356,6 +416,20 @@ mod tests {
         );
         assert_eq!(schema.to_json()[1]["logicalType"], "decimal");
         assert_eq!(Schema::from_json(&schema.to_json()).unwrap(), schema);
+    }
+
+    #[test]
+    fn registered_schemas_give_columns_back() {
+        let id = column("ID", SqlType::BigInt);
+        let tags = column(
+            "TAGS",
+            SqlType::Map(Box::new(SqlType::String), Box::new(SqlType::Date)),
+        );
+        let schema = derive(&[&id, &tags], true).unwrap();
+        assert_eq!(columns(&schema, false).unwrap(), vec![id, tags]);
+        let key = columns(&Schema::String, true).unwrap();
+        assert_eq!((key[0].name.as_str(), key[0].key), ("ROWKEY", true));
+        assert!(columns(&Schema::Int, false).is_err());
     }
 
     #[test]

@@ -230,13 +230,19 @@ impl Engine {
                     anyhow!("Missing required property \"KAFKA_TOPIC\" for {name}")
                 })?;
                 let (key_format, value_format) = formats(properties, None)?;
+                let columns = match columns.is_empty() {
+                    true => {
+                        self.registered_columns(&topic, key_format, value_format, properties)?
+                    }
+                    false => columns.clone(),
+                };
                 let source = Source {
                     kind: *kind,
                     topic,
-                    columns: columns.clone(),
                     key_format,
                     value_format,
-                    wrap_single_value: wrap_single_value(properties, value_format, columns)?,
+                    wrap_single_value: wrap_single_value(properties, value_format, &columns)?,
+                    columns,
                     window: window_type(properties)?,
                     read_only: *read_only,
                 };
@@ -655,6 +661,43 @@ impl Engine {
         self.register_avro_schemas(&source)?;
         self.sources.insert(name.to_string(), Arc::new(source));
         Ok(())
+    }
+
+    /// The columns of a source created without a column list, as ksqlDB
+    /// infers them from the AVRO schemas registered for its topic (or those
+    /// `KEY_SCHEMA_ID` and `VALUE_SCHEMA_ID` name).
+    fn registered_columns(
+        &self,
+        topic: &str,
+        key_format: Format,
+        value_format: Format,
+        properties: &Properties,
+    ) -> Result<Vec<ColumnDef>> {
+        if value_format != Format::Avro {
+            bail!("The statement does not define any columns.");
+        }
+        let registered = |id_property: &str,
+                          subject: String,
+                          part: &str|
+         -> Result<&avro::Schema> {
+            let schema = match property(properties, id_property) {
+                Some(id) => id
+                    .as_u64()
+                    .and_then(|id| self.registry.schema(u32::try_from(id).ok()?)),
+                None => self.registry.latest(&subject).map(|(_, schema)| schema),
+            };
+            schema.ok_or_else(|| {
+                anyhow!("Schema for message {part}s on topic '{topic}' does not exist in the Schema Registry.\nSubject: {subject}")
+            })
+        };
+        let mut columns = Vec::new();
+        if key_format == Format::Avro {
+            let schema = registered("KEY_SCHEMA_ID", avro::key_subject(topic), "key")?;
+            columns.extend(avro::columns(schema, true)?);
+        }
+        let schema = registered("VALUE_SCHEMA_ID", avro::value_subject(topic), "value")?;
+        columns.extend(avro::columns(schema, false)?);
+        Ok(columns)
     }
 
     /// Registers the schemas ksqlDB derives for a source's AVRO key and
