@@ -326,7 +326,7 @@ impl Engine {
                 kind,
                 name,
                 if_exists,
-                ..
+                delete_topic,
             } => {
                 let Some(source) = self.sources.get(name) else {
                     if *if_exists {
@@ -352,6 +352,15 @@ impl Engine {
                         "Cannot drop {name}. The following queries read from or write to it: {}. Terminate them first.",
                         users.join(", ")
                     );
+                }
+                if *delete_topic {
+                    if source.read_only {
+                        bail!("Cannot delete topic for read-only source: {name}");
+                    }
+                    // Deleting the topic deletes its schemas' subjects too, as ksqlDB does.
+                    let topic = source.topic.clone();
+                    self.registry.delete_subject(&avro::key_subject(&topic));
+                    self.registry.delete_subject(&avro::value_subject(&topic));
                 }
                 self.sources.remove(name);
                 Ok(Executed::Dropped { name: name.clone() })

@@ -271,4 +271,51 @@ mod tests {
             .to_string()
             .contains("cannot read the key"));
     }
+
+    #[test]
+    fn avro_records_are_read_and_written_with_the_registrys_schema_ids() {
+        let mut engine = engine(
+            "CREATE STREAM s (id BIGINT KEY, names ARRAY<STRING>, price DECIMAL(4, 2)) WITH (kafka_topic='s', format='AVRO');
+             CREATE STREAM t AS SELECT id, price FROM s;",
+        );
+        let (key_id, _) = engine.registry.latest("s-key").unwrap();
+        let (value_id, _) = engine.registry.latest("s-value").unwrap();
+        let key = engine.registry.encode("s-key", &Value::from(7)).unwrap();
+        assert_eq!(key[..5], [0, 0, 0, 0, key_id as u8]);
+        let value = engine
+            .registry
+            .encode(
+                "s-value",
+                &serde_json::json!({"NAMES": ["a", null], "PRICE": "12.50"}),
+            )
+            .unwrap();
+        assert_eq!(value[..5], [0, 0, 0, 0, value_id as u8]);
+        let record = engine
+            .decode_message(&Message {
+                topic: "s",
+                key: Some(&key),
+                value: Some(&value),
+                timestamp: 1,
+                partition: 0,
+                offset: 0,
+            })
+            .unwrap();
+        assert_eq!(
+            record.value,
+            serde_json::json!({"NAMES": ["a", null], "PRICE": 12.5})
+        );
+        let out = engine.process(&record).unwrap();
+        let Encoded { key, value } = engine.encode_message(&out[0]).unwrap();
+        let registry = &engine.registry;
+        assert_eq!(registry.decode(&key.unwrap()).unwrap(), Value::from(7));
+        let value = value.unwrap();
+        assert_eq!(
+            value[..5],
+            [0, 0, 0, 0, registry.latest("T-value").unwrap().0 as u8]
+        );
+        assert_eq!(
+            registry.decode(&value).unwrap(),
+            serde_json::json!({"PRICE": 12.5})
+        );
+    }
 }

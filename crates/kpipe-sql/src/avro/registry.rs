@@ -42,6 +42,12 @@ impl SchemaRegistry {
         self.latest.insert(subject.to_string(), id);
     }
 
+    /// Forgets a subject; its schemas keep their ids, as records written
+    /// with them may still be read.
+    pub(crate) fn delete_subject(&mut self, subject: &str) {
+        self.latest.remove(subject);
+    }
+
     /// The subject's latest schema and its id.
     pub(crate) fn latest(&self, subject: &str) -> Option<(u32, &Schema)> {
         let id = *self.latest.get(subject)?;
@@ -105,5 +111,8 @@ mod tests {
         assert!(registry.decode(&[1, 0, 0, 0, 2, 0]).is_err());
         assert!(registry.decode(&[0, 0, 0, 0, 2, 2, 1, 7]).is_err());
         assert!(registry.encode("d-value", &json!(1)).is_err());
+        registry.delete_subject("c-value");
+        assert!(registry.encode("c-value", &json!(1)).is_err());
+        assert_eq!(registry.decode(&bytes).unwrap(), json!(-1));
     }
 }
