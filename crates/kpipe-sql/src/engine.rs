@@ -30,7 +30,7 @@ use crate::plan::{
 use crate::types::coerce;
 
 /// A record as the engine sees it: key and value in their topic's logical
-/// form (a JSON value for JSON, a string for DELIMITED and KAFKA).
+/// form (a JSON value for JSON and AVRO, a string for DELIMITED and KAFKA).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Record {
     pub topic: String,
