@@ -90,6 +90,7 @@ impl Engine {
         let query = self.queries.iter().find(|q| q.id == id)?.clone();
         let mut engine = Engine::default();
         engine.sources = self.sources.clone();
+        engine.registry = self.registry.clone();
         engine.queries.push(query);
         Some(engine)
     }

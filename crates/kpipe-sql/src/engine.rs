@@ -15,6 +15,7 @@ use crate::aggregate::{
     accumulate, aggregate_calls, initial, merge, result, retracted, AggregateSettings,
     COMPLEX_STATE, RETRACTABLE,
 };
+use crate::avro::{self, SchemaRegistry};
 use crate::check::{check_condition, check_selected};
 use crate::eval::{eval, Row};
 use crate::format::{decode, decode_key, decode_reusing, encode_key, encode_value, Format};
@@ -29,7 +30,7 @@ use crate::plan::{
 use crate::types::coerce;
 
 /// A record as the engine sees it: key and value in their topic's logical
-/// form (a JSON value for JSON, a string for DELIMITED and KAFKA).
+/// form (a JSON value for JSON and AVRO, a string for DELIMITED and KAFKA).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Record {
     pub topic: String,
@@ -162,6 +163,8 @@ pub struct Engine {
     properties: HashMap<String, String>,
     /// Records written by `INSERT INTO .. VALUES`, not yet taken.
     inserted: Vec<Record>,
+    /// The AVRO schemas of the topics, registered as sources are created.
+    pub(crate) registry: SchemaRegistry,
 }
 
 fn property<'a>(properties: &'a Properties, name: &str) -> Option<&'a Value> {
@@ -230,13 +233,19 @@ impl Engine {
                     anyhow!("Missing required property \"KAFKA_TOPIC\" for {name}")
                 })?;
                 let (key_format, value_format) = formats(properties, None)?;
+                let columns = match columns.is_empty() {
+                    true => {
+                        self.registered_columns(&topic, key_format, value_format, properties)?
+                    }
+                    false => columns.clone(),
+                };
                 let source = Source {
                     kind: *kind,
                     topic,
-                    columns: columns.clone(),
                     key_format,
                     value_format,
-                    wrap_single_value: wrap_single_value(properties, value_format, columns)?,
+                    wrap_single_value: wrap_single_value(properties, value_format, &columns)?,
+                    columns,
                     window: window_type(properties)?,
                     read_only: *read_only,
                 };
@@ -320,7 +329,7 @@ impl Engine {
                 kind,
                 name,
                 if_exists,
-                ..
+                delete_topic,
             } => {
                 let Some(source) = self.sources.get(name) else {
                     if *if_exists {
@@ -346,6 +355,15 @@ impl Engine {
                         "Cannot drop {name}. The following queries read from or write to it: {}. Terminate them first.",
                         users.join(", ")
                     );
+                }
+                if *delete_topic {
+                    if source.read_only {
+                        bail!("Cannot delete topic for read-only source: {name}");
+                    }
+                    // Deleting the topic deletes its schemas' subjects too, as ksqlDB does.
+                    let topic = source.topic.clone();
+                    self.registry.delete_subject(&avro::key_subject(&topic));
+                    self.registry.delete_subject(&avro::value_subject(&topic));
                 }
                 self.sources.remove(name);
                 Ok(Executed::Dropped { name: name.clone() })
@@ -591,7 +609,7 @@ impl Engine {
             let struct_state = calls.iter().any(
                 |c| matches!(c, Expr::Function { name, .. } if COMPLEX_STATE.contains(&name.as_str())),
             );
-            if struct_state && value_format != Format::Json {
+            if struct_state && !value_format.has_nested_types() {
                 bail!("One of the functions used in the statement has an intermediate type that the value format can not handle. Please remove the function or change the format.");
             }
             Some(Aggregation {
@@ -661,7 +679,63 @@ impl Engine {
         if self.sources.contains_key(name) {
             bail!("Cannot add stream '{name}': A stream with the same name already exists");
         }
+        self.register_avro_schemas(&source)?;
         self.sources.insert(name.to_string(), Arc::new(source));
+        Ok(())
+    }
+
+    /// The columns of a source created without a column list, as ksqlDB
+    /// infers them from the AVRO schemas registered for its topic (or those
+    /// `KEY_SCHEMA_ID` and `VALUE_SCHEMA_ID` name).
+    fn registered_columns(
+        &self,
+        topic: &str,
+        key_format: Format,
+        value_format: Format,
+        properties: &Properties,
+    ) -> Result<Vec<ColumnDef>> {
+        if value_format != Format::Avro {
+            bail!("The statement does not define any columns.");
+        }
+        let registered = |id_property: &str,
+                          subject: String,
+                          part: &str|
+         -> Result<&avro::Schema> {
+            let schema = match property(properties, id_property) {
+                Some(id) => id
+                    .as_u64()
+                    .and_then(|id| self.registry.schema(u32::try_from(id).ok()?)),
+                None => self.registry.latest(&subject).map(|(_, schema)| schema),
+            };
+            schema.ok_or_else(|| {
+                anyhow!("Schema for message {part}s on topic '{topic}' does not exist in the Schema Registry.\nSubject: {subject}")
+            })
+        };
+        let mut columns = Vec::new();
+        if key_format == Format::Avro {
+            let schema = registered("KEY_SCHEMA_ID", avro::key_subject(topic), "key")?;
+            columns.extend(avro::columns(schema, true)?);
+        }
+        let schema = registered("VALUE_SCHEMA_ID", avro::value_subject(topic), "value")?;
+        columns.extend(avro::columns(schema, false)?);
+        Ok(columns)
+    }
+
+    /// Registers the schemas ksqlDB derives for a source's AVRO key and
+    /// value, as it does with the schema registry when it creates a source.
+    fn register_avro_schemas(&mut self, source: &Source) -> Result<()> {
+        let (keys, values): (Vec<&ColumnDef>, Vec<&ColumnDef>) =
+            source.columns.iter().partition(|c| c.key);
+        if source.key_format == Format::Avro && !keys.is_empty() {
+            let schema = avro::derive(&keys, keys.len() > 1)?;
+            self.registry
+                .register(&avro::key_subject(&source.topic), schema);
+        }
+        if source.value_format == Format::Avro {
+            let schema = avro::derive(&values, source.wrap_single_value)?;
+            self.registry
+                .register(&avro::value_subject(&source.topic), schema);
+        }
         Ok(())
     }
 
@@ -1198,7 +1272,7 @@ fn wrap_single_value(
         Some(Value::String(s)) if s.eq_ignore_ascii_case("false") => false,
         Some(other) => bail!("Property WRAP_SINGLE_VALUE must be a boolean, not {other}"),
     };
-    if format != Format::Json {
+    if !format.has_nested_types() {
         bail!(
             "Format '{}' does not support 'WRAP_SINGLE_VALUE' set to '{wrap}'.",
             format.name()

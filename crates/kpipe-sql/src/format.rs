@@ -1,6 +1,7 @@
 //! Serialization formats: how a record's key and value turn into a row's
-//! columns and back. JSON keys and values are JSON; DELIMITED ones are
-//! comma-separated text; KAFKA holds one primitive column.
+//! columns and back. JSON keys and values are JSON, and so are AVRO ones in
+//! the engine (the codec sits at the topic's edge, in `wire`); DELIMITED ones
+//! are comma-separated text; KAFKA holds one primitive column.
 
 use anyhow::{bail, Result};
 use serde_json::{Map, Value};
@@ -13,6 +14,7 @@ use crate::types::{coerce, field, java_double};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Format {
     Json,
+    Avro,
     Delimited,
     Kafka,
 }
@@ -21,6 +23,7 @@ impl Format {
     pub(crate) fn parse(name: &str) -> Result<Format> {
         match name.to_ascii_uppercase().as_str() {
             "JSON" => Ok(Format::Json),
+            "AVRO" => Ok(Format::Avro),
             "DELIMITED" => Ok(Format::Delimited),
             "KAFKA" => Ok(Format::Kafka),
             other => bail!("format {other} is not supported"),
@@ -30,14 +33,21 @@ impl Format {
     pub(crate) fn name(self) -> &'static str {
         match self {
             Format::Json => "JSON",
+            Format::Avro => "AVRO",
             Format::Delimited => "DELIMITED",
             Format::Kafka => "KAFKA",
         }
     }
 
+    /// Whether the format holds ARRAY, MAP and STRUCT values (and so a
+    /// single value unwrapped, `WRAP_SINGLE_VALUE=false`).
+    pub(crate) fn has_nested_types(self) -> bool {
+        matches!(self, Format::Json | Format::Avro)
+    }
+
     /// Refuses key or value columns this format cannot hold, in ksqlDB's words.
     pub(crate) fn check(self, columns: &[&ColumnDef]) -> Result<()> {
-        if self == Format::Json {
+        if self.has_nested_types() {
             return Ok(());
         }
         if let Some(column) = columns.iter().find(|c| !c.ty.is_primitive()) {
@@ -74,7 +84,7 @@ pub(crate) fn decode_reusing(
     decode_key_into(source, &record.key, &mut row);
     let values: Vec<&ColumnDef> = source.columns.iter().filter(|c| !c.key).collect();
     match source.value_format {
-        Format::Json => match (&record.value, values.as_slice()) {
+        Format::Json | Format::Avro => match (&record.value, values.as_slice()) {
             (value, [only]) if !source.wrap_single_value => {
                 set(&mut row, &only.name, coerce(value, &only.ty));
             }
@@ -210,8 +220,8 @@ pub(crate) fn encode_key(format: Format, columns: &[(&ColumnDef, Value)]) -> Val
 /// A value from its columns' values, in column order.
 pub(crate) fn encode_value(sink: &Source, columns: &[(&ColumnDef, Value)]) -> Value {
     match (sink.value_format, columns) {
-        (Format::Json, [(_, value)]) if !sink.wrap_single_value => value.clone(),
-        (Format::Json, _) => Value::Object(
+        (Format::Json | Format::Avro, [(_, value)]) if !sink.wrap_single_value => value.clone(),
+        (Format::Json | Format::Avro, _) => Value::Object(
             columns
                 .iter()
                 .map(|(c, v)| (c.name.clone(), v.clone()))

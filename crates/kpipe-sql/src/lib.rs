@@ -12,9 +12,11 @@
 //! (COUNT, SUM, AVG, MIN, MAX, COUNT_DISTINCT, COLLECT_LIST, STDDEV_SAMP,
 //! TOPK, EARLIEST/LATEST_BY_OFFSET, SUM_LIST), subscripts, struct fields,
 //! constructors and lambdas, ksqlDB's type checks and messages, over JSON,
+//! AVRO (a hand-written codec with an in-process schema registry, `avro`),
 //! DELIMITED and KAFKA. The live runtime is to come.
 
 mod aggregate;
+mod avro;
 pub mod catalog;
 mod check;
 pub mod engine;

@@ -485,10 +485,21 @@ impl Parser<'_> {
                 read_only,
             });
         }
+        let properties = self.properties()?;
+        if !self.peek_is("AS") {
+            // No columns and no query: the topic's registered schemas give the columns.
+            return Ok(Statement::CreateSource {
+                kind,
+                name,
+                columns: Vec::new(),
+                properties,
+                or_replace,
+                read_only,
+            });
+        }
         if or_replace || read_only {
             bail!("CREATE OR REPLACE and CREATE SOURCE take a column list");
         }
-        let properties = self.properties()?;
         self.expect("AS")?;
         let select = self.select()?;
         Ok(Statement::CreateAs {

@@ -145,6 +145,16 @@ pub(crate) fn cast(value: &Value, ty: &SqlType) -> Value {
                 .map(|(k, v)| (k.clone(), cast(v, value_type)))
                 .collect(),
         ),
+        // A number with more whole digits than the DECIMAL holds is null.
+        (SqlType::Decimal { precision, scale }, _) => match coerce(value, ty) {
+            Value::Number(n)
+                if n.as_f64()
+                    .is_some_and(|f| f.abs() >= 10f64.powi(*precision as i32 - *scale as i32)) =>
+            {
+                Value::Null
+            }
+            other => other,
+        },
         _ => coerce(value, ty),
     }
 }

@@ -7,6 +7,7 @@
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 
+use crate::avro::{self, SchemaRegistry};
 use crate::engine::{Engine, Record, Source};
 use crate::format::Format;
 use crate::parser::{ColumnDef, SqlType};
@@ -35,11 +36,11 @@ impl Engine {
             .ok_or_else(|| anyhow!("no stream or table reads topic {}", message.topic))?;
         let (key, window) = match message.key {
             None => (Value::Null, None),
-            Some(bytes) => decode_key(source, bytes)?,
+            Some(bytes) => decode_key(source, &self.registry, bytes)?,
         };
         let value = match message.value {
             None => Value::Null,
-            Some(bytes) => decode_value(source, bytes)?,
+            Some(bytes) => decode_value(source, &self.registry, bytes)?,
         };
         Ok(Record {
             topic: message.topic.to_string(),
@@ -59,16 +60,17 @@ impl Engine {
             .ok_or_else(|| anyhow!("no stream or table writes topic {}", record.topic))?;
         let key = match &record.key {
             Value::Null => None,
-            key => Some(encode_key(sink, key, record.window)?),
+            key => Some(encode_key(sink, &self.registry, key, record.window)?),
         };
         let value = match &record.value {
             Value::Null => None,
-            value => Some(encode_value(sink, value)?),
+            value => Some(encode_value(sink, &self.registry, value)?),
         };
         Ok(Encoded { key, value })
     }
 
-    fn source_over(&self, topic: &str) -> Option<&Source> {
+    /// The stream or table over `topic` (the first, when several are).
+    pub(crate) fn source_over(&self, topic: &str) -> Option<&Source> {
         self.sources
             .values()
             .find(|s| s.topic == topic)
@@ -80,7 +82,11 @@ fn key_columns(source: &Source) -> Vec<&ColumnDef> {
     source.columns.iter().filter(|c| c.key).collect()
 }
 
-fn decode_key(source: &Source, bytes: &[u8]) -> Result<(Value, Option<(i64, i64)>)> {
+fn decode_key(
+    source: &Source,
+    registry: &SchemaRegistry,
+    bytes: &[u8],
+) -> Result<(Value, Option<(i64, i64)>)> {
     let (bytes, window) = match source.window {
         None => (bytes, None),
         Some(w) if w.session => {
@@ -101,25 +107,27 @@ fn decode_key(source: &Source, bytes: &[u8]) -> Result<(Value, Option<(i64, i64)
             (&bytes[..at], Some((start, start + w.size)))
         }
     };
-    let key = match key_columns(source).as_slice() {
-        [] => Value::Null,
-        [column] => typed(source.key_format, &column.ty, bytes).context("cannot read the key")?,
-        _ => match source.key_format {
-            Format::Json => serde_json::from_slice(bytes).context("the key is not JSON")?,
-            _ => Value::String(utf8(bytes)?.to_string()),
-        },
+    let key = match (source.key_format, key_columns(source).as_slice()) {
+        (_, []) => Value::Null,
+        (Format::Avro, _) => registry.decode(bytes).context("cannot read the key")?,
+        (Format::Json, _) => serde_json::from_slice(bytes).context("the key is not JSON")?,
+        (Format::Kafka, [column]) => {
+            kafka_value(&column.ty, bytes).context("cannot read the key")?
+        }
+        _ => Value::String(utf8(bytes)?.to_string()),
     };
     Ok((key, window))
 }
 
-fn decode_value(source: &Source, bytes: &[u8]) -> Result<Value> {
+fn decode_value(source: &Source, registry: &SchemaRegistry, bytes: &[u8]) -> Result<Value> {
     Ok(match source.value_format {
         Format::Json => serde_json::from_slice(bytes).context("the value is not JSON")?,
+        Format::Avro => registry.decode(bytes).context("cannot read the value")?,
         Format::Delimited => Value::String(utf8(bytes)?.to_string()),
         Format::Kafka => {
             let values: Vec<&ColumnDef> = source.columns.iter().filter(|c| !c.key).collect();
             match values.as_slice() {
-                [column] => match typed(Format::Kafka, &column.ty, bytes)? {
+                [column] => match kafka_value(&column.ty, bytes)? {
                     Value::String(s) => Value::String(s),
                     other => Value::String(other.to_string()),
                 },
@@ -129,30 +137,33 @@ fn decode_value(source: &Source, bytes: &[u8]) -> Result<Value> {
     })
 }
 
-/// One column's bytes in `format`.
-fn typed(format: Format, ty: &SqlType, bytes: &[u8]) -> Result<Value> {
-    Ok(match format {
-        Format::Json => serde_json::from_slice(bytes).context("not JSON")?,
-        Format::Delimited => Value::String(utf8(bytes)?.to_string()),
-        Format::Kafka => match ty {
-            SqlType::Int => {
-                let b: [u8; 4] = bytes
-                    .try_into()
-                    .map_err(|_| anyhow!("an INT is 4 bytes, not {}", bytes.len()))?;
-                Value::from(i32::from_be_bytes(b))
-            }
-            SqlType::BigInt | SqlType::Timestamp => Value::from(be_i64(bytes)?),
-            SqlType::Double => Value::from(f64::from_bits(be_i64(bytes)? as u64)),
-            SqlType::String => Value::String(utf8(bytes)?.to_string()),
-            other => bail!("the KAFKA format has no {other}"),
-        },
+/// One column's bytes as Kafka's serializers write them.
+fn kafka_value(ty: &SqlType, bytes: &[u8]) -> Result<Value> {
+    Ok(match ty {
+        SqlType::Int => {
+            let b: [u8; 4] = bytes
+                .try_into()
+                .map_err(|_| anyhow!("an INT is 4 bytes, not {}", bytes.len()))?;
+            Value::from(i32::from_be_bytes(b))
+        }
+        SqlType::BigInt | SqlType::Timestamp => Value::from(be_i64(bytes)?),
+        SqlType::Double => Value::from(f64::from_bits(be_i64(bytes)? as u64)),
+        SqlType::String => Value::String(utf8(bytes)?.to_string()),
+        other => bail!("the KAFKA format has no {other}"),
     })
 }
 
-fn encode_key(sink: &Source, key: &Value, window: Option<(i64, i64)>) -> Result<Vec<u8>> {
-    let mut bytes = match key_columns(sink).as_slice() {
-        [column] => typed_bytes(sink.key_format, &column.ty, key)?,
-        _ => serde_json::to_vec(key)?,
+fn encode_key(
+    sink: &Source,
+    registry: &SchemaRegistry,
+    key: &Value,
+    window: Option<(i64, i64)>,
+) -> Result<Vec<u8>> {
+    let mut bytes = match (sink.key_format, key_columns(sink).as_slice()) {
+        (Format::Avro, _) => registry.encode(&avro::key_subject(&sink.topic), key)?,
+        (Format::Json, _) => serde_json::to_vec(key)?,
+        (Format::Kafka, [column]) => kafka_bytes(&column.ty, key)?,
+        _ => text_bytes(key),
     };
     if let (Some(w), Some((start, end))) = (sink.window, window) {
         if w.session {
@@ -163,43 +174,44 @@ fn encode_key(sink: &Source, key: &Value, window: Option<(i64, i64)>) -> Result<
     Ok(bytes)
 }
 
-fn encode_value(sink: &Source, value: &Value) -> Result<Vec<u8>> {
-    Ok(match (sink.value_format, value) {
-        (Format::Json, value) => serde_json::to_vec(value)?,
-        (_, Value::String(s)) => s.clone().into_bytes(),
-        (_, other) => other.to_string().into_bytes(),
+fn encode_value(sink: &Source, registry: &SchemaRegistry, value: &Value) -> Result<Vec<u8>> {
+    Ok(match sink.value_format {
+        Format::Json => serde_json::to_vec(value)?,
+        Format::Avro => registry.encode(&avro::value_subject(&sink.topic), value)?,
+        Format::Delimited | Format::Kafka => text_bytes(value),
     })
 }
 
-fn typed_bytes(format: Format, ty: &SqlType, value: &Value) -> Result<Vec<u8>> {
-    Ok(match format {
-        Format::Json => serde_json::to_vec(value)?,
-        Format::Delimited => match value {
-            Value::String(s) => s.clone().into_bytes(),
-            other => other.to_string().into_bytes(),
-        },
-        Format::Kafka => match (ty, value) {
-            (SqlType::Int, Value::Number(n)) => {
-                let n = n
-                    .as_i64()
-                    .and_then(|n| i32::try_from(n).ok())
-                    .ok_or_else(|| anyhow!("{n} is not an INT"))?;
-                n.to_be_bytes().to_vec()
-            }
-            (SqlType::BigInt | SqlType::Timestamp, Value::Number(n)) => n
+/// A text value's UTF-8 (any other value's JSON text).
+fn text_bytes(value: &Value) -> Vec<u8> {
+    match value {
+        Value::String(s) => s.clone().into_bytes(),
+        other => other.to_string().into_bytes(),
+    }
+}
+
+/// One column's value as Kafka's serializers write it.
+fn kafka_bytes(ty: &SqlType, value: &Value) -> Result<Vec<u8>> {
+    Ok(match (ty, value) {
+        (SqlType::Int, Value::Number(n)) => {
+            let n = n
                 .as_i64()
-                .ok_or_else(|| anyhow!("{n} is not a BIGINT"))?
-                .to_be_bytes()
-                .to_vec(),
-            (SqlType::Double, Value::Number(n)) => n
-                .as_f64()
-                .unwrap_or_default()
-                .to_bits()
-                .to_be_bytes()
-                .to_vec(),
-            (_, Value::String(s)) => s.clone().into_bytes(),
-            (_, other) => other.to_string().into_bytes(),
-        },
+                .and_then(|n| i32::try_from(n).ok())
+                .ok_or_else(|| anyhow!("{n} is not an INT"))?;
+            n.to_be_bytes().to_vec()
+        }
+        (SqlType::BigInt | SqlType::Timestamp, Value::Number(n)) => n
+            .as_i64()
+            .ok_or_else(|| anyhow!("{n} is not a BIGINT"))?
+            .to_be_bytes()
+            .to_vec(),
+        (SqlType::Double, Value::Number(n)) => n
+            .as_f64()
+            .unwrap_or_default()
+            .to_bits()
+            .to_be_bytes()
+            .to_vec(),
+        (_, value) => text_bytes(value),
     })
 }
 
@@ -258,5 +270,52 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("cannot read the key"));
+    }
+
+    #[test]
+    fn avro_records_are_read_and_written_with_the_registrys_schema_ids() {
+        let mut engine = engine(
+            "CREATE STREAM s (id BIGINT KEY, names ARRAY<STRING>, price DECIMAL(4, 2)) WITH (kafka_topic='s', format='AVRO');
+             CREATE STREAM t AS SELECT id, price FROM s;",
+        );
+        let (key_id, _) = engine.registry.latest("s-key").unwrap();
+        let (value_id, _) = engine.registry.latest("s-value").unwrap();
+        let key = engine.registry.encode("s-key", &Value::from(7)).unwrap();
+        assert_eq!(key[..5], [0, 0, 0, 0, key_id as u8]);
+        let value = engine
+            .registry
+            .encode(
+                "s-value",
+                &serde_json::json!({"NAMES": ["a", null], "PRICE": "12.50"}),
+            )
+            .unwrap();
+        assert_eq!(value[..5], [0, 0, 0, 0, value_id as u8]);
+        let record = engine
+            .decode_message(&Message {
+                topic: "s",
+                key: Some(&key),
+                value: Some(&value),
+                timestamp: 1,
+                partition: 0,
+                offset: 0,
+            })
+            .unwrap();
+        assert_eq!(
+            record.value,
+            serde_json::json!({"NAMES": ["a", null], "PRICE": 12.5})
+        );
+        let out = engine.process(&record).unwrap();
+        let Encoded { key, value } = engine.encode_message(&out[0]).unwrap();
+        let registry = &engine.registry;
+        assert_eq!(registry.decode(&key.unwrap()).unwrap(), Value::from(7));
+        let value = value.unwrap();
+        assert_eq!(
+            value[..5],
+            [0, 0, 0, 0, registry.latest("T-value").unwrap().0 as u8]
+        );
+        assert_eq!(
+            registry.decode(&value).unwrap(),
+            serde_json::json!({"PRICE": 12.5})
+        );
     }
 }
