@@ -1058,7 +1058,12 @@ fn table_update(
         // A table row needs a key; ksqlDB drops keyless ones.
         return Ok(Vec::new());
     }
-    let key_id = record.key.to_string();
+    // A windowed table has a row per key and window.
+    let window = record.window.filter(|_| from.window.is_some());
+    let key_id = match window {
+        Some(w) => format!("{}@{w:?}", record.key),
+        None => record.key.to_string(),
+    };
     let mut new_row = decode(from, record)?;
     if let (Some(row), Some(filter)) = (&new_row, &query.select.filter) {
         if eval(filter, row, &[])? != Value::Bool(true) {
@@ -1071,20 +1076,18 @@ fn table_update(
     };
     let Some(aggregation) = &mut query.aggregation else {
         return Ok(match (new_row, old_row) {
-            (Some(row), _) => vec![project(
-                &query.outputs,
-                sink,
-                &row,
-                &[],
-                None,
-                record.timestamp,
-            )?],
+            (Some(row), _) => {
+                let mut projected =
+                    project(&query.outputs, sink, &row, &[], None, record.timestamp)?;
+                projected.window = window;
+                vec![projected]
+            }
             (None, Some(row)) => vec![Record {
                 topic: sink.topic.clone(),
                 key: project_key(&query.outputs, sink, &row),
                 value: Value::Null,
                 timestamp: record.timestamp,
-                window: None,
+                window,
                 partition: 0,
                 offset: 0,
             }],
@@ -1951,6 +1954,49 @@ mod tests {
         let size = parse("CREATE STREAM X (N INT) WITH (kafka_topic='x', value_format='JSON', window_type='Tumbling', window_size='30 bobs');").unwrap();
         let error = engine.execute(&size[0]).unwrap_err().to_string();
         assert!(error.ends_with("Unknown time unit: 'BOBS'"), "{error}");
+    }
+
+    #[test]
+    fn a_windowed_table_keeps_a_row_per_key_and_window() {
+        use serde_json::json;
+        let mut engine = Engine::default();
+        for s in parse(
+            "CREATE TABLE T (ID INT PRIMARY KEY, N BIGINT) WITH (kafka_topic='t', value_format='JSON', window_type='Tumbling', window_size='10 seconds');
+             CREATE TABLE C AS SELECT * FROM T;",
+        )
+        .unwrap()
+        {
+            engine.execute(&s).unwrap();
+        }
+        let mut feed = |window: (i64, i64), value: Value| {
+            engine
+                .process(&Record {
+                    topic: "t".into(),
+                    key: Value::from(5),
+                    value,
+                    timestamp: window.0,
+                    window: Some(window),
+                    partition: 0,
+                    offset: 0,
+                })
+                .unwrap()
+                .into_iter()
+                .map(|r| (r.window, r.value))
+                .collect::<Vec<_>>()
+        };
+        let first = (0, 10_000);
+        let second = (10_000, 20_000);
+        assert_eq!(
+            feed(first, json!({"N": 1})),
+            [(Some(first), json!({"N": 1}))]
+        );
+        assert_eq!(
+            feed(second, json!({"N": 2})),
+            [(Some(second), json!({"N": 2}))]
+        );
+        // A tombstone deletes only its own window's row.
+        assert_eq!(feed(first, Value::Null), [(Some(first), Value::Null)]);
+        assert!(feed(first, Value::Null).is_empty());
     }
 
     #[test]

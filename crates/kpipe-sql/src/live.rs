@@ -159,6 +159,9 @@ impl Session {
                     bail!("{name} must be 'earliest' or 'latest', not '{value}'");
                 }
                 self.properties.insert(name.clone(), value.clone());
+                // ksql.* settings (collect_list's limit, the output topic
+                // prefix, ...) shape the queries started from now on.
+                self.engine.set_property(name, value);
                 out.message(&format!(
                     "Successfully changed local property '{name}' to '{value}'. Use the UNSET command to revert your change."
                 ));
@@ -421,10 +424,13 @@ impl Session {
         out.columns(&self.engine.shown_columns(id), !pull);
         let stops = [self.stop.clone()];
         let dead_letters = self.settings.dead_letters.as_deref();
-        if pull && from.kind == SourceKind::Table {
-            // A table is its changelog's latest row per key.
-            let mut latest: Vec<Option<Vec<Value>>> = Vec::new();
-            let mut slots: HashMap<String, usize> = HashMap::new();
+        // A pulled table is its changelog's latest row per key, shown at the
+        // end; anything else shows its rows as they come.
+        let table = pull && from.kind == SourceKind::Table;
+        let mut latest: Vec<Option<Vec<Value>>> = Vec::new();
+        let mut slots: HashMap<String, usize> = HashMap::new();
+        let mut rows = 0u64;
+        if table || limit > 0 {
             drive(
                 &self.options,
                 engine,
@@ -432,40 +438,28 @@ impl Session {
                 &stops,
                 dead_letters,
                 |engine, record| {
-                    let key = format!("{}@{:?}", record.key, record.window);
                     let row = (!record.value.is_null()).then(|| engine.display_row(id, record));
-                    match slots.get(&key) {
-                        Some(slot) => latest[*slot] = row,
-                        None => {
-                            slots.insert(key, latest.len());
-                            latest.push(row);
+                    if table {
+                        let key = format!("{}@{:?}", record.key, record.window);
+                        match slots.get(&key) {
+                            Some(slot) => latest[*slot] = row,
+                            None => {
+                                slots.insert(key, latest.len());
+                                latest.push(row);
+                            }
                         }
+                        return Ok(true);
                     }
-                    Ok(true)
+                    if let Some(row) = row {
+                        out.row(&row);
+                        rows += 1;
+                    }
+                    Ok(rows < limit)
                 },
             )?;
-            for row in latest.iter().flatten().take(limit as usize) {
-                out.row(row);
-            }
-        } else {
-            let mut rows = 0u64;
-            if limit > 0 {
-                drive(
-                    &self.options,
-                    engine,
-                    &feed,
-                    &stops,
-                    dead_letters,
-                    |engine, record| {
-                        if record.value.is_null() {
-                            return Ok(true);
-                        }
-                        out.row(&engine.display_row(id, record));
-                        rows += 1;
-                        Ok(rows < limit)
-                    },
-                )?;
-            }
+        }
+        for row in latest.iter().flatten().take(limit as usize) {
+            out.row(row);
         }
         out.end();
         Ok(())
