@@ -92,6 +92,8 @@ pub struct Session {
     properties: BTreeMap<String, String>,
     running: Vec<Running>,
     stop: Arc<AtomicBool>,
+    /// Raised to stop the SELECT running now (a shell's Ctrl-C), not the session.
+    cancel: Arc<AtomicBool>,
     admin: Admin,
     runtime: tokio::runtime::Runtime,
 }
@@ -116,6 +118,7 @@ impl Session {
             properties: BTreeMap::new(),
             running: Vec::new(),
             stop,
+            cancel: Arc::new(AtomicBool::new(false)),
             admin,
             runtime,
         })
@@ -145,6 +148,12 @@ impl Session {
             done.push((running.id, counts));
         }
         Ok(done)
+    }
+
+    /// The flag that stops the SELECT running now, leaving the session and
+    /// its persistent queries be.
+    pub fn cancel_flag(&self) -> Arc<AtomicBool> {
+        self.cancel.clone()
     }
 
     pub fn persistent_queries(&self) -> usize {
@@ -422,7 +431,8 @@ impl Session {
         };
         let limit = select.limit.unwrap_or(u64::MAX);
         out.columns(&self.engine.shown_columns(id), !pull);
-        let stops = [self.stop.clone()];
+        self.cancel.store(false, Ordering::Relaxed);
+        let stops = [self.stop.clone(), self.cancel.clone()];
         let dead_letters = self.settings.dead_letters.as_deref();
         // A pulled table is its changelog's latest row per key, shown at the
         // end; anything else shows its rows as they come.

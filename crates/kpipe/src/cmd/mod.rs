@@ -126,6 +126,79 @@ pub fn stop_flag() -> Arc<AtomicBool> {
     stop
 }
 
+/// Raises `flag` on every Ctrl-C, for a shell: Ctrl-C stops what runs, not
+/// the shell. Returns once the handler is in place, because the line editor
+/// saves the SIGINT handler it finds and puts it back after every line.
+pub fn interrupt_flag(flag: Arc<AtomicBool>) {
+    let (ready, registered) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            let _ = ready.send(());
+            return;
+        };
+        runtime.block_on(async {
+            let interrupts =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt());
+            let _ = ready.send(());
+            let Ok(mut interrupts) = interrupts else {
+                return;
+            };
+            while interrupts.recv().await.is_some() {
+                flag.store(true, Ordering::Relaxed);
+            }
+        });
+    });
+    let _ = registered.recv();
+}
+
+/// A line editor with history in `~/.{history}` that hands `run` one
+/// `;`-terminated statement at a time (lines accumulate until one ends with
+/// `;`) until Ctrl-D; Ctrl-C at the prompt drops the statement being typed.
+pub fn statement_shell(
+    history: &str,
+    prompt: &str,
+    mut run: impl FnMut(&str) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let mut editor = rustyline::DefaultEditor::new()?;
+    let history = std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(history));
+    if let Some(path) = &history {
+        let _ = editor.load_history(path);
+    }
+    let continuation = format!("{:>width$}", "...> ", width = prompt.len());
+    let mut statement = String::new();
+    loop {
+        let shown = if statement.is_empty() {
+            prompt
+        } else {
+            &continuation
+        };
+        match editor.readline(shown) {
+            Ok(line) => {
+                statement.push_str(&line);
+                statement.push('\n');
+                if !line.trim_end().ends_with(';') {
+                    continue;
+                }
+                let sql = std::mem::take(&mut statement);
+                let _ = editor.add_history_entry(sql.trim());
+                if let Err(e) = run(sql.trim()) {
+                    eprintln!("error: {e:#}");
+                }
+            }
+            Err(rustyline::error::ReadlineError::Interrupted) => statement.clear(),
+            Err(rustyline::error::ReadlineError::Eof) => break,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if let Some(path) = &history {
+        let _ = editor.save_history(path);
+    }
+    Ok(())
+}
+
 /// Runs an async library call from a synchronous command.
 pub fn block_on<F: std::future::Future>(future: F) -> anyhow::Result<F::Output> {
     Ok(tokio::runtime::Builder::new_current_thread()

@@ -49,48 +49,14 @@ pub fn run(args: QueryArgs) -> Result<()> {
 }
 
 fn shell(runtime: &tokio::runtime::Runtime, query: &LakeQuery, format: Output) -> Result<()> {
-    let mut editor = rustyline::DefaultEditor::new()?;
-    let history =
-        std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".kpipe_query_history"));
-    if let Some(path) = &history {
-        let _ = editor.load_history(path);
-    }
     println!(
         "tables: {}. End statements with ';', Ctrl-D to leave.",
         query.tables().join(", ")
     );
-    let mut statement = String::new();
-    loop {
-        let prompt = if statement.is_empty() {
-            "kpipe> "
-        } else {
-            "   ...> "
-        };
-        match editor.readline(prompt) {
-            Ok(line) => {
-                statement.push_str(&line);
-                statement.push('\n');
-                if !line.trim_end().ends_with(';') {
-                    continue;
-                }
-                let sql = std::mem::take(&mut statement);
-                let _ = editor.add_history_entry(sql.trim());
-                match runtime.block_on(query.sql(sql.trim().trim_end_matches(';'))) {
-                    Ok((schema, batches)) => {
-                        render(&schema, &batches, format, &mut std::io::stdout().lock())?
-                    }
-                    Err(e) => eprintln!("error: {e}"),
-                }
-            }
-            Err(rustyline::error::ReadlineError::Interrupted) => statement.clear(),
-            Err(rustyline::error::ReadlineError::Eof) => break,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    if let Some(path) = &history {
-        let _ = editor.save_history(path);
-    }
-    Ok(())
+    super::statement_shell(".kpipe_query_history", "kpipe> ", |sql| {
+        let (schema, batches) = runtime.block_on(query.sql(sql.trim_end_matches(';')))?;
+        render(&schema, &batches, format, &mut std::io::stdout().lock())
+    })
 }
 
 /// Runs statements (the demo's analysis) and prints each under its title.

@@ -3,15 +3,17 @@
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use kpipe_sql::catalog::display;
-use kpipe_sql::live::{Output, Session, Settings};
+use kpipe_sql::live::{Counts, Output, Session, Settings};
 use kpipe_sql::parser::{ColumnDef, SqlType};
 use serde_json::{Map, Value};
 
-use super::{stop_flag, table, KafkaArgs};
+use super::{interrupt_flag, statement_shell, stop_flag, table, KafkaArgs};
 
 /// Streaming SQL in ksqlDB's dialect, against Kafka.
 ///
@@ -25,7 +27,10 @@ use super::{stop_flag, table, KafkaArgs};
 /// shows each key's latest row). Queries start at `auto.offset.reset`
 /// (latest, as in ksqlDB; `SET 'auto.offset.reset'='earliest';` to replay).
 /// Also: SHOW STREAMS|TABLES|TOPICS|QUERIES|PROPERTIES, DESCRIBE, DROP,
-/// TERMINATE, SET, UNSET.
+/// TERMINATE, SET, UNSET. With neither -e nor --file, a shell like ksql's:
+/// statements end with ';' (lines accumulate until then), history in
+/// ~/.kpipe_sql_history, Ctrl-C stops the running SELECT, persistent queries
+/// run in the background until Ctrl-D leaves.
 ///
 /// Examples (seed 03):
 ///   kpipe gen payments --rate 50 &
@@ -94,21 +99,24 @@ pub fn run(args: SqlArgs, kafka: &KafkaArgs) -> Result<()> {
         return run_tests(test);
     }
     let script = match (&args.execute, &args.file) {
-        (Some(sql), _) => sql.clone(),
-        (None, Some(path)) => std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read {}", path.display()))?,
-        (None, None) => bail!(
-            "give statements with -e \"...\" or --file F.sql (or run `kpipe sql test FILE.json...`)"
+        (Some(sql), _) => Some(sql.clone()),
+        (None, Some(path)) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?,
         ),
+        (None, None) => None,
     };
-    let stop = stop_flag();
     let settings = Settings {
         until_end: args.until_end,
         dead_letters: args.dlq_topic.clone(),
         ..Settings::default()
     };
-    let mut session = Session::connect(kafka.options(), settings, stop)?;
     let mut out = Printer::new(args.output);
+    let Some(script) = script else {
+        return shell(kafka, settings, &mut out);
+    };
+    let stop = stop_flag();
+    let mut session = Session::connect(kafka.options(), settings, stop)?;
     let ran = session.run(&script, &mut out);
     if ran.is_ok() && session.persistent_queries() > 0 && !args.until_end {
         eprintln!(
@@ -124,13 +132,34 @@ pub fn run(args: SqlArgs, kafka: &KafkaArgs) -> Result<()> {
     // Running queries are stopped and drained even when a later statement failed.
     let finished = session.finish();
     ran?;
-    for (id, counts) in finished? {
+    report(finished?);
+    Ok(())
+}
+
+/// The interactive session: one statement at a time, errors reported and
+/// survived; leaving stops the persistent queries it started.
+fn shell(kafka: &KafkaArgs, settings: Settings, out: &mut Printer) -> Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut session = Session::connect(kafka.options(), settings, stop.clone())?;
+    interrupt_flag(session.cancel_flag());
+    println!(
+        "kpipe sql on {}: statements end with ';'; Ctrl-C stops a running SELECT, Ctrl-D leaves.",
+        kafka.options().bootstrap
+    );
+    statement_shell(".kpipe_sql_history", "ksql> ", |sql| session.run(sql, out))?;
+    stop.store(true, Ordering::Relaxed);
+    report(session.finish()?);
+    Ok(())
+}
+
+/// What each persistent query did, on stderr.
+fn report(finished: Vec<(String, Counts)>) {
+    for (id, counts) in finished {
         eprintln!(
             "{id}: read {} records, wrote {}, skipped {}",
             counts.read, counts.written, counts.skipped
         );
     }
-    Ok(())
 }
 
 /// Prints a session's results: one-line messages, tables for finished

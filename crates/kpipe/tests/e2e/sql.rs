@@ -353,3 +353,57 @@ fn a_push_query_streams_until_ctrl_c() {
         "Ctrl-C ends a push query cleanly, got {status}"
     );
 }
+
+#[test]
+fn the_shell_runs_a_session_through_a_terminal() {
+    let broker = BrokerProcess::start();
+    broker.kpipe(&["sql", "-e", PAYMENTS], "").out();
+    let mut generator = broker
+        .command(&["gen", "payments", "--rate", "500"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let steps = [
+        // A statement over two lines, then one the shell reports and survives.
+        "CREATE STREAM payments (name VARCHAR, amount INTEGER)\n  WITH (KAFKA_TOPIC='payments', VALUE_FORMAT='json');",
+        "SELECT nope FROM payments;",
+        "CREATE TABLE counts AS SELECT name, COUNT(*) AS n FROM payments GROUP BY name;",
+        "SHOW QUERIES;",
+        // A push query streams until Ctrl-C, which stops it and not the shell.
+        "SELECT name, amount, 'seen' AS tag FROM payments EMIT CHANGES;\n!interrupt-after |seen",
+        "TERMINATE CTAS_COUNTS_0;",
+        "SHOW QUERIES;",
+    ]
+    .join("\n---\n");
+    let mut shell = std::process::Command::new(crate::harness::python());
+    shell
+        .arg(crate::harness::python_script("sql_shell.py"))
+        .arg(env!("CARGO_BIN_EXE_kpipe"))
+        .arg("sql")
+        .env("KPIPE_BOOTSTRAP", &broker.bootstrap)
+        .env("HOME", tempfile::tempdir().unwrap().path());
+    let run = broker.run(shell, &steps);
+    let _ = generator.kill();
+    let _ = generator.wait();
+    let shown = run.out();
+    for expected in [
+        "Stream created",
+        "error: SELECT column 'NOPE' cannot be resolved.",
+        "Created query with ID CTAS_COUNTS_0",
+        "CTAS_COUNTS_0 ┆ RUNNING",
+        "|seen",
+        "Query terminated.",
+        "(0 rows)",
+        "exit=0",
+    ] {
+        assert!(
+            shown.contains(expected),
+            "missing {expected:?} in:\n{shown}"
+        );
+    }
+    assert!(
+        !read_topic(&broker.bootstrap, "COUNTS").is_empty(),
+        "the persistent query wrote through the broker"
+    );
+}
