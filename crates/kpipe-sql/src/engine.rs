@@ -1242,23 +1242,31 @@ fn emit(
 /// The windows a record at `timestamp` belongs to, oldest first, leaving out
 /// those already closed (end + grace at or before the stream time); `[None]`
 /// when the query is not windowed.
-fn windows_of(window: Option<Window>, timestamp: i64, stream_time: i64) -> Vec<Option<(i64, i64)>> {
-    let Some(w) = window else {
-        return vec![None];
+fn windows_of(
+    window: Option<Window>,
+    timestamp: i64,
+    stream_time: i64,
+) -> impl Iterator<Item = Option<(i64, i64)>> {
+    // Computed, not collected: this runs for every record.
+    let (oldest, count, w) = match window {
+        None => (0, 1, None),
+        Some(w) => {
+            let (mut oldest, mut count) = (0, 0);
+            let mut start = timestamp - timestamp.rem_euclid(w.advance);
+            while start > timestamp - w.size && start >= 0 {
+                (oldest, count) = (start, count + 1);
+                start -= w.advance;
+            }
+            (oldest, count, Some(w))
+        }
     };
-    let last_start = timestamp - timestamp.rem_euclid(w.advance);
-    let mut starts = Vec::new();
-    let mut start = last_start;
-    while start > timestamp - w.size && start >= 0 {
-        starts.push(start);
-        start -= w.advance;
-    }
-    starts
-        .into_iter()
-        .rev()
-        .filter(|s| s + w.size + w.grace > stream_time)
-        .map(|s| Some((s, s + w.size)))
-        .collect()
+    (0..count).filter_map(move |i| match w {
+        None => Some(None),
+        Some(w) => {
+            let start = oldest + i * w.advance;
+            (start + w.size + w.grace > stream_time).then_some(Some((start, start + w.size)))
+        }
+    })
 }
 
 /// Whether a single value column is wrapped in a JSON object: so by
