@@ -1516,64 +1516,57 @@ mod tests {
     use super::*;
     use crate::parser::parse;
 
-    #[test]
-    fn a_filtering_projection_over_delimited_values() {
+    /// An engine that has run `script`.
+    fn engine_with(script: &str) -> Engine {
         let mut engine = Engine::default();
-        for s in parse(
-            "CREATE STREAM TEST (K STRING KEY, ID bigint, NAME varchar) WITH (kafka_topic='t', value_format='DELIMITED');
-             CREATE STREAM S1 AS SELECT K, name, id * 2 AS twice FROM test WHERE id > 100;",
-        )
-        .unwrap()
-        {
-            engine.execute(&s).unwrap();
+        for statement in parse(script).unwrap() {
+            engine.execute(&statement).unwrap();
         }
-        let record = |key: &str, value: &str| Record {
-            topic: "t".into(),
-            key: Value::from(key),
-            value: Value::from(value),
-            timestamp: 7,
+        engine
+    }
+
+    /// A record as a test feeds it: partition 0, offset 0, no window.
+    fn input(topic: &str, key: Value, value: Value, timestamp: i64) -> Record {
+        Record {
+            topic: topic.into(),
+            key,
+            value,
+            timestamp,
             window: None,
             partition: 0,
             offset: 0,
-        };
+        }
+    }
+
+    #[test]
+    fn a_filtering_projection_over_delimited_values() {
+        let mut engine = engine_with(
+            "CREATE STREAM TEST (K STRING KEY, ID bigint, NAME varchar) WITH (kafka_topic='t', value_format='DELIMITED');
+             CREATE STREAM S1 AS SELECT K, name, id * 2 AS twice FROM test WHERE id > 100;",
+        );
+        let record = |key: &str, value: &str| input("t", Value::from(key), Value::from(value), 7);
         assert!(engine.process(&record("0", "0,zero")).unwrap().is_empty());
         let out = engine.process(&record("101", "101,\"a,b\"")).unwrap();
         assert_eq!(
             out,
-            vec![Record {
-                topic: "S1".into(),
-                key: Value::from("101"),
-                value: Value::from("\"a,b\",202"),
-                timestamp: 7,
-                window: None,
-                partition: 0,
-                offset: 0,
-            }]
+            vec![input(
+                "S1",
+                Value::from("101"),
+                Value::from("\"a,b\",202"),
+                7
+            )]
         );
     }
 
     #[test]
     fn grouped_counts_and_sums_update_per_record_and_having_retracts() {
-        let mut engine = Engine::default();
-        for s in parse(
+        let mut engine = engine_with(
             "CREATE STREAM TEST (ID BIGINT KEY, NAME varchar, VALUE bigint) WITH (kafka_topic='t', value_format='DELIMITED');
              CREATE TABLE T1 AS SELECT id, count(*), sum(value) AS total FROM test GROUP BY id HAVING sum(value) > 100;",
-        )
-        .unwrap()
-        {
-            engine.execute(&s).unwrap();
-        }
+        );
         let mut feed = |key: i64, value: &str| {
             engine
-                .process(&Record {
-                    topic: "t".into(),
-                    key: Value::from(key),
-                    value: Value::from(value),
-                    timestamp: 0,
-                    window: None,
-                    partition: 0,
-                    offset: 0,
-                })
+                .process(&input("t", Value::from(key), Value::from(value), 0))
                 .unwrap()
         };
         assert!(
@@ -1602,26 +1595,13 @@ mod tests {
 
     #[test]
     fn tumbling_windows_key_by_window_and_drop_closed_ones() {
-        let mut engine = Engine::default();
-        for s in parse(
+        let mut engine = engine_with(
             "CREATE STREAM TEST (ID BIGINT KEY, VALUE bigint) WITH (kafka_topic='t', value_format='DELIMITED');
              CREATE TABLE S2 AS SELECT ID, max(value) FROM test WINDOW TUMBLING (SIZE 30 SECONDS, GRACE PERIOD 10 SECONDS) GROUP BY id;",
-        )
-        .unwrap()
-        {
-            engine.execute(&s).unwrap();
-        }
+        );
         let mut feed = |value: &str, timestamp: i64| {
             engine
-                .process(&Record {
-                    topic: "t".into(),
-                    key: Value::from(0),
-                    value: Value::from(value),
-                    timestamp,
-                    window: None,
-                    partition: 0,
-                    offset: 0,
-                })
+                .process(&input("t", Value::from(0), Value::from(value), timestamp))
                 .unwrap()
         };
         assert_eq!(feed("5", 10_000)[0].window, Some((0, 30_000)));
@@ -1640,15 +1620,10 @@ mod tests {
 
     #[test]
     fn pseudo_columns_are_readable_and_reserved() {
-        let mut engine = Engine::default();
-        for s in parse(
+        let mut engine = engine_with(
             "CREATE STREAM I (K STRING KEY, V INT) WITH (kafka_topic='t', value_format='JSON');
              CREATE STREAM O AS SELECT K, ROWPARTITION AS P, ROWOFFSET + 1 AS NEXT FROM I;",
-        )
-        .unwrap()
-        {
-            engine.execute(&s).unwrap();
-        }
+        );
         let out = engine
             .process(&Record {
                 topic: "t".into(),
@@ -1683,27 +1658,19 @@ mod tests {
 
     #[test]
     fn case_cast_and_like() {
-        let mut engine = Engine::default();
-        for s in parse(
+        let mut engine = engine_with(
             "CREATE STREAM I (K STRING KEY, V INT, N STRING) WITH (kafka_topic='t', value_format='JSON');
              CREATE STREAM O AS SELECT K, CASE WHEN V < 10 THEN 'small' WHEN V < 100 THEN 'medium' ELSE 'large' END AS SIZE,
                CAST(V AS STRING) AS S, CAST(V AS DOUBLE) / 4 AS Q, N LIKE 'a_c%' AS M,
                N LIKE 'a!_c%' ESCAPE '!' AS E FROM I;",
-        )
-        .unwrap()
-        {
-            engine.execute(&s).unwrap();
-        }
+        );
         let out = engine
-            .process(&Record {
-                topic: "t".into(),
-                key: Value::from("k"),
-                value: serde_json::json!({"V": 50, "N": "abcdef"}),
-                timestamp: 0,
-                window: None,
-                partition: 0,
-                offset: 0,
-            })
+            .process(&input(
+                "t",
+                Value::from("k"),
+                serde_json::json!({"V": 50, "N": "abcdef"}),
+                0,
+            ))
             .unwrap();
         assert_eq!(
             out[0].value,
@@ -1713,26 +1680,13 @@ mod tests {
 
     #[test]
     fn sessions_merge_and_retract_what_they_replace() {
-        let mut engine = Engine::default();
-        for s in parse(
+        let mut engine = engine_with(
             "CREATE STREAM TEST (ID BIGINT KEY, VALUE bigint) WITH (kafka_topic='t', value_format='DELIMITED');
              CREATE TABLE S2 AS SELECT ID, count(*) FROM test WINDOW SESSION (30 SECONDS) GROUP BY id;",
-        )
-        .unwrap()
-        {
-            engine.execute(&s).unwrap();
-        }
+        );
         let mut feed = |timestamp: i64| {
             engine
-                .process(&Record {
-                    topic: "t".into(),
-                    key: Value::from(0),
-                    value: Value::from("1"),
-                    timestamp,
-                    window: None,
-                    partition: 0,
-                    offset: 0,
-                })
+                .process(&input("t", Value::from(0), Value::from("1"), timestamp))
                 .unwrap()
                 .into_iter()
                 .map(|r| (r.value, r.window, r.timestamp))
@@ -1755,26 +1709,13 @@ mod tests {
 
     #[test]
     fn table_sources_retract_the_old_row_before_adding_the_new() {
-        let mut engine = Engine::default();
-        for s in parse(
+        let mut engine = engine_with(
             "CREATE TABLE INPUT (ID STRING PRIMARY KEY, NAME STRING) WITH (kafka_topic='t', value_format='DELIMITED');
              CREATE TABLE OUTPUT AS SELECT NAME, COUNT(1) FROM INPUT GROUP BY NAME;",
-        )
-        .unwrap()
-        {
-            engine.execute(&s).unwrap();
-        }
+        );
         let mut feed = |key: &str, value: Value| {
             engine
-                .process(&Record {
-                    topic: "t".into(),
-                    key: Value::from(key),
-                    value,
-                    timestamp: 0,
-                    window: None,
-                    partition: 0,
-                    offset: 0,
-                })
+                .process(&input("t", Value::from(key), value, 0))
                 .unwrap()
                 .into_iter()
                 .map(|r| (r.key, r.value))
@@ -1824,28 +1765,20 @@ mod tests {
 
     #[test]
     fn several_grouping_expressions_make_a_multi_column_key() {
-        let mut engine = Engine::default();
-        for s in parse(
+        let mut engine = engine_with(
             "CREATE STREAM I (K STRING KEY, A INT, B STRING) WITH (kafka_topic='t', format='JSON');
              CREATE TABLE J AS SELECT B, A, COUNT(*) AS N FROM I GROUP BY A, B;
              CREATE STREAM D (K STRING KEY, A INT, B STRING) WITH (kafka_topic='d', value_format='JSON', key_format='DELIMITED');
              CREATE TABLE E AS SELECT A, B, COUNT(*) AS N FROM D GROUP BY B, A;",
-        )
-        .unwrap()
-        {
-            engine.execute(&s).unwrap();
-        }
+        );
         let mut feed = |topic: &str, a: Value| {
             engine
-                .process(&Record {
-                    topic: topic.into(),
-                    key: Value::from("k"),
-                    value: serde_json::json!({"A": a, "B": "x"}),
-                    timestamp: 0,
-                    window: None,
-                    partition: 0,
-                    offset: 0,
-                })
+                .process(&input(
+                    topic,
+                    Value::from("k"),
+                    serde_json::json!({"A": a, "B": "x"}),
+                    0,
+                ))
                 .unwrap()
                 .into_iter()
                 .map(|r| (r.key, r.value))
@@ -1871,26 +1804,18 @@ mod tests {
 
     #[test]
     fn complex_values_are_read_through_subscripts_fields_and_lambdas() {
-        let mut engine = Engine::default();
-        for s in parse(
+        let mut engine = engine_with(
             "CREATE STREAM I (K STRING KEY, A ARRAY<INT>, M MAP<STRING, INT>, S STRUCT<X STRING>) WITH (kafka_topic='t', format='JSON');
              CREATE STREAM O AS SELECT K, A[1] AS FIRST, A[-1] AS LAST, M['b'] AS B, S->X, FILTER(A, v => v > 1) AS BIG,
                ARRAY[1, 2] AS ARR, STRUCT(Y := A[2]) AS ST, MAP('k' := 3) AS MP FROM I;",
-        )
-        .unwrap()
-        {
-            engine.execute(&s).unwrap();
-        }
+        );
         let out = engine
-            .process(&Record {
-                topic: "t".into(),
-                key: Value::from("k"),
-                value: serde_json::json!({"a": [1, 2, 3], "m": {"b": 7}, "s": {"x": "y"}}),
-                timestamp: 0,
-                window: None,
-                partition: 0,
-                offset: 0,
-            })
+            .process(&input(
+                "t",
+                Value::from("k"),
+                serde_json::json!({"a": [1, 2, 3], "m": {"b": 7}, "s": {"x": "y"}}),
+                0,
+            ))
             .unwrap();
         assert_eq!(
             out[0].value,
@@ -1901,26 +1826,13 @@ mod tests {
 
     #[test]
     fn a_table_update_within_one_group_changes_it_once() {
-        let mut engine = Engine::default();
-        for s in parse(
+        let mut engine = engine_with(
             "CREATE TABLE T (K INT PRIMARY KEY, G INT, V INT) WITH (kafka_topic='t', value_format='DELIMITED');
              CREATE TABLE O AS SELECT G, SUM(V) AS S FROM T GROUP BY G;",
-        )
-        .unwrap()
-        {
-            engine.execute(&s).unwrap();
-        }
+        );
         let mut feed = |value: &str| {
             engine
-                .process(&Record {
-                    topic: "t".into(),
-                    key: Value::from(1),
-                    value: Value::from(value),
-                    timestamp: 0,
-                    window: None,
-                    partition: 0,
-                    offset: 0,
-                })
+                .process(&input("t", Value::from(1), Value::from(value), 0))
                 .unwrap()
                 .into_iter()
                 .map(|r| r.value)
@@ -1932,15 +1844,10 @@ mod tests {
 
     #[test]
     fn windowed_sources_expose_their_bounds_and_pass_windows_on() {
-        let mut engine = Engine::default();
-        for s in parse(
+        let mut engine = engine_with(
             "CREATE STREAM W (ID INT KEY, N BIGINT) WITH (kafka_topic='w', value_format='JSON', window_type='Session');
              CREATE STREAM STARTS AS SELECT * FROM W WHERE WINDOWSTART = WINDOWEND;",
-        )
-        .unwrap()
-        {
-            engine.execute(&s).unwrap();
-        }
+        );
         let mut feed = |window: (i64, i64)| {
             engine
                 .process(&Record {
@@ -1967,15 +1874,10 @@ mod tests {
     #[test]
     fn a_windowed_table_keeps_a_row_per_key_and_window() {
         use serde_json::json;
-        let mut engine = Engine::default();
-        for s in parse(
+        let mut engine = engine_with(
             "CREATE TABLE T (ID INT PRIMARY KEY, N BIGINT) WITH (kafka_topic='t', value_format='JSON', window_type='Tumbling', window_size='10 seconds');
              CREATE TABLE C AS SELECT * FROM T;",
-        )
-        .unwrap()
-        {
-            engine.execute(&s).unwrap();
-        }
+        );
         let mut feed = |window: (i64, i64), value: Value| {
             engine
                 .process(&Record {
@@ -2009,27 +1911,14 @@ mod tests {
 
     #[test]
     fn stream_stream_joins_match_within_the_window_and_key_by_the_join_expression() {
-        let mut engine = Engine::default();
-        for s in parse(
+        let mut engine = engine_with(
             "CREATE STREAM A (ID INT KEY, FOO STRING) WITH (kafka_topic='a', value_format='JSON');
              CREATE STREAM B (ID INT KEY, BAR STRING) WITH (kafka_topic='b', value_format='JSON');
              CREATE STREAM J AS SELECT X.ID, FOO, B.BAR FROM A X JOIN B WITHIN 5 SECONDS ON X.ID = B.ID;",
-        )
-        .unwrap()
-        {
-            engine.execute(&s).unwrap();
-        }
+        );
         let mut feed = |topic: &str, value: Value, timestamp: i64| {
             engine
-                .process(&Record {
-                    topic: topic.into(),
-                    key: Value::from(1),
-                    value,
-                    timestamp,
-                    window: None,
-                    partition: 0,
-                    offset: 0,
-                })
+                .process(&input(topic, Value::from(1), value, timestamp))
                 .unwrap()
                 .into_iter()
                 .map(|r| (r.key, r.value, r.timestamp))
@@ -2052,27 +1941,14 @@ mod tests {
 
     #[test]
     fn stream_table_left_joins_look_the_table_up() {
-        let mut engine = Engine::default();
-        for s in parse(
+        let mut engine = engine_with(
             "CREATE STREAM S (K STRING KEY, T STRING) WITH (kafka_topic='s', value_format='JSON');
              CREATE TABLE T (ID STRING PRIMARY KEY, NAME STRING) WITH (kafka_topic='t', value_format='JSON');
              CREATE STREAM J AS SELECT * FROM S LEFT JOIN T ON S.T = T.ID;",
-        )
-        .unwrap()
-        {
-            engine.execute(&s).unwrap();
-        }
+        );
         let mut feed = |topic: &str, key: &str, value: Value| {
             engine
-                .process(&Record {
-                    topic: topic.into(),
-                    key: Value::from(key),
-                    value,
-                    timestamp: 0,
-                    window: None,
-                    partition: 0,
-                    offset: 0,
-                })
+                .process(&input(topic, Value::from(key), value, 0))
                 .unwrap()
                 .into_iter()
                 .map(|r| (r.key, r.value))
@@ -2097,16 +1973,11 @@ mod tests {
 
     #[test]
     fn insert_values_writes_a_record_and_source_streams_are_read_only() {
-        let mut engine = Engine::default();
-        for s in parse(
+        let mut engine = engine_with(
             "CREATE STREAM S (ID INT KEY, NAME STRING) WITH (kafka_topic='s', value_format='JSON');
              INSERT INTO S (ID, NAME) VALUES (1, 'a');
              CREATE SOURCE STREAM R (ID INT KEY, NAME STRING) WITH (kafka_topic='r', value_format='JSON');",
-        )
-        .unwrap()
-        {
-            engine.execute(&s).unwrap();
-        }
+        );
         let inserted = engine.take_inserted();
         assert_eq!(
             (inserted[0].key.clone(), inserted[0].value.clone()),

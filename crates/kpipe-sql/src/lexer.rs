@@ -27,6 +27,22 @@ const SYMBOLS: [&str; 21] = [
     "+", "-", "/", "%",
 ];
 
+/// Where the identifier running through `at` ends.
+fn word_end(bytes: &[u8], mut at: usize) -> usize {
+    while at < bytes.len() && (bytes[at].is_ascii_alphanumeric() || bytes[at] == b'_') {
+        at += 1;
+    }
+    at
+}
+
+/// An unquoted identifier, upper-cased as ksqlDB does.
+fn word(text: &str) -> Token {
+    Token::Word {
+        text: text.to_ascii_uppercase(),
+        quoted: false,
+    }
+}
+
 /// Splits `sql` into tokens, each with its byte position (for error messages).
 pub fn tokenize(sql: &str) -> Result<Vec<(Token, usize)>> {
     let bytes = sql.as_bytes();
@@ -42,16 +58,8 @@ pub fn tokenize(sql: &str) -> Result<Vec<(Token, usize)>> {
                 i += 1;
             }
         } else if c.is_ascii_alphabetic() || c == '_' {
-            while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_') {
-                i += 1;
-            }
-            tokens.push((
-                Token::Word {
-                    text: sql[start..i].to_ascii_uppercase(),
-                    quoted: false,
-                },
-                start,
-            ));
+            i = word_end(bytes, i);
+            tokens.push((word(&sql[start..i]), start));
         } else if c.is_ascii_digit()
             || (c == '.' && bytes.get(i + 1).is_some_and(u8::is_ascii_digit))
         {
@@ -72,16 +80,8 @@ pub fn tokenize(sql: &str) -> Result<Vec<(Token, usize)>> {
                 .is_some_and(|b| b.is_ascii_alphabetic() || *b == b'_')
             {
                 // `1R`: an identifier that starts with digits.
-                while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_') {
-                    i += 1;
-                }
-                tokens.push((
-                    Token::Word {
-                        text: sql[start..i].to_ascii_uppercase(),
-                        quoted: false,
-                    },
-                    start,
-                ));
+                i = word_end(bytes, i);
+                tokens.push((word(&sql[start..i]), start));
                 continue;
             }
             tokens.push((Token::Number(sql[start..i].to_string()), start));
