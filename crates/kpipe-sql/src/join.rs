@@ -8,7 +8,7 @@ use serde_json::Value;
 use crate::engine::Source;
 use crate::eval::{compare, eval, Row};
 use crate::parser::{ColumnDef, Expr, JoinKind, Select, SelectItem, SourceKind};
-use crate::plan::{children, PSEUDO_COLUMNS};
+use crate::plan::{children, children_mut, PSEUDO_COLUMNS};
 
 /// ksqlDB's default grace for late records: a day.
 const DEFAULT_GRACE_MS: i64 = 24 * 3600 * 1000;
@@ -213,47 +213,6 @@ pub(crate) fn rewrite(expr: &Expr, resolve: &dyn Fn(&Expr) -> Option<Expr>) -> E
         *child = rewrite(original, resolve);
     }
     copy
-}
-
-/// The direct sub-expressions of `expr`, to replace.
-fn children_mut(expr: &mut Expr) -> Vec<&mut Expr> {
-    match expr {
-        Expr::Column(_) | Expr::Literal(_) | Expr::Qualified { .. } => Vec::new(),
-        Expr::Not(e)
-        | Expr::Negate(e)
-        | Expr::IsNull { expr: e, .. }
-        | Expr::Cast { expr: e, .. } => vec![e],
-        Expr::Field { base, .. } => vec![base],
-        Expr::Lambda { body, .. } => vec![body],
-        Expr::Binary(_, a, b)
-        | Expr::Like {
-            expr: a,
-            pattern: b,
-            ..
-        }
-        | Expr::Subscript { base: a, index: b }
-        | Expr::DistinctFrom {
-            left: a, right: b, ..
-        } => vec![a, b],
-        Expr::Between {
-            expr, low, high, ..
-        } => vec![expr, low, high],
-        Expr::In { expr, list, .. } => std::iter::once(&mut **expr).chain(list).collect(),
-        Expr::Case {
-            operand,
-            branches,
-            otherwise,
-        } => operand
-            .as_deref_mut()
-            .into_iter()
-            .chain(branches.iter_mut().flat_map(|(w, t)| [w, t]))
-            .chain(otherwise.as_deref_mut())
-            .collect(),
-        Expr::Array(items) => items.iter_mut().collect(),
-        Expr::Map(entries) => entries.iter_mut().flat_map(|(k, v)| [k, v]).collect(),
-        Expr::Struct(fields) => fields.iter_mut().map(|(_, e)| e).collect(),
-        Expr::Function { args, .. } => args.iter_mut().collect(),
-    }
 }
 
 /// A single source's qualified column as a plain one.

@@ -488,45 +488,59 @@ pub(crate) fn unresolved_column(expr: &Expr, columns: &[ColumnDef]) -> Option<St
     }
 }
 
+/// The direct sub-expressions of an expression, shared (`&`, with
+/// `as_deref` and `iter`) or to replace (`&mut`, with `as_deref_mut` and
+/// `iter_mut`): one list of the variants for both.
+macro_rules! direct_children {
+    ($expr:expr, [$($mutability:tt)?], $as_deref:ident, $iter:ident) => {
+        match $expr {
+            Expr::Column(_) | Expr::Literal(_) | Expr::Qualified { .. } => Vec::new(),
+            Expr::Not(e)
+            | Expr::Negate(e)
+            | Expr::IsNull { expr: e, .. }
+            | Expr::Cast { expr: e, .. } => vec![&$($mutability)? **e],
+            Expr::Field { base, .. } => vec![&$($mutability)? **base],
+            Expr::Lambda { body, .. } => vec![&$($mutability)? **body],
+            Expr::Binary(_, a, b)
+            | Expr::Like {
+                expr: a,
+                pattern: b,
+                ..
+            }
+            | Expr::Subscript { base: a, index: b }
+            | Expr::DistinctFrom {
+                left: a, right: b, ..
+            } => vec![&$($mutability)? **a, &$($mutability)? **b],
+            Expr::Between {
+                expr, low, high, ..
+            } => vec![&$($mutability)? **expr, &$($mutability)? **low, &$($mutability)? **high],
+            Expr::In { expr, list, .. } => std::iter::once(&$($mutability)? **expr).chain(list.$iter()).collect(),
+            Expr::Case {
+                operand,
+                branches,
+                otherwise,
+            } => operand
+                .$as_deref()
+                .into_iter()
+                .chain(branches.$iter().flat_map(|(w, t)| [w, t]))
+                .chain(otherwise.$as_deref())
+                .collect(),
+            Expr::Array(items) => items.$iter().collect(),
+            Expr::Map(entries) => entries.$iter().flat_map(|(k, v)| [k, v]).collect(),
+            Expr::Struct(fields) => fields.$iter().map(|(_, e)| e).collect(),
+            Expr::Function { args, .. } => args.$iter().collect(),
+        }
+    };
+}
+
 /// The direct sub-expressions of `expr`.
 pub(crate) fn children(expr: &Expr) -> Vec<&Expr> {
-    match expr {
-        Expr::Column(_) | Expr::Literal(_) | Expr::Qualified { .. } => Vec::new(),
-        Expr::Not(e)
-        | Expr::Negate(e)
-        | Expr::IsNull { expr: e, .. }
-        | Expr::Cast { expr: e, .. } => vec![e],
-        Expr::Field { base, .. } => vec![base],
-        Expr::Lambda { body, .. } => vec![body],
-        Expr::Binary(_, a, b)
-        | Expr::Like {
-            expr: a,
-            pattern: b,
-            ..
-        }
-        | Expr::Subscript { base: a, index: b }
-        | Expr::DistinctFrom {
-            left: a, right: b, ..
-        } => vec![a, b],
-        Expr::Between {
-            expr, low, high, ..
-        } => vec![expr, low, high],
-        Expr::In { expr, list, .. } => std::iter::once(&**expr).chain(list).collect(),
-        Expr::Case {
-            operand,
-            branches,
-            otherwise,
-        } => operand
-            .as_deref()
-            .into_iter()
-            .chain(branches.iter().flat_map(|(w, t)| [w, t]))
-            .chain(otherwise.as_deref())
-            .collect(),
-        Expr::Array(items) => items.iter().collect(),
-        Expr::Map(entries) => entries.iter().flat_map(|(k, v)| [k, v]).collect(),
-        Expr::Struct(fields) => fields.iter().map(|(_, e)| e).collect(),
-        Expr::Function { args, .. } => args.iter().collect(),
-    }
+    direct_children!(expr, [], as_deref, iter)
+}
+
+/// The direct sub-expressions of `expr`, to replace.
+pub(crate) fn children_mut(expr: &mut Expr) -> Vec<&mut Expr> {
+    direct_children!(expr, [mut], as_deref_mut, iter_mut)
 }
 
 /// Expressions as ksqlDB prints them in messages: `(A + B)`, `SUBSTRING(S, 0, 1)`.
