@@ -71,6 +71,9 @@ pub fn run(args: GenArgs, kafka: &KafkaArgs) -> Result<()> {
     if args.users == 0 {
         bail!("--users must be at least 1");
     }
+    if args.start_ms.is_some_and(|ms| ms < 1) && !args.print {
+        bail!("--start-ms must be at least 1: Kafka clients read a timestamp of 0 as \"now\"");
+    }
     if let Some(rate) = args.rate {
         if !(rate > 0.0 && rate.is_finite()) {
             bail!("--rate must be a positive number of events per second");

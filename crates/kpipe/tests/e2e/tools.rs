@@ -63,6 +63,9 @@ fn gen_is_deterministic_keyed_and_creates_its_topics() {
             )
             .out()
     );
+    broker
+        .kpipe(&["gen", "payments", "--count", "1", "--start-ms", "0"], "")
+        .fails_with("--start-ms must be at least 1");
     let (key, json) = first.lines().next().unwrap().split_once('\t').unwrap();
     let event: serde_json::Value = serde_json::from_str(json).unwrap();
     assert_eq!(event["event_param"]["user_id"], key);
