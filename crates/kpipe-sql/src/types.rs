@@ -490,6 +490,14 @@ mod tests {
                 key: false,
             },
             ColumnDef {
+                name: "D".into(),
+                ty: SqlType::Decimal {
+                    precision: 4,
+                    scale: 2,
+                },
+                key: false,
+            },
+            ColumnDef {
                 name: "M".into(),
                 ty: SqlType::Map(Box::new(SqlType::String), Box::new(SqlType::Double)),
                 key: false,
@@ -512,6 +520,13 @@ mod tests {
         assert_eq!(typed("STRUCT(A := I)->A"), "INTEGER");
         assert_eq!(typed("COUNT(*)"), "BIGINT");
         assert_eq!(typed("SUM(M['a'])"), "DOUBLE");
+        // DECIMAL results are sized as ksqlDB sizes them; INTEGER counts as DECIMAL(10, 0).
+        assert_eq!(typed("D + D"), "DECIMAL(5, 2)");
+        assert_eq!(typed("D - I"), "DECIMAL(13, 2)");
+        assert_eq!(typed("D * D"), "DECIMAL(9, 4)");
+        assert_eq!(typed("D / D"), "DECIMAL(11, 7)");
+        assert_eq!(typed("D % D"), "DECIMAL(4, 2)");
+        assert_eq!(typed("D * 1.5"), "DOUBLE",);
     }
 
     #[test]
