@@ -19,6 +19,10 @@ impl Decimal {
         self.unscaled
     }
 
+    pub(crate) fn scale(&self) -> u32 {
+        self.scale
+    }
+
     /// Decimal text (`-12.30`, `1.5e3`) with the scale its digits give it
     /// (`-12.30` has scale 2); None when it is not a number or too large.
     pub(crate) fn parse(text: &str) -> Option<Self> {

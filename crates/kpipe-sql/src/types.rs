@@ -72,7 +72,7 @@ pub(crate) fn coerce(value: &Value, ty: &SqlType) -> Value {
             s.trim().parse::<f64>().map_or(Value::Null, Value::from)
         }
         (SqlType::Decimal { scale, .. }, _) => {
-            decimal(value, *scale).map_or(Value::Null, |d| Value::from(d.to_f64()))
+            decimal(value, *scale).map_or(Value::Null, decimal_number)
         }
         (SqlType::Boolean, Value::Bool(b)) => Value::Bool(*b),
         (SqlType::Boolean, Value::String(s)) => parse_boolean(s).map_or(Value::Null, Value::Bool),
@@ -127,6 +127,16 @@ pub(crate) fn decimal(value: &Value, scale: u32) -> Option<Decimal> {
     parsed?.rescale(scale)
 }
 
+/// A DECIMAL as rows hold it, a JSON number: a whole one (scale 0) as an
+/// integer, exact up to 19 digits and written without an exponent; any
+/// other as the nearest double.
+fn decimal_number(d: Decimal) -> Value {
+    match i64::try_from(d.unscaled()) {
+        Ok(whole) if d.scale() == 0 => Value::from(whole),
+        _ => Value::from(d.to_f64()),
+    }
+}
+
 /// CAST(value AS ty); a value that does not convert becomes null.
 pub(crate) fn cast(value: &Value, ty: &SqlType) -> Value {
     match (ty, value) {
@@ -151,7 +161,7 @@ pub(crate) fn cast(value: &Value, ty: &SqlType) -> Value {
         // A number with more whole digits than the DECIMAL holds is null.
         (SqlType::Decimal { precision, scale }, _) => decimal(value, *scale)
             .filter(|d| d.precision() <= *precision)
-            .map_or(Value::Null, |d| Value::from(d.to_f64())),
+            .map_or(Value::Null, decimal_number),
         _ => coerce(value, ty),
     }
 }
@@ -560,5 +570,14 @@ mod tests {
             "100.00 needs 5 digits"
         );
         assert_eq!(cast(&Value::from("x"), &ty), Value::Null);
+        let whole = SqlType::Decimal {
+            precision: 17,
+            scale: 0,
+        };
+        assert_eq!(
+            cast(&Value::from("12345678987654321.4"), &whole),
+            Value::from(12_345_678_987_654_321i64),
+            "exact, not the nearest double"
+        );
     }
 }
