@@ -1466,6 +1466,17 @@ fn formats(properties: &Properties, inherit: Option<&Source>) -> Result<(Format,
     Ok((key, value))
 }
 
+/// A DECIMAL column's value rounded to the column's scale: rows hold
+/// DECIMALs as doubles, so arithmetic on them leaves binary tails
+/// (1.1 * 1.1 = 1.2100000000000002) and quotients more digits than the
+/// result type has.
+fn to_scale(column: &ColumnDef, value: Value) -> Value {
+    match column.ty {
+        SqlType::Decimal { .. } => coerce(&value, &column.ty),
+        _ => value,
+    }
+}
+
 /// The sink record for `row`: every output column computed, keys into the
 /// key and the rest into the value, in the sink's formats. A group's key
 /// columns take the values it was grouped by (`group`, in key order), so no
@@ -1482,14 +1493,14 @@ fn project(
     let mut values = Vec::new();
     for (column, expr) in outputs {
         if !column.key {
-            values.push((column, eval(expr, row, aggregates)?));
+            values.push((column, to_scale(column, eval(expr, row, aggregates)?)));
             continue;
         }
         let value = match group.and_then(|g| g.get(keys.len())) {
             Some(grouped) => grouped.clone(),
             None => eval(expr, row, aggregates)?,
         };
-        keys.push((column, value));
+        keys.push((column, to_scale(column, value)));
     }
     Ok(Record {
         topic: sink.topic.clone(),
@@ -1536,6 +1547,26 @@ mod tests {
             partition: 0,
             offset: 0,
         }
+    }
+
+    #[test]
+    fn decimal_results_have_their_types_scale() {
+        let mut engine = engine_with(
+            "CREATE STREAM T (A DECIMAL(2, 1), B DECIMAL(3, 2)) WITH (kafka_topic='t', value_format='JSON');
+             CREATE STREAM S AS SELECT A + A AS SUM, B * B AS PRODUCT, A / 3 AS QUOTIENT FROM T;",
+        );
+        let out = engine
+            .process(&input(
+                "t",
+                Value::Null,
+                serde_json::json!({"A": 0.1, "B": 1.1}),
+                0,
+            ))
+            .unwrap();
+        assert_eq!(
+            out[0].value,
+            serde_json::json!({"SUM": 0.2, "PRODUCT": 1.21, "QUOTIENT": 0.033333333333})
+        );
     }
 
     #[test]

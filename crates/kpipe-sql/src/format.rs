@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 use crate::engine::{Record, Source};
 use crate::eval::Row;
 use crate::parser::{ColumnDef, SqlType};
-use crate::types::{coerce, field, java_double};
+use crate::types::{coerce, decimal, field, java_double};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Format {
@@ -264,8 +264,8 @@ pub(crate) fn delimited_line(values: &[(&ColumnDef, Value)]) -> String {
                 line.push(String::new());
                 continue;
             }
-            (Value::Number(n), SqlType::Decimal { scale, .. }) => {
-                format!("{:.*}", *scale as usize, n.as_f64().unwrap_or_default())
+            (Value::Number(_), SqlType::Decimal { scale, .. }) => {
+                decimal(value, *scale).map_or_else(|| value.to_string(), |d| d.to_string())
             }
             (Value::Number(n), SqlType::Double) => java_double(n.as_f64().unwrap_or_default()),
             (Value::String(s), _) => s.clone(),

@@ -19,6 +19,7 @@ mod aggregate;
 mod avro;
 pub mod catalog;
 mod check;
+mod decimal;
 pub mod engine;
 mod eval;
 mod format;

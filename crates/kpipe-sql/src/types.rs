@@ -7,6 +7,7 @@ use anyhow::{anyhow, bail, Result};
 use serde_json::{Map, Value};
 
 use crate::aggregate::{aggregate_type, is_aggregate};
+use crate::decimal::Decimal;
 use crate::functions::{double, return_type};
 use crate::parser::{BinaryOp, ColumnDef, Expr, SqlType};
 
@@ -70,13 +71,9 @@ pub(crate) fn coerce(value: &Value, ty: &SqlType) -> Value {
         (SqlType::Double, Value::String(s)) => {
             s.trim().parse::<f64>().map_or(Value::Null, Value::from)
         }
-        (SqlType::Decimal { scale, .. }, Value::Number(n)) => {
-            n.as_f64().map_or(Value::Null, |f| decimal(f, *scale))
+        (SqlType::Decimal { scale, .. }, _) => {
+            decimal(value, *scale).map_or(Value::Null, decimal_number)
         }
-        (SqlType::Decimal { scale, .. }, Value::String(s)) => s
-            .trim()
-            .parse::<f64>()
-            .map_or(Value::Null, |f| decimal(f, *scale)),
         (SqlType::Boolean, Value::Bool(b)) => Value::Bool(*b),
         (SqlType::Boolean, Value::String(s)) => parse_boolean(s).map_or(Value::Null, Value::Bool),
         (SqlType::String | SqlType::Bytes, Value::String(s)) => Value::String(s.clone()),
@@ -118,10 +115,26 @@ pub(crate) fn parse_boolean(text: &str) -> Option<bool> {
     }
 }
 
-/// A DECIMAL value: a number rounded to its scale.
-pub(crate) fn decimal(f: f64, scale: u32) -> Value {
-    let factor = 10f64.powi(scale as i32);
-    serde_json::Number::from_f64((f * factor).round() / factor).map_or(Value::Null, Value::Number)
+/// A number, or numeric text, as a DECIMAL of `scale`: rounded on its
+/// decimal digits (a double's shortest ones), so 1.005 rounds up as
+/// BigDecimal does, not down as its binary value would.
+pub(crate) fn decimal(value: &Value, scale: u32) -> Option<Decimal> {
+    let parsed = match value {
+        Value::Number(n) => Decimal::parse(&n.to_string()),
+        Value::String(s) => Decimal::parse(s.trim()),
+        _ => None,
+    };
+    parsed?.rescale(scale)
+}
+
+/// A DECIMAL as rows hold it, a JSON number: a whole one (scale 0) as an
+/// integer, exact up to 19 digits and written without an exponent; any
+/// other as the nearest double.
+fn decimal_number(d: Decimal) -> Value {
+    match i64::try_from(d.unscaled()) {
+        Ok(whole) if d.scale() == 0 => Value::from(whole),
+        _ => Value::from(d.to_f64()),
+    }
 }
 
 /// CAST(value AS ty); a value that does not convert becomes null.
@@ -146,15 +159,9 @@ pub(crate) fn cast(value: &Value, ty: &SqlType) -> Value {
                 .collect(),
         ),
         // A number with more whole digits than the DECIMAL holds is null.
-        (SqlType::Decimal { precision, scale }, _) => match coerce(value, ty) {
-            Value::Number(n)
-                if n.as_f64()
-                    .is_some_and(|f| f.abs() >= 10f64.powi(*precision as i32 - *scale as i32)) =>
-            {
-                Value::Null
-            }
-            other => other,
-        },
+        (SqlType::Decimal { precision, scale }, _) => decimal(value, *scale)
+            .filter(|d| d.precision() <= *precision)
+            .map_or(Value::Null, decimal_number),
         _ => coerce(value, ty),
     }
 }
@@ -493,6 +500,14 @@ mod tests {
                 key: false,
             },
             ColumnDef {
+                name: "D".into(),
+                ty: SqlType::Decimal {
+                    precision: 4,
+                    scale: 2,
+                },
+                key: false,
+            },
+            ColumnDef {
                 name: "M".into(),
                 ty: SqlType::Map(Box::new(SqlType::String), Box::new(SqlType::Double)),
                 key: false,
@@ -515,6 +530,13 @@ mod tests {
         assert_eq!(typed("STRUCT(A := I)->A"), "INTEGER");
         assert_eq!(typed("COUNT(*)"), "BIGINT");
         assert_eq!(typed("SUM(M['a'])"), "DOUBLE");
+        // DECIMAL results are sized as ksqlDB sizes them; INTEGER counts as DECIMAL(10, 0).
+        assert_eq!(typed("D + D"), "DECIMAL(5, 2)");
+        assert_eq!(typed("D - I"), "DECIMAL(13, 2)");
+        assert_eq!(typed("D * D"), "DECIMAL(9, 4)");
+        assert_eq!(typed("D / D"), "DECIMAL(11, 7)");
+        assert_eq!(typed("D % D"), "DECIMAL(4, 2)");
+        assert_eq!(typed("D * 1.5"), "DOUBLE",);
     }
 
     #[test]
@@ -529,6 +551,33 @@ mod tests {
             cast(&Value::from(2_147_483_648i64), &SqlType::Int),
             Value::from(-2_147_483_648i64),
             "narrowing wraps"
+        );
+    }
+
+    #[test]
+    fn decimals_round_on_decimal_digits_and_overflow_to_null() {
+        let ty = SqlType::Decimal {
+            precision: 4,
+            scale: 2,
+        };
+        // 1.005 as a double is 1.00499..; BigDecimal rounds its text.
+        assert_eq!(cast(&Value::from(1.005), &ty), Value::from(1.01));
+        assert_eq!(cast(&Value::from("-1.005"), &ty), Value::from(-1.01));
+        assert_eq!(cast(&Value::from(99.994), &ty), Value::from(99.99));
+        assert_eq!(
+            cast(&Value::from(99.995), &ty),
+            Value::Null,
+            "100.00 needs 5 digits"
+        );
+        assert_eq!(cast(&Value::from("x"), &ty), Value::Null);
+        let whole = SqlType::Decimal {
+            precision: 17,
+            scale: 0,
+        };
+        assert_eq!(
+            cast(&Value::from("12345678987654321.4"), &whole),
+            Value::from(12_345_678_987_654_321i64),
+            "exact, not the nearest double"
         );
     }
 }

@@ -7,6 +7,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{Map, Number, Value};
 
 use super::Schema;
+use crate::decimal::Decimal;
 use crate::types::field;
 
 /// Appends `value`'s encoding under `schema`.
@@ -34,11 +35,12 @@ pub(crate) fn encode(schema: &Schema, value: &Value, out: &mut Vec<u8>) -> Resul
                 Value::String(s) => s.trim().to_string(),
                 other => bail!("{other} is not a decimal"),
             };
-            let unscaled = unscaled(&text, *scale)?;
-            if unscaled.unsigned_abs().to_string().len() > *precision as usize {
-                bail!("{text} does not fit DECIMAL({precision}, {scale})");
-            }
-            write_bytes(&twos_complement(unscaled), out);
+            let decimal = Decimal::parse(&text)
+                .ok_or_else(|| anyhow!("{text} is not a decimal"))?
+                .rescale(*scale)
+                .filter(|d| d.precision() <= *precision)
+                .ok_or_else(|| anyhow!("{text} does not fit DECIMAL({precision}, {scale})"))?;
+            write_bytes(&twos_complement(decimal.unscaled()), out);
         }
         (Schema::Array(items), Value::Array(values)) => {
             if !values.is_empty() {
@@ -129,41 +131,6 @@ fn write_bytes(bytes: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(bytes);
 }
 
-/// Decimal text (`-12.3`, `1.5e3`) as an unscaled value of `scale`, rounded half up.
-fn unscaled(text: &str, scale: u32) -> Result<i128> {
-    let invalid = || anyhow!("{text} is not a decimal");
-    let (mantissa, exponent) = match text.split_once(['e', 'E']) {
-        Some((m, e)) => (m, e.parse::<i32>().map_err(|_| invalid())?),
-        None => (text, 0),
-    };
-    let (negative, mantissa) = match mantissa.strip_prefix('-') {
-        Some(rest) => (true, rest),
-        None => (false, mantissa.strip_prefix('+').unwrap_or(mantissa)),
-    };
-    let (whole, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
-    let digits: String = format!("{whole}{fraction}");
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(invalid());
-    }
-    // The digits are the unscaled value at scale `fraction.len() - exponent`.
-    let shift = scale as i32 - (fraction.len() as i32 - exponent);
-    let overflow = || anyhow!("{text} is too large for a decimal");
-    let mut value: i128 = digits.parse().map_err(|_| overflow())?;
-    if shift >= 0 {
-        value = 10i128
-            .checked_pow(shift as u32)
-            .and_then(|f| value.checked_mul(f))
-            .ok_or_else(overflow)?;
-    } else {
-        let divisor = 10i128
-            .checked_pow(shift.unsigned_abs())
-            .unwrap_or(i128::MAX);
-        let rounded_up = value % divisor >= divisor / 2 + divisor % 2;
-        value = value / divisor + i128::from(rounded_up);
-    }
-    Ok(if negative { -value } else { value })
-}
-
 /// The shortest big-endian two's complement of `n`, as Java's BigInteger writes it.
 fn twos_complement(n: i128) -> Vec<u8> {
     let bytes = n.to_be_bytes();
@@ -216,8 +183,7 @@ pub(crate) fn decode(schema: &Schema, input: &mut &[u8]) -> Result<Value> {
             };
             let mut wide = [fill; 16];
             wide[16 - bytes.len()..].copy_from_slice(bytes);
-            let unscaled = i128::from_be_bytes(wide);
-            number(format!("{unscaled}e-{scale}").parse().expect("a decimal"))?
+            number(Decimal::new(i128::from_be_bytes(wide), *scale).to_f64())?
         }
         Schema::Array(items) => {
             let mut values = Vec::new();
