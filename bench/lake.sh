@@ -11,10 +11,7 @@ set -euo pipefail
 
 N="${1:-2000000}"
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-PY="$REPO/.venv/bin/python"
-[ -x "$PY" ] || die "$PY missing: run scripts/test.sh once"
-[ -x /usr/bin/time ] || die "needs GNU time for peak RSS (apt-get install time)"
-"$PY" -c 'import pandas, pyarrow, confluent_kafka' 2>/dev/null || "$PY" -m pip install -q pandas pyarrow confluent-kafka
+venv_python pandas pyarrow confluent-kafka
 
 start_kpipe_broker
 B="127.0.0.1:$PORT"

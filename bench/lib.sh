@@ -17,6 +17,14 @@ cleanup() {
 trap cleanup EXIT
 
 now() { date +%s.%N; }
+
+venv_python() {  # venv_python MODULE...: sets PY to the test .venv's Python with MODULEs installed
+    PY="$REPO/.venv/bin/python"
+    [ -x "$PY" ] || die "$PY missing: run scripts/test.sh once"
+    [ -x /usr/bin/time ] || die "needs GNU time for CPU time and peak RSS (apt-get install time)"
+    local imports; imports="$(IFS=,; echo "$*" | tr - _)"
+    "$PY" -c "import $imports" 2>/dev/null || "$PY" -m pip install -q "$@"
+}
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 wait_port() {  # wait_port PORT PID: up to 30 s for a broker to accept connections
