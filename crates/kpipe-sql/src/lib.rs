@@ -1,7 +1,9 @@
 //! kpipe-sql: streaming SQL in ksqlDB's dialect. A hand-written lexer and
 //! parser (`parser`), an engine that runs statements over topics (`engine`),
-//! and the runner for ksqlDB's query-validation tests (`qtt`), which feeds the
-//! same engine in-memory topics.
+//! the live session that runs it against Kafka (`live`, reading through the
+//! timestamp merge of `merge`, writing with `wire`), and the runner for
+//! ksqlDB's query-validation tests (`qtt`), which feeds the same engine
+//! in-memory topics.
 //!
 //! Today: CREATE [OR REPLACE] [SOURCE] STREAM/TABLE with primitive, DECIMAL,
 //! ARRAY, MAP and STRUCT columns (one or several key columns, windowed
@@ -13,7 +15,8 @@
 //! TOPK, EARLIEST/LATEST_BY_OFFSET, SUM_LIST), subscripts, struct fields,
 //! constructors and lambdas, ksqlDB's type checks and messages, over JSON,
 //! AVRO (a hand-written codec with an in-process schema registry, `avro`),
-//! DELIMITED and KAFKA. The live runtime is to come.
+//! DELIMITED and KAFKA; pull and push SELECTs, EMIT FINAL, SHOW, DESCRIBE,
+//! DROP, TERMINATE and SET for sessions.
 
 mod aggregate;
 mod avro;
