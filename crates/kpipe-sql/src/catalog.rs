@@ -6,7 +6,7 @@ use serde_json::Value;
 
 use crate::engine::{Engine, Record, Source};
 use crate::format::{split_delimited, Format};
-use crate::parser::{ColumnDef, SourceKind, SqlType};
+use crate::parser::{ColumnDef, SelectItem, SourceKind, SqlType};
 
 /// A stream or table as SHOW and DESCRIBE list it.
 #[derive(Debug, Clone, PartialEq)]
@@ -100,10 +100,20 @@ impl Engine {
         let Some(source) = self.sources.get(id) else {
             return Vec::new();
         };
-        self.shown_order(id, source.columns.len())
+        let mut columns: Vec<ColumnDef> = self
+            .shown_order(id, source.columns.len())
             .into_iter()
             .map(|i| source.columns[i].clone())
-            .collect()
+            .collect();
+        if let Some(at) = self.window_bounds_at(id, &columns) {
+            let bound = |name: &str| ColumnDef {
+                name: name.to_string(),
+                ty: SqlType::BigInt,
+                key: true,
+            };
+            columns.splice(at..at, [bound("WINDOWSTART"), bound("WINDOWEND")]);
+        }
+        columns
     }
 
     fn shown_order(&self, id: &str, columns: usize) -> Vec<usize> {
@@ -111,6 +121,20 @@ impl Engine {
             Some(query) if query.shown.len() == columns => query.shown.clone(),
             _ => (0..columns).collect(),
         }
+    }
+
+    /// `SELECT *` of a windowed source shows its rows' window bounds after
+    /// the key columns, as ksqlDB's queries on windowed tables do: where.
+    fn window_bounds_at(&self, id: &str, shown: &[ColumnDef]) -> Option<usize> {
+        let query = self.queries.iter().find(|q| q.sink == id && q.transient)?;
+        let from = self.sources.get(&query.from)?;
+        let all = query
+            .select
+            .items
+            .iter()
+            .any(|i| matches!(i, SelectItem::All));
+        (all && from.window.is_some() && query.select.group_by.is_empty())
+            .then(|| shown.iter().take_while(|c| c.key).count())
     }
 
     /// A record of a stream or table (or a SELECT's output) as the values of
@@ -140,10 +164,16 @@ impl Engine {
                     .map_or(Value::Null, Value::String),
             })
             .collect();
-        self.shown_order(source_name, in_sink_order.len())
-            .into_iter()
-            .map(|i| in_sink_order[i].clone())
-            .collect()
+        let order = self.shown_order(source_name, in_sink_order.len());
+        let mut row: Vec<Value> = order.iter().map(|i| in_sink_order[*i].clone()).collect();
+        let shown: Vec<ColumnDef> = order.iter().map(|i| source.columns[*i].clone()).collect();
+        if let Some(at) = self.window_bounds_at(source_name, &shown) {
+            let (start, end) = record.window.map_or((Value::Null, Value::Null), |(s, e)| {
+                (Value::from(s), Value::from(e))
+            });
+            row.splice(at..at, [start, end]);
+        }
+        row
     }
 }
 

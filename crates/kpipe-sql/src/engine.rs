@@ -72,7 +72,7 @@ pub(crate) struct Query {
     pub(crate) transient: bool,
     pub(crate) from: String,
     pub(crate) sink: String,
-    select: Select,
+    pub(crate) select: Select,
     /// The sink's columns, each with the expression that computes it.
     outputs: Vec<(ColumnDef, Expr)>,
     /// For GROUP BY: the aggregate calls and their state per group.

@@ -290,6 +290,27 @@ fn seed_03_session_runs_against_kpipe_broker() {
         );
     }
     assert_eq!(written, windows);
+    // A pull query on the windowed table lists a row per window, with its bounds.
+    let pulled = sql_rows(
+        &broker,
+        &[],
+        "CREATE TABLE aggr (name STRING PRIMARY KEY, cnt BIGINT, sum INT) WITH (KAFKA_TOPIC='PAYMENTS_AGGR', \
+            VALUE_FORMAT='json', KEY_FORMAT='kafka', WINDOW_TYPE='TUMBLING', WINDOW_SIZE='10 SECONDS'); \
+         SELECT * FROM aggr WHERE name='Carol';",
+    );
+    let pulled: Vec<(i64, i64, i64)> = pulled
+        .iter()
+        .map(|r| {
+            let start = r["WINDOWSTART"].as_i64().unwrap();
+            assert_eq!(r["WINDOWEND"].as_i64().unwrap(), start + WINDOW_MS);
+            (
+                start,
+                r["CNT"].as_i64().unwrap(),
+                r["SUM"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(pulled, expected);
     let dead = read_topic(&broker.bootstrap, "payments_dlq");
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].4.as_deref(), Some(&b"not json"[..]));
