@@ -639,7 +639,7 @@ fn drive(
     let quit = AtomicBool::new(false);
     let mut counts = Counts::default();
     let processed = std::thread::scope(|scope| -> Result<()> {
-        let (batches, received) = std::sync::mpsc::sync_channel::<Vec<Head>>(16);
+        let (batches, received) = std::sync::mpsc::sync_channel::<Vec<Head>>(4);
         let reader = std::thread::Builder::new()
             .name("sql-reader".into())
             .spawn_scoped(scope, || {

@@ -64,9 +64,11 @@ pub(crate) struct Bounds {
     pub(crate) bounded: bool,
 }
 
-/// Records handed on at once: enough to make the hand-over cheap, few enough
-/// to keep a push query prompt.
-const BATCH: usize = 512;
+/// Records handed on at once when they come faster than they are processed
+/// (a partial batch goes as soon as the partitions have nothing more, so a
+/// push query stays prompt). Measured on bench/sql.sh: 512 → 4096 saved ~5%
+/// of the CPU.
+const BATCH: usize = 4096;
 
 struct Merge {
     heads: Vec<Option<Head>>,
