@@ -309,6 +309,15 @@ impl Engine {
                 if pull && !select.group_by.is_empty() {
                     bail!("Pull queries don't support GROUP BY clauses. See https://cnfl.io/queries for more info.\nAdd EMIT CHANGES if you intended to issue a push query.");
                 }
+                let materialized = from.read_only
+                    || self
+                        .queries
+                        .iter()
+                        .any(|q| !q.transient && q.sink == select.from);
+                if pull && from.kind == SourceKind::Table && !materialized {
+                    let name = &select.from;
+                    bail!("The `{name}` table isn't queryable. To derive a queryable table, you can do 'CREATE TABLE QUERYABLE_{name} AS SELECT * FROM {name}'. See https://cnfl.io/queries for more info.");
+                }
                 if pull && select.window.is_some() {
                     bail!("Pull queries don't support WINDOW clauses. See https://cnfl.io/queries for more info.\nAdd EMIT CHANGES if you intended to issue a push query.");
                 }
@@ -546,6 +555,13 @@ impl Engine {
         select: &Select,
         transient: bool,
     ) -> Result<String> {
+        if !transient && select.limit.is_some() {
+            let kind = match kind {
+                SourceKind::Stream => "STREAM",
+                SourceKind::Table => "TABLE",
+            };
+            bail!("CREATE {kind} AS SELECT statements don't support LIMIT clause.");
+        }
         if select.window.is_some_and(|w| w.session) && select.emit == Some(EmitMode::Final) {
             bail!("EMIT FINAL is not supported for SESSION windows yet.");
         }
@@ -1900,6 +1916,42 @@ mod tests {
         let size = parse("CREATE STREAM X (N INT) WITH (kafka_topic='x', value_format='JSON', window_type='Tumbling', window_size='30 bobs');").unwrap();
         let error = engine.execute(&size[0]).unwrap_err().to_string();
         assert!(error.ends_with("Unknown time unit: 'BOBS'"), "{error}");
+    }
+
+    #[test]
+    fn pull_and_limit_rules_speak_ksqldb() {
+        let mut engine = engine_with(
+            "CREATE TABLE PLAIN (ID INT PRIMARY KEY, N BIGINT) WITH (kafka_topic='t', value_format='JSON');
+             CREATE SOURCE TABLE READ_ONLY (ID INT PRIMARY KEY, N BIGINT) WITH (kafka_topic='r', value_format='JSON');
+             CREATE TABLE DERIVED AS SELECT * FROM READ_ONLY;",
+        );
+        let error = |engine: &mut Engine, sql: &str| -> String {
+            match parse(sql) {
+                Ok(statements) => engine.execute(&statements[0]).unwrap_err().to_string(),
+                Err(e) => e.to_string(),
+            }
+        };
+        assert!(error(&mut engine, "SELECT * FROM PLAIN;")
+            .starts_with("The `PLAIN` table isn't queryable. To derive a queryable table, you can do 'CREATE TABLE QUERYABLE_PLAIN AS SELECT * FROM PLAIN'."));
+        for queryable in [
+            "SELECT * FROM READ_ONLY;",
+            "SELECT * FROM DERIVED;",
+            "SELECT * FROM PLAIN EMIT CHANGES;",
+        ] {
+            assert!(
+                engine.execute(&parse(queryable).unwrap()[0]).is_ok(),
+                "{queryable}"
+            );
+        }
+        assert!(error(&mut engine, "SELECT * FROM READ_ONLY LIMIT -1;")
+            .starts_with("Pull queries don't support negative integers in the LIMIT clause."));
+        assert_eq!(
+            error(
+                &mut engine,
+                "CREATE TABLE L AS SELECT * FROM READ_ONLY LIMIT 2;"
+            ),
+            "CREATE TABLE AS SELECT statements don't support LIMIT clause."
+        );
     }
 
     #[test]

@@ -838,6 +838,9 @@ impl Parser<'_> {
                     self.at += 1;
                     Some(limit)
                 }
+                Some(Token::Symbol("-")) => bail!(
+                    "Pull queries don't support negative integers in the LIMIT clause. See https://cnfl.io/queries for more info."
+                ),
                 _ => return Err(self.expected("a row count after LIMIT")),
             }
         } else {

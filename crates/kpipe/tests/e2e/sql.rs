@@ -290,11 +290,20 @@ fn seed_03_session_runs_against_kpipe_broker() {
         );
     }
     assert_eq!(written, windows);
-    // A pull query on the windowed table lists a row per window, with its bounds.
+    // A plain CREATE TABLE is not materialized, so ksqlDB refuses to pull it;
+    // a SOURCE table is, and lists a row per window, with its bounds.
+    broker
+        .kpipe(
+            &["sql", "-e", "CREATE TABLE plain (name STRING PRIMARY KEY, cnt BIGINT) WITH (KAFKA_TOPIC='PAYMENTS_AGGR', \
+                VALUE_FORMAT='json', KEY_FORMAT='kafka', WINDOW_TYPE='TUMBLING', WINDOW_SIZE='10 SECONDS'); \
+                SELECT * FROM plain;"],
+            "",
+        )
+        .fails_with("The `PLAIN` table isn't queryable.");
     let pulled = sql_rows(
         &broker,
         &[],
-        "CREATE TABLE aggr (name STRING PRIMARY KEY, cnt BIGINT, sum INT) WITH (KAFKA_TOPIC='PAYMENTS_AGGR', \
+        "CREATE SOURCE TABLE aggr (name STRING PRIMARY KEY, cnt BIGINT, sum INT) WITH (KAFKA_TOPIC='PAYMENTS_AGGR', \
             VALUE_FORMAT='json', KEY_FORMAT='kafka', WINDOW_TYPE='TUMBLING', WINDOW_SIZE='10 SECONDS'); \
          SELECT * FROM aggr WHERE name='Carol';",
     );
