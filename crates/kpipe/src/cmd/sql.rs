@@ -23,9 +23,11 @@ use super::{interrupt_flag, statement_shell, stop_flag, table, KafkaArgs};
 /// their source and write their sink topic until Ctrl-C (or, with --until-end,
 /// until they catch up). SELECT ... EMIT CHANGES / EMIT FINAL is a push query:
 /// rows stream to stdout until LIMIT or Ctrl-C. SELECT without EMIT is a pull
-/// query: it reads the topic as it is now and prints a table (a table source
-/// shows each key's latest row). Queries start at `auto.offset.reset`
-/// (latest, as in ksqlDB; `SET 'auto.offset.reset'='earliest';` to replay).
+/// query: it reads the topic as it is now and prints a table (a table shows
+/// each key's latest row, per window for windowed ones; as in ksqlDB, only a
+/// CREATE SOURCE TABLE or a query's table can be pulled). Queries start at
+/// `auto.offset.reset` (latest, as in ksqlDB; `SET 'auto.offset.reset' =
+/// 'earliest';` to replay).
 /// Also: SHOW STREAMS|TABLES|TOPICS|QUERIES|PROPERTIES, DESCRIBE, DROP,
 /// TERMINATE, SET, UNSET. With neither -e nor --file, a shell like ksql's:
 /// statements end with ';' (lines accumulate until then), history in
