@@ -105,7 +105,8 @@ impl Engine {
             .into_iter()
             .map(|i| source.columns[i].clone())
             .collect();
-        if let Some(at) = self.window_bounds_at(id, &columns) {
+        let leading_keys = columns.iter().take_while(|c| c.key).count();
+        if let Some(at) = self.window_bounds_at(id, leading_keys) {
             let bound = |name: &str| ColumnDef {
                 name: name.to_string(),
                 ty: SqlType::BigInt,
@@ -123,9 +124,10 @@ impl Engine {
         }
     }
 
-    /// `SELECT *` of a windowed source shows its rows' window bounds after
-    /// the key columns, as ksqlDB's queries on windowed tables do: where.
-    fn window_bounds_at(&self, id: &str, shown: &[ColumnDef]) -> Option<usize> {
+    /// `SELECT *` of a windowed source shows its rows' window bounds right
+    /// after the `leading_keys` key columns, as ksqlDB's queries on windowed
+    /// tables do: where, if so.
+    fn window_bounds_at(&self, id: &str, leading_keys: usize) -> Option<usize> {
         let query = self.queries.iter().find(|q| q.sink == id && q.transient)?;
         let from = self.sources.get(&query.from)?;
         let all = query
@@ -133,8 +135,7 @@ impl Engine {
             .items
             .iter()
             .any(|i| matches!(i, SelectItem::All));
-        (all && from.window.is_some() && query.select.group_by.is_empty())
-            .then(|| shown.iter().take_while(|c| c.key).count())
+        (all && from.window.is_some() && query.select.group_by.is_empty()).then_some(leading_keys)
     }
 
     /// A record of a stream or table (or a SELECT's output) as the values of
@@ -166,8 +167,8 @@ impl Engine {
             .collect();
         let order = self.shown_order(source_name, in_sink_order.len());
         let mut row: Vec<Value> = order.iter().map(|i| in_sink_order[*i].clone()).collect();
-        let shown: Vec<ColumnDef> = order.iter().map(|i| source.columns[*i].clone()).collect();
-        if let Some(at) = self.window_bounds_at(source_name, &shown) {
+        let leading_keys = order.iter().take_while(|i| source.columns[**i].key).count();
+        if let Some(at) = self.window_bounds_at(source_name, leading_keys) {
             let (start, end) = record.window.map_or((Value::Null, Value::Null), |(s, e)| {
                 (Value::from(s), Value::from(e))
             });

@@ -556,10 +556,7 @@ impl Engine {
         transient: bool,
     ) -> Result<String> {
         if !transient && select.limit.is_some() {
-            let kind = match kind {
-                SourceKind::Stream => "STREAM",
-                SourceKind::Table => "TABLE",
-            };
+            let kind = kind_word(kind).to_uppercase();
             bail!("CREATE {kind} AS SELECT statements don't support LIMIT clause.");
         }
         if select.window.is_some_and(|w| w.session) && select.emit == Some(EmitMode::Final) {
