@@ -69,11 +69,22 @@ impl Engine {
         Ok(Encoded { key, value })
     }
 
-    /// The stream or table over `topic` (the first, when several are).
+    /// The stream or table over `topic`. Several may share a topic (in other
+    /// formats), so the one a query reads or writes wins, and among the rest
+    /// the first by name: the same answer every time.
     pub(crate) fn source_over(&self, topic: &str) -> Option<&Source> {
-        self.sources
-            .values()
+        let used = self.queries.iter().flat_map(|q| [&q.from, &q.sink]);
+        used.filter_map(|name| self.sources.get(name))
             .find(|s| s.topic == topic)
+            .or_else(|| {
+                let mut over: Vec<_> = self
+                    .sources
+                    .iter()
+                    .filter(|(_, s)| s.topic == topic)
+                    .collect();
+                over.sort_by_key(|(name, _)| *name);
+                over.first().map(|(_, s)| *s)
+            })
             .map(|s| &**s)
     }
 }
@@ -237,6 +248,29 @@ mod tests {
             engine.execute(&statement).unwrap();
         }
         engine
+    }
+
+    #[test]
+    fn a_topic_read_in_two_formats_is_decoded_as_its_query_reads_it() {
+        let engine = engine(
+            "CREATE STREAM A_JSON (name STRING) WITH (kafka_topic='t', value_format='JSON');
+             CREATE STREAM B_TEXT (name STRING) WITH (kafka_topic='t', value_format='DELIMITED');
+             CREATE STREAM OUT AS SELECT * FROM B_TEXT;",
+        );
+        let message = Message {
+            topic: "t",
+            key: None,
+            value: Some(b"Carol"),
+            timestamp: 0,
+            partition: 0,
+            offset: 0,
+        };
+        let record = engine.decode_message(&message).unwrap();
+        assert_eq!(
+            record.value,
+            Value::from("Carol"),
+            "read as DELIMITED text, not JSON"
+        );
     }
 
     #[test]
