@@ -265,19 +265,7 @@ fn direct_sink_loads_music_events_exactly_once_and_dead_letters_bad_rows() {
         ch.query("SELECT min(toYear(`event_timestamp.ts`)) > 2000 FROM raw.music"),
         "1"
     );
-    let dead = broker
-        .kpipe(
-            &[
-                "consume",
-                "music_dlq",
-                "--from-beginning",
-                "--timeout-ms",
-                "3000",
-                "--with-meta",
-            ],
-            "",
-        )
-        .out();
+    let dead = broker.consume_with_meta("music_dlq", 3000);
     assert_eq!(dead.lines().count(), 2, "{dead}");
     assert!(dead.contains("not json"));
 
@@ -337,19 +325,7 @@ fn export_round_trips_through_kafka() {
         "{}",
         exported.stderr
     );
-    let read = broker
-        .kpipe(
-            &[
-                "consume",
-                "alerts",
-                "--from-beginning",
-                "--timeout-ms",
-                "3000",
-                "--with-meta",
-            ],
-            "",
-        )
-        .out();
+    let read = broker.consume_with_meta("alerts", 3000);
     assert_eq!(read.lines().count(), 1000);
     // Values as ClickHouse wrote them (64-bit integers as numbers), keyed by location.
     assert!(

@@ -330,6 +330,29 @@ impl BrokerProcess {
         command
     }
 
+    /// What `topic` holds, as `kpipe consume --with-meta` prints it (a JSON
+    /// line per message), once nothing new came for `idle_ms`.
+    pub fn consume_with_meta(&self, topic: &str, idle_ms: u32) -> String {
+        let idle = idle_ms.to_string();
+        let args = [
+            "consume",
+            topic,
+            "--from-beginning",
+            "--timeout-ms",
+            idle.as_str(),
+            "--with-meta",
+        ];
+        self.kpipe(&args, "").out()
+    }
+
+    /// [`BrokerProcess::consume_with_meta`], each line parsed.
+    pub fn messages(&self, topic: &str, idle_ms: u32) -> Vec<serde_json::Value> {
+        self.consume_with_meta(topic, idle_ms)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("--with-meta prints JSON lines"))
+            .collect()
+    }
+
     /// The sum of a group's committed offsets, as `kpipe group describe` shows them.
     pub fn committed(&self, group: &str) -> i64 {
         let described = self.kpipe(&["group", "describe", group], "");

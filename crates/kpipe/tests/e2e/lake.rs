@@ -238,23 +238,7 @@ fn bad_messages_go_to_the_dead_letter_topic_and_the_sink_goes_on() {
         sunk.stderr
     );
 
-    let letters = broker
-        .kpipe(
-            &[
-                "consume",
-                "events_dlq",
-                "--from-beginning",
-                "--timeout-ms",
-                "1500",
-                "--with-meta",
-            ],
-            "",
-        )
-        .out();
-    let letters: Vec<serde_json::Value> = letters
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let letters = broker.messages("events_dlq", 1500);
     assert_eq!(letters.len(), 4);
     let errors: Vec<&str> = letters
         .iter()

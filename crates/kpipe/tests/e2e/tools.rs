@@ -5,25 +5,6 @@ use std::time::{Duration, Instant};
 
 use crate::harness::BrokerProcess;
 
-fn meta(broker: &BrokerProcess, topic: &str) -> Vec<serde_json::Value> {
-    let out = broker
-        .kpipe(
-            &[
-                "consume",
-                topic,
-                "--from-beginning",
-                "--timeout-ms",
-                "1500",
-                "--with-meta",
-            ],
-            "",
-        )
-        .out();
-    out.lines()
-        .map(|l| serde_json::from_str(l).expect("--with-meta prints JSON lines"))
-        .collect()
-}
-
 #[test]
 fn gen_is_deterministic_keyed_and_creates_its_topics() {
     let broker = BrokerProcess::start();
@@ -78,7 +59,7 @@ fn gen_is_deterministic_keyed_and_creates_its_topics() {
         "{}",
         produced.stderr
     );
-    let messages = meta(&broker, "music_events");
+    let messages = broker.messages("music_events", 1500);
     assert_eq!(messages.len(), 3000);
     let partitions: BTreeSet<i64> = messages
         .iter()
@@ -104,8 +85,8 @@ fn gen_is_deterministic_keyed_and_creates_its_topics() {
     broker
         .kpipe(&["gen", "retail", "--count", "2000"], "")
         .out();
-    let sales = meta(&broker, "sales").len() as i64;
-    let warehouse = meta(&broker, "warehouse").len() as i64;
+    let sales = broker.messages("sales", 1500).len() as i64;
+    let warehouse = broker.messages("warehouse", 1500).len() as i64;
     assert_eq!(sales + warehouse, 2000);
     assert!(
         (sales - 1400).abs() < 100,
@@ -132,7 +113,11 @@ fn gen_is_deterministic_keyed_and_creates_its_topics() {
             "",
         );
         assert!(run.ok, "gen {kind}: {}", run.stderr);
-        assert_eq!(meta(&broker, &format!("t-{kind}")).len(), 20, "gen {kind}");
+        assert_eq!(
+            broker.messages(&format!("t-{kind}"), 1500).len(),
+            20,
+            "gen {kind}"
+        );
     }
     let bad = broker.kpipe(&["gen", "clicks"], "");
     bad.fails_with("unknown generator kind");
@@ -165,7 +150,7 @@ fn produce_keys_by_json_field_with_headers() {
         "{}",
         run.stderr
     );
-    let mut messages = meta(&broker, "keyed");
+    let mut messages = broker.messages("keyed", 1500);
     messages.sort_by_key(|m| m["value"].as_str().unwrap().to_string());
     let keys: Vec<&serde_json::Value> = messages.iter().map(|m| &m["key"]).collect();
     assert_eq!(
