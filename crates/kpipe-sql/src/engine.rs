@@ -1535,19 +1535,20 @@ fn project_key(outputs: &[(ColumnDef, Expr)], sink: &Source, row: &Row) -> Value
     encode_key(sink.key_format, &keys)
 }
 
+/// An engine that has run `script`, for the crate's tests.
+#[cfg(test)]
+pub(crate) fn engine_with(script: &str) -> Engine {
+    let mut engine = Engine::default();
+    for statement in crate::parser::parse(script).unwrap() {
+        engine.execute(&statement).unwrap();
+    }
+    engine
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::parser::parse;
-
-    /// An engine that has run `script`.
-    fn engine_with(script: &str) -> Engine {
-        let mut engine = Engine::default();
-        for statement in parse(script).unwrap() {
-            engine.execute(&statement).unwrap();
-        }
-        engine
-    }
 
     /// A record as a test feeds it: partition 0, offset 0, no window.
     fn input(topic: &str, key: Value, value: Value, timestamp: i64) -> Record {

@@ -201,8 +201,7 @@ impl Partitions for InMemory {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::Engine;
-    use crate::parser::parse;
+    use crate::engine::engine_with;
     use serde_json::{json, Value};
     use std::collections::VecDeque;
 
@@ -249,15 +248,10 @@ mod tests {
         let order: Vec<i64> = records.iter().map(Head::timestamp).collect();
         assert_eq!(order, [1_000, 2_000, 9_000, 12_000, 25_000]);
 
-        let mut engine = Engine::default();
-        for s in parse(
+        let mut engine = engine_with(
             "CREATE STREAM p (name STRING, amount INT) WITH (kafka_topic='p', value_format='JSON');
              CREATE TABLE t AS SELECT name, COUNT(*) AS n FROM p WINDOW TUMBLING (SIZE 10 SECONDS) GROUP BY name EMIT FINAL;",
-        )
-        .unwrap()
-        {
-            engine.execute(&s).unwrap();
-        }
+        );
         let mut finals = Vec::new();
         for head in records {
             let Head::Record(record) = head else {

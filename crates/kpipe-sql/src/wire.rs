@@ -240,15 +240,8 @@ fn utf8(bytes: &[u8]) -> Result<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::parser::parse;
 
-    fn engine(sql: &str) -> Engine {
-        let mut engine = Engine::default();
-        for statement in parse(sql).unwrap() {
-            engine.execute(&statement).unwrap();
-        }
-        engine
-    }
+    use crate::engine::engine_with as engine;
 
     #[test]
     fn a_topic_read_in_two_formats_is_decoded_as_its_query_reads_it() {
