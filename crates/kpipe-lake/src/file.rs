@@ -17,6 +17,7 @@ use bytes::Bytes;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
 
 use crate::flatten::{append_row, Columns, RowError, Scalar};
 use crate::store::FileName;
@@ -119,6 +120,17 @@ pub struct PartitionBuffer {
 }
 
 impl PartitionBuffer {
+    /// A buffer expecting about `rows` rows (the partition's last flush is a good guess).
+    pub fn with_capacity(rows: usize) -> PartitionBuffer {
+        PartitionBuffer {
+            columns: Columns::with_capacity(rows),
+            offsets: Vec::with_capacity(rows),
+            timestamps: Vec::with_capacity(rows),
+            days: Vec::with_capacity(rows),
+            bytes: 0,
+        }
+    }
+
     pub fn rows(&self) -> usize {
         self.offsets.len()
     }
@@ -262,7 +274,14 @@ fn encode(batch: &RecordBatch, codec: Codec) -> Result<Bytes> {
     let properties = WriterProperties::builder()
         .set_compression(compression)
         .set_statistics_enabled(EnabledStatistics::Page)
-        .set_created_by(format!("kpipe {}", env!("CARGO_PKG_VERSION")))
+        .set_created_by(format!("kpipe {}", env!("CARGO_PKG_VERSION")));
+    // Offsets and timestamps are (nearly) unique: a dictionary would only be
+    // built to be thrown away.
+    let properties = ["_offset", "_timestamp"]
+        .into_iter()
+        .fold(properties, |p, column| {
+            p.set_column_dictionary_enabled(ColumnPath::from(column), false)
+        })
         .build();
     let mut out = Vec::with_capacity(batch.get_array_memory_size() / 4);
     let mut writer = ArrowWriter::try_new(&mut out, batch.schema(), Some(properties))

@@ -38,15 +38,21 @@ struct TextValues {
 
 impl Default for TextValues {
     fn default() -> Self {
-        TextValues {
-            data: String::new(),
-            ends: vec![0],
-            valid: Vec::new(),
-        }
+        TextValues::with_capacity(0)
     }
 }
 
 impl TextValues {
+    fn with_capacity(rows: usize) -> Self {
+        let mut ends = Vec::with_capacity(rows + 1);
+        ends.push(0);
+        TextValues {
+            data: String::new(),
+            ends,
+            valid: Vec::with_capacity(rows),
+        }
+    }
+
     fn len(&self) -> usize {
         self.valid.len()
     }
@@ -165,9 +171,19 @@ pub struct Columns {
     cursor: usize,
     /// The column of the field `append_row` captures, once it exists.
     capture_column: Option<usize>,
+    /// Rows a new column makes room for at once (growing a column copies it).
+    capacity: usize,
 }
 
 impl Columns {
+    /// Columns expecting about `rows` rows.
+    pub fn with_capacity(rows: usize) -> Columns {
+        Columns {
+            capacity: rows,
+            ..Columns::default()
+        }
+    }
+
     pub fn rows(&self) -> usize {
         self.rows
     }
@@ -184,11 +200,12 @@ impl Columns {
             None => {
                 let i = self.values.len();
                 self.names.push(name.to_string());
+                let rows = self.capacity;
                 self.values.push(match value {
-                    Scalar::Int(_) => Values::Int(Vec::new()),
-                    Scalar::Float(_) => Values::Float(Vec::new()),
-                    Scalar::Bool(_) => Values::Bool(Vec::new()),
-                    Scalar::Text(_) => Values::Text(TextValues::default()),
+                    Scalar::Int(_) => Values::Int(Vec::with_capacity(rows)),
+                    Scalar::Float(_) => Values::Float(Vec::with_capacity(rows)),
+                    Scalar::Bool(_) => Values::Bool(Vec::with_capacity(rows)),
+                    Scalar::Text(_) => Values::Text(TextValues::with_capacity(rows)),
                 });
                 self.index.insert(name.to_string(), i);
                 if capture == Some(name) {
@@ -393,11 +410,13 @@ impl<'de> Visitor<'de> for ObjectVisitor<'_, '_> {
             ..
         } = self.seed;
         let parent = path.len();
-        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            if parent > 0 {
-                path.push('.');
-            }
-            path.push_str(&key);
+        while map
+            .next_key_seed(KeySeed {
+                path: &mut *path,
+                dot: parent > 0,
+            })?
+            .is_some()
+        {
             map.next_value_seed(RowSeed {
                 columns: &mut *columns,
                 path: &mut *path,
@@ -450,6 +469,36 @@ impl<'de> Visitor<'de> for ObjectVisitor<'_, '_> {
     }
 }
 
+/// Appends an object's key to the dotted path in place: a key costs no
+/// allocation of its own (serde's `Cow<str>` would own every key).
+struct KeySeed<'b> {
+    path: &'b mut String,
+    dot: bool,
+}
+
+impl<'de> DeserializeSeed<'de> for KeySeed<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeySeed<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object key")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<(), E> {
+        if self.dot {
+            self.path.push('.');
+        }
+        self.path.push_str(key);
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -495,6 +544,12 @@ mod tests {
             columns[0].1.as_primitive::<Int64Type>().values().to_vec(),
             vec![1, 2]
         );
+    }
+
+    #[test]
+    fn escaped_keys_are_unescaped_in_column_names() {
+        let (columns, _) = build(&[r#"{"a\u002eb":{"c\"d":1}}"#]);
+        assert_eq!(columns[0].0, "a.b.c\"d");
     }
 
     #[test]

@@ -214,7 +214,7 @@ pub fn run(
                     pending.since = Instant::now();
                 }
                 let p = m.partition();
-                let chunk = pending.chunks.entry(p).or_insert_with(|| Chunk::new(p));
+                let chunk = pending.chunks.entry(p).or_insert_with(|| workers.chunk(p));
                 chunk.push(&m);
                 pending.rows += 1;
                 pending.bytes += m.payload_len();

@@ -42,7 +42,7 @@ struct Copied {
 }
 
 impl Chunk {
-    pub fn new(partition: i32) -> Chunk {
+    fn new(partition: i32) -> Chunk {
         Chunk {
             partition,
             bytes: Vec::with_capacity(CHUNK_BYTES),
@@ -115,24 +115,31 @@ pub(crate) struct Workers {
     jobs: Vec<SyncSender<Job>>,
     threads: Vec<JoinHandle<()>>,
     flushed: Mutex<Receiver<Flushed>>,
+    /// Emptied chunks, back from the workers: their buffers are reused rather than
+    /// allocated (and page-faulted in) again for every chunk.
+    spare: Arc<Mutex<Vec<Chunk>>>,
 }
 
 /// Chunks a worker may have queued before the main thread waits for it.
 const QUEUED_CHUNKS: usize = 16;
+/// Emptied chunks kept for reuse: enough to refill a queue.
+const SPARE_CHUNKS: usize = QUEUED_CHUNKS;
 
 impl Workers {
     pub fn start(count: usize, shared: Arc<Shared>) -> Result<Workers> {
         let (flushed_tx, flushed) = mpsc::channel();
         let mut jobs = Vec::new();
         let mut threads = Vec::new();
+        let spare = Arc::new(Mutex::new(Vec::new()));
         for i in 0..count.max(1) {
             let (tx, rx) = mpsc::sync_channel(QUEUED_CHUNKS);
             let shared = shared.clone();
             let flushed_tx = flushed_tx.clone();
+            let spare = spare.clone();
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("lake-worker-{i}"))
-                    .spawn(move || work(&rx, &flushed_tx, &shared))?,
+                    .spawn(move || work(&rx, &flushed_tx, &shared, &spare))?,
             );
             jobs.push(tx);
         }
@@ -140,7 +147,19 @@ impl Workers {
             jobs,
             threads,
             flushed: Mutex::new(flushed),
+            spare,
         })
+    }
+
+    /// An empty chunk for `partition`, reusing a spare one when there is one.
+    pub fn chunk(&self, partition: i32) -> Chunk {
+        match self.spare.lock().ok().and_then(|mut spare| spare.pop()) {
+            Some(mut chunk) => {
+                chunk.partition = partition;
+                chunk
+            }
+            None => Chunk::new(partition),
+        }
     }
 
     pub fn count(&self) -> usize {
@@ -204,15 +223,26 @@ impl Drop for Workers {
     }
 }
 
-fn work(jobs: &Receiver<Job>, flushed: &Sender<Flushed>, shared: &Shared) {
+fn work(
+    jobs: &Receiver<Job>,
+    flushed: &Sender<Flushed>,
+    shared: &Shared,
+    spare: &Mutex<Vec<Chunk>>,
+) {
     let mut buffers: BTreeMap<i32, PartitionBuffer> = BTreeMap::new();
+    // Rows per partition at the last flush: the next buffer's size, give or take.
+    let mut last_rows: BTreeMap<i32, usize> = BTreeMap::new();
     let mut dead_lettered = 0u64;
     // A dead letter that could not be sent fails the next flush, so nothing is committed past it.
     let mut failure: Option<anyhow::Error> = None;
     for job in jobs {
         match job {
             Job::Rows(chunk) => {
-                let buffer = buffers.entry(chunk.partition).or_default();
+                let buffer = buffers.entry(chunk.partition).or_insert_with(|| {
+                    PartitionBuffer::with_capacity(
+                        last_rows.get(&chunk.partition).copied().unwrap_or_default(),
+                    )
+                });
                 for m in &chunk.messages {
                     let payload = &chunk.bytes[m.payload.clone()];
                     if let Err(e) = buffer.push(payload, m.offset, m.timestamp, &shared.time) {
@@ -237,11 +267,23 @@ fn work(jobs: &Receiver<Job>, flushed: &Sender<Flushed>, shared: &Shared) {
                         }
                     }
                 }
+                if let Ok(mut spare) = spare.lock() {
+                    if spare.len() < SPARE_CHUNKS {
+                        let mut chunk = chunk;
+                        chunk.bytes.clear();
+                        chunk.messages.clear();
+                        spare.push(chunk);
+                    }
+                }
             }
             Job::Flush { epoch } => {
                 let result = match failure.take() {
                     Some(e) => Err(e),
-                    None => write(shared, std::mem::take(&mut buffers)).map(|mut w| {
+                    None => {
+                        last_rows.extend(buffers.iter().map(|(p, b)| (*p, b.rows())));
+                        write(shared, std::mem::take(&mut buffers))
+                    }
+                    .map(|mut w| {
                         w.dead_lettered = std::mem::take(&mut dead_lettered);
                         w
                     }),
@@ -253,6 +295,7 @@ fn work(jobs: &Receiver<Job>, flushed: &Sender<Flushed>, shared: &Shared) {
             Job::Revoke { partitions, done } => {
                 for p in partitions {
                     buffers.remove(&p);
+                    last_rows.remove(&p);
                 }
                 let _ = done.send(());
             }
