@@ -94,7 +94,7 @@ struct Aggregation {
     /// Every distinct aggregate call of the SELECT and HAVING, in order.
     calls: Vec<Expr>,
     /// Group (its key as JSON text) → the calls' current values.
-    groups: FxHashMap<String, Vec<Value>>,
+    groups: FxHashMap<String, Group>,
     /// Groups whose last output was a row, so a failing HAVING must retract it.
     emitted: FxHashSet<String>,
     /// The highest timestamp seen: windows older than it plus grace are closed.
@@ -109,6 +109,14 @@ struct Aggregation {
     /// Session windows: per group, its sessions `(start, end, values)`.
     sessions: HashMap<String, Vec<(i64, i64, Vec<Value>)>>,
     settings: AggregateSettings,
+}
+
+/// A group's aggregate values and its row's time: the latest of its
+/// inputs' timestamps, as Kafka Streams stamps an aggregate's result.
+#[derive(Debug, Clone)]
+struct Group {
+    values: Vec<Value>,
+    timestamp: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -136,8 +144,10 @@ pub enum Executed {
         id: String,
         pull: bool,
     },
+    /// A stream or table dropped, with its topic (None: it did not exist).
     Dropped {
         name: String,
+        topic: Option<String>,
     },
     Terminated {
         ids: Vec<String>,
@@ -184,6 +194,16 @@ impl Engine {
     /// the queries started after it.
     pub fn set_property(&mut self, name: &str, value: &str) {
         self.properties.insert(name.to_string(), value.to_string());
+    }
+
+    /// A property as set, if it is.
+    pub fn property(&self, name: &str) -> Option<&str> {
+        self.properties.get(name).map(String::as_str)
+    }
+
+    /// Forgets a property: the queries started after it go by its default.
+    pub fn unset_property(&mut self, name: &str) {
+        self.properties.remove(name);
     }
 
     fn new_planner(&self) -> bool {
@@ -314,10 +334,7 @@ impl Engine {
                         .queries
                         .iter()
                         .any(|q| !q.transient && q.sink == select.from);
-                if pull && from.kind == SourceKind::Table && !materialized {
-                    let name = &select.from;
-                    bail!("The `{name}` table isn't queryable. To derive a queryable table, you can do 'CREATE TABLE QUERYABLE_{name} AS SELECT * FROM {name}'. See https://cnfl.io/queries for more info.");
-                }
+                let unqueryable = pull && from.kind == SourceKind::Table && !materialized;
                 if pull && select.window.is_some() {
                     bail!("Pull queries don't support WINDOW clauses. See https://cnfl.io/queries for more info.\nAdd EMIT CHANGES if you intended to issue a push query.");
                 }
@@ -332,6 +349,12 @@ impl Engine {
                     ("VALUE_FORMAT".to_string(), Value::from("JSON")),
                 ];
                 let id = self.create_as(kind, &name, &properties, select, true)?;
+                // Checked once the query is known to be valid, as ksqlDB does.
+                if unqueryable {
+                    self.execute(&Statement::Terminate { query: Some(id) })?;
+                    let name = &select.from;
+                    bail!("The `{name}` table isn't queryable. To derive a queryable table, you can do 'CREATE TABLE QUERYABLE_{name} AS SELECT * FROM {name}'. See https://cnfl.io/queries for more info.");
+                }
                 Ok(Executed::Transient { id, pull })
             }
             Statement::Drop {
@@ -342,7 +365,10 @@ impl Engine {
             } => {
                 let Some(source) = self.sources.get(name) else {
                     if *if_exists {
-                        return Ok(Executed::Dropped { name: name.clone() });
+                        return Ok(Executed::Dropped {
+                            name: name.clone(),
+                            topic: None,
+                        });
                     }
                     bail!("Source {name} does not exist.");
                 };
@@ -365,17 +391,20 @@ impl Engine {
                         users.join(", ")
                     );
                 }
+                let topic = source.topic.clone();
                 if *delete_topic {
                     if source.read_only {
                         bail!("Cannot delete topic for read-only source: {name}");
                     }
                     // Deleting the topic deletes its schemas' subjects too, as ksqlDB does.
-                    let topic = source.topic.clone();
                     self.registry.delete_subject(&avro::key_subject(&topic));
                     self.registry.delete_subject(&avro::value_subject(&topic));
                 }
                 self.sources.remove(name);
-                Ok(Executed::Dropped { name: name.clone() })
+                Ok(Executed::Dropped {
+                    name: name.clone(),
+                    topic: Some(topic),
+                })
             }
             Statement::Terminate { query } => {
                 let ids: Vec<String> = match query {
@@ -897,17 +926,19 @@ fn stream_row(
         let _ = write!(id, "{group}@{window:?}");
         let first = !aggregation.groups.contains_key(id.as_str());
         if first {
-            let initial_values = aggregation.calls.iter().map(initial).collect();
-            aggregation.groups.insert(id.clone(), initial_values);
+            let values = aggregation.calls.iter().map(initial).collect();
+            let group = Group { values, timestamp };
+            aggregation.groups.insert(id.clone(), group);
             if let (Some((_, end)), Some(w)) = (window, select.window) {
                 aggregation.closing.insert((end + w.grace, id.clone()));
             }
         }
-        let values = aggregation
+        let state = aggregation
             .groups
             .get_mut(id.as_str())
             .expect("the group was just ensured");
-        for (call, value) in aggregation.calls.iter().zip(values.iter_mut()) {
+        state.timestamp = state.timestamp.max(timestamp);
+        for (call, value) in aggregation.calls.iter().zip(state.values.iter_mut()) {
             *value = accumulate(call, value, row, first, aggregation.settings)?;
         }
         if final_only {
@@ -927,7 +958,7 @@ fn stream_row(
             }
             continue;
         }
-        let values = values.clone();
+        let (values, timestamp) = (state.values.clone(), state.timestamp);
         let target = Emit {
             group: &group,
             id: &id,
@@ -1129,10 +1160,14 @@ fn table_update(
     for (group, steps) in changes {
         let id = group.to_string();
         let first = !aggregation.groups.contains_key(&id);
-        let mut values = aggregation
-            .groups
-            .remove(&id)
-            .unwrap_or_else(|| aggregation.calls.iter().map(initial).collect());
+        let Group {
+            mut values,
+            timestamp,
+        } = aggregation.groups.remove(&id).unwrap_or_else(|| Group {
+            values: aggregation.calls.iter().map(initial).collect(),
+            timestamp: record.timestamp,
+        });
+        let timestamp = timestamp.max(record.timestamp);
         for (row, retract) in &steps {
             for (call, value) in aggregation.calls.iter().zip(values.iter_mut()) {
                 *value = if *retract {
@@ -1146,11 +1181,11 @@ fn table_update(
             group: &group,
             id: &id,
             window: None,
-            timestamp: record.timestamp,
+            timestamp,
         };
         let (row, _) = steps.last().expect("a change has a step");
         out.extend(emit(aggregation, &parts, row, &values, target)?);
-        aggregation.groups.insert(id, values);
+        aggregation.groups.insert(id, Group { values, timestamp });
     }
     Ok(out)
 }
@@ -1177,7 +1212,7 @@ fn close_windows(aggregation: &mut Aggregation, query: &QueryParts<'_>) -> Resul
         let Some((_, id)) = aggregation.closing.pop_first() else {
             break;
         };
-        let values = aggregation.groups.remove(&id);
+        let values = aggregation.groups.remove(&id).map(|g| g.values);
         aggregation.emitted.remove(&id);
         if let (Some(values), Some(last)) = (values, aggregation.pending.remove(&id)) {
             let target = Emit {
@@ -1664,6 +1699,29 @@ mod tests {
     }
 
     #[test]
+    fn an_aggregate_row_carries_its_latest_inputs_time() {
+        let mut engine = engine_with(
+            "CREATE STREAM TEST (ID BIGINT KEY, VALUE bigint) WITH (kafka_topic='t', value_format='DELIMITED');
+             CREATE TABLE W AS SELECT ID, COUNT(*) FROM test WINDOW TUMBLING (SIZE 1 SECOND) GROUP BY id;
+             CREATE TABLE N AS SELECT ID, COUNT(*) FROM test GROUP BY id;",
+        );
+        let mut feed = |timestamp: i64| {
+            engine
+                .process(&input("t", Value::from(0), Value::from("1"), timestamp))
+                .unwrap()
+                .into_iter()
+                .map(|r| r.timestamp)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(feed(12_345), [12_345, 12_345]);
+        assert_eq!(
+            feed(12_211),
+            [12_345, 12_345],
+            "a late record keeps the later time"
+        );
+    }
+
+    #[test]
     fn pseudo_columns_are_readable_and_reserved() {
         let mut engine = engine_with(
             "CREATE STREAM I (K STRING KEY, V INT) WITH (kafka_topic='t', value_format='JSON');
@@ -1852,7 +1910,8 @@ mod tests {
         let mut engine = engine_with(
             "CREATE STREAM I (K STRING KEY, A ARRAY<INT>, M MAP<STRING, INT>, S STRUCT<X STRING>) WITH (kafka_topic='t', format='JSON');
              CREATE STREAM O AS SELECT K, A[1] AS FIRST, A[-1] AS LAST, M['b'] AS B, S->X, FILTER(A, v => v > 1) AS BIG,
-               ARRAY[1, 2] AS ARR, STRUCT(Y := A[2]) AS ST, MAP('k' := 3) AS MP FROM I;",
+               ARRAY[1, 2] AS ARR, STRUCT(Y := A[2]) AS ST, MAP('k' := 3) AS MP,
+               REDUCE(A, 0, (s, x) => s + x) AS TOTAL, A = ARRAY[1, 2, 3] AS SAME FROM I;",
         );
         let out = engine
             .process(&input(
@@ -1865,7 +1924,7 @@ mod tests {
         assert_eq!(
             out[0].value,
             serde_json::json!({"FIRST": 1, "LAST": 3, "B": 7, "X": "y", "BIG": [2, 3],
-                "ARR": [1, 2], "ST": {"Y": 2}, "MP": {"k": 3}})
+                "ARR": [1, 2], "ST": {"Y": 2}, "MP": {"k": 3}, "TOTAL": 6, "SAME": true})
         );
     }
 
