@@ -98,6 +98,9 @@ pub struct Session {
     cancel: Arc<AtomicBool>,
     admin: Admin,
     runtime: tokio::runtime::Runtime,
+    /// See [`Session::take_started_at`] and [`Session::resume_next_at`].
+    started_at: Option<Vec<i64>>,
+    resume_at: Option<Vec<i64>>,
 }
 
 /// ksqlDB accepts the Kafka Streams name of the setting too.
@@ -123,6 +126,8 @@ impl Session {
             cancel: Arc::new(AtomicBool::new(false)),
             admin,
             runtime,
+            started_at: None,
+            resume_at: None,
         })
     }
 
@@ -162,7 +167,40 @@ impl Session {
         self.running.len()
     }
 
-    fn statement(&mut self, statement: &Statement, out: &mut dyn Output) -> Result<()> {
+    /// Runs `f` with `properties` set for it alone, as a REST request's
+    /// `streamsProperties` are, and restores the session's own afterwards.
+    pub fn with_properties<T>(
+        &mut self,
+        properties: &[(String, String)],
+        f: impl FnOnce(&mut Session) -> T,
+    ) -> T {
+        let saved: Vec<(String, Option<String>, Option<String>)> = properties
+            .iter()
+            .map(|(name, _)| {
+                let engine = self.engine.property(name).map(String::from);
+                (name.clone(), self.properties.get(name).cloned(), engine)
+            })
+            .collect();
+        for (name, value) in properties {
+            self.properties.insert(name.clone(), value.clone());
+            self.engine.set_property(name, value);
+        }
+        let result = f(self);
+        for (name, session, engine) in saved {
+            match session {
+                Some(value) => self.properties.insert(name.clone(), value),
+                None => self.properties.remove(&name),
+            };
+            match engine {
+                Some(value) => self.engine.set_property(&name, &value),
+                None => self.engine.unset_property(&name),
+            }
+        }
+        result
+    }
+
+    /// Runs one statement.
+    pub fn statement(&mut self, statement: &Statement, out: &mut dyn Output) -> Result<()> {
         match statement {
             Statement::Set { name, value } => {
                 if OFFSET_RESET.contains(&name.as_str()) && value != "earliest" && value != "latest"
@@ -235,13 +273,12 @@ impl Session {
                 Ok(())
             }
             Statement::Query(select) if select.emit.is_none() => self.pull(select, out),
-            Statement::Query(select) => {
-                let Executed::Transient { id, .. } = self.engine.execute(statement)? else {
-                    unreachable!("SELECT registers a transient query")
-                };
-                let result = self.push(&id, select, out);
-                self.engine
-                    .execute(&Statement::Terminate { query: Some(id) })?;
+            Statement::Query(_) => {
+                let push = self.prepare_push(statement)?;
+                let id = push.id.clone();
+                self.cancel.store(false, Ordering::Relaxed);
+                let result = push.run(out, self.cancel.clone());
+                self.forget(&id)?;
                 result
             }
             Statement::Drop {
@@ -358,9 +395,15 @@ impl Session {
     /// it is terminated, or (with `until_end`) it catches up.
     fn start(&mut self, id: &str, from: String, to: String) -> Result<()> {
         let engine = self.engine.only(id).expect("the query exists");
+        let offsets = match self.resume_at.take() {
+            Some(offsets) => offsets,
+            None => self.resolve(&from, self.start_offset())?,
+        };
+        self.started_at = Some(offsets.clone());
         let feed = Feed {
             topic: from,
-            start: self.start_offset(),
+            start: Offset::Beginning,
+            from: Some(offsets),
             bounded: self.settings.until_end,
             idle: self.settings.idle,
         };
@@ -445,6 +488,7 @@ impl Session {
         let feed = Feed {
             topic: topic.to_string(),
             start: Offset::Beginning,
+            from: None,
             bounded: true,
             idle: self.settings.idle,
         };
@@ -474,43 +518,87 @@ impl Session {
         Ok((partitions, records))
     }
 
-    /// A push query: it streams rows until LIMIT, Ctrl-C or (with
-    /// `until_end`) the end offsets.
-    fn push(&mut self, id: &str, select: &Select, out: &mut dyn Output) -> Result<()> {
+    /// Each partition's offset that `start` (earliest or latest) means now.
+    fn resolve(&self, topic: &str, start: Offset) -> Result<Vec<i64>> {
+        let probe = self.options.metadata_client()?;
+        let partitions = self.options.require_topic(&probe, topic)? as i32;
+        (0..partitions)
+            .map(|p| {
+                let (low, high) = probe.fetch_watermarks(topic, p, CONNECT_TIMEOUT)?;
+                Ok(if start == Offset::Beginning { low } else { high })
+            })
+            .collect()
+    }
+
+    /// Where the persistent query started last began reading, per partition:
+    /// stored with its statement, it lets a restart recompute the same state.
+    pub fn take_started_at(&mut self) -> Option<Vec<i64>> {
+        self.started_at.take()
+    }
+
+    /// Makes the next persistent query begin at these offsets instead of
+    /// `auto.offset.reset` (a restarted server resuming a stored query).
+    pub fn resume_next_at(&mut self, offsets: Vec<i64>) {
+        self.resume_at = Some(offsets);
+    }
+
+    /// Registers a push query (the engine checks it) and makes it ready to run
+    /// apart from the session; once it has run, [`Session::forget`] it.
+    pub fn prepare_push(&mut self, statement: &Statement) -> Result<Push> {
+        let Statement::Query(select) = statement else {
+            bail!("a push query must be a SELECT");
+        };
+        let Executed::Transient { id, .. } = self.engine.execute(statement)? else {
+            unreachable!("SELECT registers a transient query")
+        };
         let from = self
             .engine
             .source(&select.from)
             .expect("the query's source exists");
-        let engine = self.engine.only(id).expect("the query exists");
-        let feed = Feed {
-            topic: from.topic.clone(),
-            start: self.start_offset(),
-            bounded: self.settings.until_end,
-            idle: self.settings.idle,
-        };
-        let limit = select.limit.unwrap_or(u64::MAX);
-        out.columns(&self.engine.shown_columns(id), true);
-        self.cancel.store(false, Ordering::Relaxed);
-        let stops = [self.stop.clone(), self.cancel.clone()];
-        let dead_letters = self.settings.dead_letters.as_deref();
-        let mut rows = 0u64;
-        if limit > 0 {
-            drive(
-                &self.options,
-                engine,
-                &feed,
-                &stops,
-                dead_letters,
-                |engine, record| {
-                    if !record.value.is_null() {
-                        out.row(&engine.display_row(id, record));
-                        rows += 1;
-                    }
-                    Ok(rows < limit)
-                },
-            )?;
+        Ok(Push {
+            engine: self.engine.only(&id).expect("the query exists"),
+            columns: self.engine.shown_columns(&id),
+            feed: Feed {
+                topic: from.topic.clone(),
+                start: self.start_offset(),
+                from: None,
+                bounded: self.settings.until_end,
+                idle: self.settings.idle,
+            },
+            limit: select.limit.unwrap_or(u64::MAX),
+            options: self.options.clone(),
+            stop: self.stop.clone(),
+            dead_letters: self.settings.dead_letters.clone(),
+            id,
+        })
+    }
+
+    /// Terminates every query and drops every source, as ksqlDB's
+    /// `/ksql/terminate` ends a cluster (the topics stay).
+    pub fn terminate_all(&mut self) -> Result<()> {
+        if let Executed::Terminated { ids } =
+            self.engine.execute(&Statement::Terminate { query: None })?
+        {
+            for running in self.running.iter().filter(|r| ids.contains(&r.id)) {
+                running.stop.store(true, Ordering::Relaxed);
+            }
         }
-        out.end();
+        for source in self.engine.sources() {
+            self.engine.execute(&Statement::Drop {
+                kind: source.kind,
+                name: source.name,
+                if_exists: true,
+                delete_topic: false,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Drops a finished push query from the engine.
+    pub fn forget(&mut self, query_id: &str) -> Result<()> {
+        self.engine.execute(&Statement::Terminate {
+            query: Some(query_id.to_string()),
+        })?;
         Ok(())
     }
 
@@ -612,6 +700,55 @@ impl Session {
     }
 }
 
+/// A push query ready to stream rows, on whatever thread runs it.
+pub struct Push {
+    id: String,
+    engine: Engine,
+    columns: Vec<ColumnDef>,
+    feed: Feed,
+    limit: u64,
+    options: ClientOptions,
+    /// The session's stop: a push query ends with its session.
+    stop: Arc<AtomicBool>,
+    dead_letters: Option<String>,
+}
+
+impl Push {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn columns(&self) -> &[ColumnDef] {
+        &self.columns
+    }
+
+    /// Streams rows into `out` until LIMIT, `cancel`, the session's stop or
+    /// (with `until_end`) the end offsets.
+    pub fn run(self, out: &mut dyn Output, cancel: Arc<AtomicBool>) -> Result<()> {
+        out.columns(&self.columns, true);
+        let stops = [self.stop, cancel];
+        let mut rows = 0u64;
+        if self.limit > 0 {
+            drive(
+                &self.options,
+                self.engine,
+                &self.feed,
+                &stops,
+                self.dead_letters.as_deref(),
+                |engine, record| {
+                    if !record.value.is_null() {
+                        out.row(&engine.display_row(&self.id, record));
+                        rows += 1;
+                    }
+                    Ok(rows < self.limit)
+                },
+            )?;
+        }
+        out.end();
+        Ok(())
+    }
+}
+
 /// ksqlDB's refusal of a CREATE over a topic that does not exist, without
 /// the PARTITIONS to create it.
 pub(crate) fn missing_topic(topic: &str) -> anyhow::Error {
@@ -640,6 +777,8 @@ fn describe(source: &SourceInfo, out: &mut dyn Output) {
 struct Feed {
     topic: String,
     start: Offset,
+    /// Exact offsets per partition, instead of `start` for every one.
+    from: Option<Vec<i64>>,
     /// Stop at the end offsets as of the start.
     bounded: bool,
     idle: Duration,
@@ -781,7 +920,12 @@ fn read_merged(
     );
     let mut assignment = TopicPartitionList::new();
     for p in 0..partitions {
-        assignment.add_partition_offset(&feed.topic, p, feed.start)?;
+        let start = feed
+            .from
+            .as_ref()
+            .and_then(|from| from.get(p as usize))
+            .map_or(feed.start, |&offset| Offset::Offset(offset));
+        assignment.add_partition_offset(&feed.topic, p, start)?;
     }
     consumer.assign(&assignment)?;
     let queues = (0..partitions)

@@ -59,6 +59,7 @@ enum Command {
     Ch(cmd::ch::ChArgs),
     Sql(cmd::sql::SqlArgs),
     Query(cmd::query::QueryArgs),
+    Server(cmd::server::ServerArgs),
     Demo(cmd::demo::DemoArgs),
 }
 
@@ -82,6 +83,7 @@ fn main() -> ExitCode {
         Command::Ch(args) => cmd::ch::run(args, &cli.kafka),
         Command::Sql(args) => cmd::sql::run(args, &cli.kafka),
         Command::Query(args) => cmd::query::run(args),
+        Command::Server(args) => cmd::server::run(args, &cli.kafka),
         Command::Demo(args) => cmd::demo::run(args),
     };
     match result {

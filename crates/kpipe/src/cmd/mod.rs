@@ -11,6 +11,7 @@ pub mod group;
 pub mod lake;
 pub mod produce;
 pub mod query;
+pub mod server;
 pub mod sink;
 pub mod sql;
 pub mod topic;

@@ -11,6 +11,7 @@ mod kcat;
 mod lake;
 mod python;
 mod rdkafka_clients;
+mod server;
 mod sql;
 mod tools;
 mod topics;

@@ -81,7 +81,7 @@ fn partition_count(broker: &BrokerProcess, topic: &str) -> usize {
 }
 
 /// Payments as (timestamp, name, amount), from the topic itself.
-fn payments(broker: &BrokerProcess) -> Vec<(i64, String, i64)> {
+pub(crate) fn payments(broker: &BrokerProcess) -> Vec<(i64, String, i64)> {
     read_topic(&broker.bootstrap, "payments")
         .into_iter()
         .filter_map(|(_, _, ts, _, value)| {

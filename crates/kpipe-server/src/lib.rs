@@ -1,0 +1,417 @@
+//! `kpipe server`: ksqlDB's REST API over HTTP in front of one `kpipe-sql`
+//! session, with its statements kept in a command log so that sources and
+//! persistent queries survive a restart.
+//!
+//! Endpoints: `POST /ksql` (statements → entities), `POST /query` (ksqlDB's
+//! v1 JSON array), `POST /query-stream` (delimited lines, or a JSON array for
+//! `Accept: application/json`), `POST /close-query`, `POST /ksql/terminate`,
+//! `GET /info` and `GET /healthcheck`, over HTTP/1.1 and HTTP/2.
+//!
+//! The session is synchronous: statements run on tokio's blocking threads one
+//! at a time, and a push query, once registered, streams from a thread of its
+//! own so the session serves other requests meanwhile.
+
+pub mod commands;
+mod response;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use kpipe_kafka::client::ClientOptions;
+use kpipe_sql::live::{Session, Settings};
+use kpipe_sql::parser::{parse_with_text, Statement};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use crate::commands::{Command, CommandLog};
+use crate::response::{Collected, Framing, Streamed};
+
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    pub listen: SocketAddr,
+    /// Where the command log lives.
+    pub state: PathBuf,
+    /// ksqlDB's `ksql.service.id`, reported by /info.
+    pub service_id: String,
+}
+
+/// A request to /ksql, /query or /query-stream (the latter names it `sql`).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Request {
+    #[serde(alias = "sql")]
+    ksql: String,
+    #[serde(default, alias = "properties")]
+    streams_properties: Map<String, Value>,
+}
+
+struct App {
+    session: Mutex<Session>,
+    log: Mutex<CommandLog>,
+    service_id: String,
+    /// Running push queries' stop flags, by query id, for /close-query.
+    pushes: Mutex<HashMap<String, Arc<AtomicBool>>>,
+}
+
+impl App {
+    fn session(&self) -> Result<MutexGuard<'_, Session>> {
+        self.session
+            .lock()
+            .map_err(|_| anyhow!("the session failed earlier"))
+    }
+}
+
+/// Runs the server until `stop` is raised; `ready` learns the bound address.
+pub fn run(
+    kafka: ClientOptions,
+    options: ServerOptions,
+    stop: Arc<AtomicBool>,
+    ready: impl FnOnce(SocketAddr),
+) -> Result<()> {
+    let (log, commands) = CommandLog::open(&options.state)?;
+    let mut session = Session::connect(kafka, Settings::default(), stop.clone())?;
+    replay(&mut session, &commands);
+    let app = Arc::new(App {
+        session: Mutex::new(session),
+        log: Mutex::new(log),
+        service_id: options.service_id.clone(),
+        pushes: Mutex::default(),
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(options.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", options.listen))?;
+        ready(listener.local_addr()?);
+        axum::serve(listener, router(app.clone()))
+            .with_graceful_shutdown(raised(stop))
+            .await
+            .context("the HTTP server failed")
+    })?;
+    drop(runtime);
+    let session = Arc::try_unwrap(app)
+        .map_err(|_| anyhow!("requests still hold the session"))?
+        .session
+        .into_inner()
+        .map_err(|_| anyhow!("the session failed earlier"))?;
+    session.finish()?;
+    Ok(())
+}
+
+async fn raised(stop: Arc<AtomicBool>) {
+    while !stop.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Runs the stored commands again: the same sources, and the same persistent
+/// queries reading from where they first began.
+fn replay(session: &mut Session, commands: &[Command]) {
+    for command in commands {
+        let replayed = parse_with_text(&command.sql).and_then(|statements| {
+            statements.iter().try_for_each(|(statement, _)| {
+                if let Some(offsets) = &command.started_at {
+                    session.resume_next_at(offsets.clone());
+                }
+                session.with_properties(&command.properties, |s| {
+                    s.statement(statement, &mut Collected::default())
+                })
+            })
+        });
+        if let Err(e) = replayed {
+            tracing::warn!("cannot run a stored statement again ({}): {e:#}", command.sql);
+        }
+    }
+}
+
+fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/info", get(info))
+        .route("/healthcheck", get(healthcheck))
+        .route("/ksql", post(ksql))
+        .route("/ksql/terminate", post(terminate))
+        .route("/query", post(query))
+        .route("/query-stream", post(query_stream))
+        .route("/close-query", post(close_query))
+        .with_state(app)
+}
+
+async fn info(State(app): State<Arc<App>>) -> Json<Value> {
+    Json(json!({"KsqlServerInfo": {
+        "version": concat!(env!("CARGO_PKG_VERSION"), "-kpipe"),
+        "kafkaClusterId": "kpipe",
+        "ksqlServiceId": app.service_id,
+        "serverStatus": "RUNNING",
+    }}))
+}
+
+async fn healthcheck(State(app): State<Arc<App>>) -> Json<Value> {
+    let healthy = app.session.lock().is_ok();
+    Json(json!({
+        "isHealthy": healthy,
+        "details": {
+            "metastore": {"isHealthy": healthy},
+            "kafka": {"isHealthy": healthy},
+        },
+        "ksqlServiceId": app.service_id,
+    }))
+}
+
+/// Runs blocking session work off the async threads.
+async fn blocking(work: impl FnOnce() -> Response + Send + 'static) -> Response {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|_| server_error(&anyhow!("a request's work crashed")))
+}
+
+fn server_error(e: &anyhow::Error) -> Response {
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        Json(json!({"@type": "generic_error", "error_code": 50000, "message": format!("{e:#}")})),
+    )
+        .into_response()
+}
+
+fn statement_error(message: &str, statement_text: &str, entities: Vec<Value>) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        Json(response::statement_error(
+            message,
+            statement_text,
+            entities,
+        )),
+    )
+        .into_response()
+}
+
+fn properties(request: &Request) -> Vec<(String, String)> {
+    request
+        .streams_properties
+        .iter()
+        .map(|(name, value)| {
+            let text = value
+                .as_str()
+                .map_or_else(|| value.to_string(), String::from);
+            (name.clone(), text)
+        })
+        .collect()
+}
+
+/// Statements that change what the server runs, and so are stored.
+fn is_durable(statement: &Statement) -> bool {
+    matches!(
+        statement,
+        Statement::CreateSource { .. }
+            | Statement::CreateAs { .. }
+            | Statement::InsertInto { .. }
+            | Statement::Drop { .. }
+            | Statement::Terminate { .. }
+            | Statement::Alter { .. }
+    )
+}
+
+async fn ksql(State(app): State<Arc<App>>, Json(request): Json<Request>) -> Response {
+    blocking(move || run_statements(&app, &request)).await
+}
+
+fn run_statements(app: &App, request: &Request) -> Response {
+    let statements = match parse_with_text(&request.ksql) {
+        Ok(statements) => statements,
+        Err(e) => return statement_error(&format!("{e:#}"), &request.ksql, Vec::new()),
+    };
+    let properties = properties(request);
+    let (mut session, mut log) = match (app.session(), app.log.lock()) {
+        (Ok(session), Ok(log)) => (session, log),
+        _ => return server_error(&anyhow!("the session failed earlier")),
+    };
+    let mut entities = Vec::new();
+    for (statement, text) in &statements {
+        if matches!(statement, Statement::Query(_)) {
+            return statement_error(
+                "The following statement types should be issued to the websocket endpoint '/query': * PRINT * SELECT",
+                text,
+                entities,
+            );
+        }
+        let mut collected = Collected::default();
+        let ran = session.with_properties(&properties, |s| s.statement(statement, &mut collected));
+        let started_at = session.take_started_at();
+        if let Err(e) = ran {
+            return statement_error(&format!("{e:#}"), text, entities);
+        }
+        let sequence = if is_durable(statement) {
+            let command = Command {
+                sql: text.clone(),
+                properties: properties.clone(),
+                started_at,
+            };
+            match log.append(&command) {
+                Ok(sequence) => sequence,
+                Err(e) => return server_error(&e),
+            }
+        } else {
+            log.next_sequence().saturating_sub(1)
+        };
+        entities.push(collected.entity(statement, text, sequence));
+    }
+    Json(Value::Array(entities)).into_response()
+}
+
+async fn terminate(State(app): State<Arc<App>>) -> Response {
+    blocking(move || {
+        let ended = (|| -> Result<()> {
+            let mut session = app.session()?;
+            let mut log = app.log.lock().map_err(|_| anyhow!("the log failed earlier"))?;
+            session.terminate_all()?;
+            log.clear()
+        })();
+        match ended {
+            Ok(()) => Json(json!({"@type": "currentStatus", "commandStatus": {"status": "SUCCESS", "message": "Cluster terminated."}})).into_response(),
+            Err(e) => server_error(&e),
+        }
+    })
+    .await
+}
+
+async fn close_query(State(app): State<Arc<App>>, Json(body): Json<Value>) -> Response {
+    let id = body["queryId"].as_str().unwrap_or_default();
+    let flag = app.pushes.lock().ok().and_then(|p| p.get(id).cloned());
+    match flag {
+        Some(flag) => {
+            flag.store(true, Ordering::Relaxed);
+            StatusCode::OK.into_response()
+        }
+        None => statement_error(&format!("No query with id {id}"), "", Vec::new()),
+    }
+}
+
+async fn query(State(app): State<Arc<App>>, Json(request): Json<Request>) -> Response {
+    start_query(app, request, Framing::QueryV1).await
+}
+
+async fn query_stream(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Json(request): Json<Request>,
+) -> Response {
+    let json = headers
+        .get(header::ACCEPT)
+        .and_then(|a| a.to_str().ok())
+        .is_some_and(|a| a.contains("application/json"));
+    let framing = if json {
+        Framing::JsonArray
+    } else {
+        Framing::Delimited
+    };
+    start_query(app, request, framing).await
+}
+
+/// A SELECT: a pull query answers at once; a push query streams its rows
+/// until its LIMIT, the client leaving, /close-query or the server stopping.
+async fn start_query(app: Arc<App>, request: Request, framing: Framing) -> Response {
+    let (sender, receiver) = tokio::sync::mpsc::channel::<bytes::Bytes>(64);
+    let started = {
+        let app = app.clone();
+        tokio::task::spawn_blocking(move || prepare_query(&app, &request, framing, sender))
+            .await
+            .unwrap_or_else(|_| Err(server_error(&anyhow!("a query crashed"))))
+    };
+    match started {
+        Ok(()) => {
+            let body = futures_util::stream::unfold(receiver, |mut receiver| async move {
+                receiver
+                    .recv()
+                    .await
+                    .map(|chunk| (Ok::<_, std::convert::Infallible>(chunk), receiver))
+            });
+            (
+                [(header::CONTENT_TYPE, framing.content_type())],
+                axum::body::Body::from_stream(body),
+            )
+                .into_response()
+        }
+        Err(response) => response,
+    }
+}
+
+/// Checks and starts a SELECT: pulls answer into `sender` right away, a push
+/// query gets a thread of its own that writes into it.
+fn prepare_query(
+    app: &Arc<App>,
+    request: &Request,
+    framing: Framing,
+    sender: tokio::sync::mpsc::Sender<bytes::Bytes>,
+) -> Result<(), Response> {
+    let statements = parse_with_text(&request.ksql)
+        .map_err(|e| statement_error(&format!("{e:#}"), &request.ksql, Vec::new()))?;
+    let [(statement, text)] = statements.as_slice() else {
+        return Err(statement_error(
+            "Expected exactly one statement, a SELECT",
+            &request.ksql,
+            Vec::new(),
+        ));
+    };
+    let Statement::Query(select) = statement else {
+        return Err(statement_error(
+            "The /query endpoint runs SELECT statements; send the others to /ksql",
+            text,
+            Vec::new(),
+        ));
+    };
+    let properties = properties(request);
+    let mut session = app.session().map_err(|e| server_error(&e))?;
+    if select.emit.is_none() {
+        let mut collected = Collected::default();
+        session
+            .with_properties(&properties, |s| s.statement(statement, &mut collected))
+            .map_err(|e| statement_error(&format!("{e:#}"), text, Vec::new()))?;
+        let id = format!("query_{}", std::process::id());
+        for chunk in collected.pulled(framing, &id, select.limit) {
+            // A client that left takes nothing more.
+            if sender.blocking_send(chunk).is_err() {
+                break;
+            }
+        }
+        return Ok(());
+    }
+    let push = session
+        .with_properties(&properties, |s| s.prepare_push(statement))
+        .map_err(|e| statement_error(&format!("{e:#}"), text, Vec::new()))?;
+    drop(session);
+    let id = push.id().to_string();
+    let cancel = Arc::new(AtomicBool::new(false));
+    if let Ok(mut pushes) = app.pushes.lock() {
+        pushes.insert(id.clone(), cancel.clone());
+    }
+    let app = app.clone();
+    let limit = select.limit;
+    std::thread::Builder::new()
+        .name(id.clone())
+        .spawn(move || {
+            let mut out = Streamed::new(framing, &id, limit, sender, cancel.clone());
+            if let Err(e) = push.run(&mut out, cancel) {
+                out.fail(&format!("{e:#}"));
+            }
+            if let Ok(mut pushes) = app.pushes.lock() {
+                pushes.remove(&id);
+            }
+            if let Ok(mut session) = app.session() {
+                let _ = session.forget(&id);
+            }
+        })
+        .map_err(|e| server_error(&e.into()))?;
+    Ok(())
+}

@@ -1,0 +1,194 @@
+//! `kpipe server` against `kpipe broker`: ksqlDB's REST endpoints, a push query
+//! streamed over HTTP, and a persistent query that survives kill -9 with the
+//! same final values as a computation over its input.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::harness::{block_on, eventually, BrokerProcess};
+use crate::sql::payments;
+
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Server {
+    fn start(broker: &BrokerProcess, state: &Path) -> Server {
+        let mut child = broker
+            .command(&[
+                "server",
+                "--listen",
+                "127.0.0.1:0",
+                "--state",
+                state.to_str().unwrap(),
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("kpipe server");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .expect("the server's first line");
+        let url = line
+            .trim()
+            .strip_prefix("kpipe server listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line: {line}"))
+            .to_string();
+        Server { child, url }
+    }
+
+    fn kill9(mut self) {
+        self.child.kill().expect("SIGKILL");
+        let _ = self.child.wait();
+    }
+
+    fn post(&self, path: &str, body: Value) -> (u16, String) {
+        block_on(async {
+            let response = reqwest::Client::new()
+                .post(format!("{}{path}", self.url))
+                .header("content-type", "application/json")
+                .body(body.to_string())
+                .timeout(Duration::from_secs(60))
+                .send()
+                .await
+                .expect("request");
+            let status = response.status().as_u16();
+            (status, response.text().await.expect("body"))
+        })
+    }
+
+    fn get(&self, path: &str) -> Value {
+        block_on(async {
+            let response = reqwest::get(format!("{}{path}", self.url))
+                .await
+                .expect("request");
+            serde_json::from_str(&response.text().await.expect("body")).expect("JSON")
+        })
+    }
+
+    fn ksql(&self, statements: &str) -> Vec<Value> {
+        let (status, body) = self.post(
+            "/ksql",
+            json!({"ksql": statements, "streamsProperties": {"auto.offset.reset": "earliest"}}),
+        );
+        assert_eq!(status, 200, "{statements}: {body}");
+        serde_json::from_str(&body).expect("entities")
+    }
+
+    /// A pull query's rows (the v1 array without its header).
+    fn pull(&self, sql: &str) -> Vec<Vec<Value>> {
+        let (status, body) = self.post("/query", json!({"ksql": sql}));
+        assert_eq!(status, 200, "{sql}: {body}");
+        let answer: Vec<Value> = serde_json::from_str(&body).expect("a JSON array");
+        assert!(answer[0]["header"]["schema"].is_string(), "{body}");
+        answer[1..]
+            .iter()
+            .filter_map(|e| e["row"]["columns"].as_array().cloned())
+            .collect()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const PAYMENTS: &str = "CREATE STREAM payments (name VARCHAR, amount INTEGER) \
+    WITH (KAFKA_TOPIC='payments', VALUE_FORMAT='JSON', PARTITIONS=3);";
+const TOTALS: &str = "CREATE TABLE totals AS SELECT name, COUNT(*) AS cnt, SUM(amount) AS total \
+    FROM payments GROUP BY name EMIT CHANGES;";
+
+/// name → (count, sum) over every payment in the topic.
+fn batch_totals(broker: &BrokerProcess) -> BTreeMap<String, (i64, i64)> {
+    let mut totals = BTreeMap::new();
+    for (_, name, amount) in payments(broker) {
+        let entry = totals.entry(name).or_insert((0, 0));
+        entry.0 += 1;
+        entry.1 += amount;
+    }
+    totals
+}
+
+fn pulled_totals(server: &Server) -> BTreeMap<String, (i64, i64)> {
+    server
+        .pull("SELECT name, cnt, total FROM totals;")
+        .into_iter()
+        .map(|row| {
+            let name = row[0].as_str().unwrap_or_default().to_string();
+            (name, (row[1].as_i64().unwrap_or(-1), row[2].as_i64().unwrap_or(-1)))
+        })
+        .collect()
+}
+
+fn gen_payments(broker: &BrokerProcess, count: &str, seed: &str) {
+    broker
+        .kpipe(&["gen", "payments", "--count", count, "--seed", seed], "")
+        .out();
+}
+
+#[test]
+fn rest_api_answers_statements_and_queries_and_a_query_survives_kill_9() {
+    let broker = BrokerProcess::start();
+    let state = tempfile::tempdir().unwrap();
+    let server = Server::start(&broker, state.path());
+    assert_eq!(server.get("/info")["KsqlServerInfo"]["serverStatus"], "RUNNING");
+    assert_eq!(server.get("/healthcheck")["isHealthy"], true);
+
+    let created = server.ksql(&format!("{PAYMENTS}\n{TOTALS}"));
+    assert_eq!(created.len(), 2);
+    assert_eq!(created[0]["@type"], "currentStatus");
+    assert_eq!(created[0]["commandStatus"]["status"], "SUCCESS");
+    let query_id = created[1]["commandStatus"]["queryId"]
+        .as_str()
+        .expect("the CTAS's query id")
+        .to_string();
+    let (status, error) = server.post("/ksql", json!({"ksql": "CREATE STREAM nope (x INT) WITH (KAFKA_TOPIC='missing', VALUE_FORMAT='JSON');"}));
+    assert_eq!(status, 400);
+    let error: Value = serde_json::from_str(&error).unwrap();
+    assert_eq!(error["@type"], "statement_error");
+    assert!(error["message"].as_str().unwrap().contains("does not exist"), "{error}");
+
+    gen_payments(&broker, "3000", "1");
+    assert!(
+        eventually(Duration::from_secs(60), || pulled_totals(&server) == batch_totals(&broker)),
+        "the table's pulled totals match the input: {:?} vs {:?}",
+        pulled_totals(&server),
+        batch_totals(&broker)
+    );
+
+    // A push query over /query-stream: metadata, then a row per line, ended by its LIMIT.
+    let (status, body) = server.post(
+        "/query-stream",
+        json!({"sql": "SELECT name, amount FROM payments EMIT CHANGES LIMIT 3;",
+               "properties": {"auto.offset.reset": "earliest"}}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let lines: Vec<Value> = body.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines[0]["columnNames"], json!(["NAME", "AMOUNT"]), "{body}");
+    assert_eq!(lines.len(), 4, "{body}");
+    assert!(lines[1..].iter().all(|row| row[0].is_string() && row[1].is_i64()), "{body}");
+
+    // kill -9 while more input arrives; the restarted server runs the same query again.
+    gen_payments(&broker, "3000", "2");
+    server.kill9();
+    gen_payments(&broker, "3000", "3");
+    let server = Server::start(&broker, state.path());
+    let queries = server.ksql("SHOW QUERIES;");
+    assert!(queries[0].to_string().contains(&query_id), "{queries:?}");
+    let expected = batch_totals(&broker);
+    assert_eq!(expected.values().map(|t| t.0).sum::<i64>(), 9000);
+    assert!(
+        eventually(Duration::from_secs(60), || pulled_totals(&server) == expected),
+        "after kill -9 the totals equal a batch computation: {:?} vs {expected:?}",
+        pulled_totals(&server)
+    );
+}
