@@ -281,20 +281,31 @@ pub enum Expr {
 
 /// Parses a script of `;`-separated statements.
 pub fn parse(sql: &str) -> Result<Vec<Statement>> {
+    Ok(parse_with_text(sql)?.into_iter().map(|(s, _)| s).collect())
+}
+
+/// Parses a script of `;`-separated statements, each with its text as
+/// written (through its `;`), which ksqlDB's REST entities echo back.
+pub fn parse_with_text(sql: &str) -> Result<Vec<(Statement, String)>> {
     let mut parser = Parser {
         sql,
         tokens: tokenize(sql)?,
         at: 0,
     };
     let mut statements = Vec::new();
-    while parser.peek().is_some() {
+    while let Some(&(_, start)) = parser.tokens.get(parser.at) {
         if parser.eat_symbol(";") {
             continue;
         }
-        statements.push(parser.statement()?);
+        let statement = parser.statement()?;
         if parser.peek().is_some() && !parser.eat_symbol(";") {
             return Err(parser.expected("';' after the statement"));
         }
+        let end = match parser.tokens.get(parser.at) {
+            Some(&(_, next)) => next,
+            None => sql.len(),
+        };
+        statements.push((statement, sql[start..end].trim_end().to_string()));
     }
     Ok(statements)
 }
@@ -1366,6 +1377,24 @@ fn describe(token: &Token) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_statement_comes_with_its_text() {
+        let texts: Vec<String> =
+            parse_with_text("SELECT * FROM A;\n  SELECT 'x;y' AS X FROM B ;SHOW TABLES")
+                .unwrap()
+                .into_iter()
+                .map(|(_, text)| text)
+                .collect();
+        assert_eq!(
+            texts,
+            [
+                "SELECT * FROM A;",
+                "SELECT 'x;y' AS X FROM B ;",
+                "SHOW TABLES"
+            ]
+        );
+    }
 
     #[test]
     fn create_stream_and_csas() {

@@ -28,37 +28,58 @@ pub struct Outcome {
 
 /// Runs every test of a QTT file.
 pub fn run_file(path: &Path) -> Result<Vec<Outcome>> {
+    let mut outcomes = Vec::new();
+    for test in read_tests(path)? {
+        for (name, format) in runs(&test) {
+            outcomes.push(Outcome {
+                failure: run_test(&test, format.as_deref()).err(),
+                name,
+            });
+        }
+    }
+    Ok(outcomes)
+}
+
+/// The tests of a file in QTT's shape (`{"tests": [..]}`, `//` comments allowed).
+pub(crate) fn read_tests(path: &Path) -> Result<Vec<Value>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let file: Value = serde_json::from_str(&strip_comments(&text))
         .with_context(|| format!("{} is not a QTT file", path.display()))?;
-    let tests = file["tests"].as_array().cloned().unwrap_or_default();
-    let mut outcomes = Vec::new();
-    for test in &tests {
-        let name = test["name"].as_str().unwrap_or("unnamed").to_string();
-        let formats: Vec<String> = test["format"]
-            .as_array()
-            .map(|f| {
-                f.iter()
-                    .filter_map(|v| v.as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default();
-        if formats.is_empty() {
-            outcomes.push(Outcome {
-                failure: run_test(test, None).err(),
-                name,
-            });
-        } else {
-            for format in formats {
-                outcomes.push(Outcome {
-                    failure: run_test(test, Some(&format)).err(),
-                    name: format!("{name} - {format}"),
-                });
-            }
-        }
+    Ok(file["tests"].as_array().cloned().unwrap_or_default())
+}
+
+/// A test's runs, each with its name: one per entry of its `format` list
+/// (named `name - FORMAT`), or one without a format.
+pub(crate) fn runs(test: &Value) -> Vec<(String, Option<String>)> {
+    let name = test["name"].as_str().unwrap_or("unnamed");
+    let formats: Vec<&str> = test["format"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    if formats.is_empty() {
+        return vec![(name.to_string(), None)];
     }
-    Ok(outcomes)
+    formats
+        .into_iter()
+        .map(|f| (format!("{name} - {f}"), Some(f.to_string())))
+        .collect()
+}
+
+/// A test's statements, `{FORMAT}` replaced by the run's format.
+pub(crate) fn statements(test: &Value, format: Option<&str>) -> Vec<String> {
+    let statements = test["statements"].as_array().into_iter().flatten();
+    statements
+        .map(|statement| {
+            let sql = statement.as_str().unwrap_or_default();
+            match format {
+                Some(format) => sql.replace("{FORMAT}", format),
+                None => sql.to_string(),
+            }
+        })
+        .collect()
 }
 
 /// Removes `//` comments outside strings.
@@ -135,14 +156,7 @@ fn run_test(test: &Value, format: Option<&str>) -> Result<(), String> {
     let writers = register_topic_schemas(&mut engine, test)?;
     // One script, a statement a line, as ksqlDB's runner has it (so parse
     // errors name the same line).
-    let mut script = Vec::new();
-    for statement in test["statements"].as_array().into_iter().flatten() {
-        let sql = statement.as_str().unwrap_or_default();
-        script.push(match format {
-            Some(format) => sql.replace("{FORMAT}", format),
-            None => sql.to_string(),
-        });
-    }
+    let script = statements(test, format);
     let result = parse(&script.join("\n")).and_then(|statements| {
         statements
             .iter()
