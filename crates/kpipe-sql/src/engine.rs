@@ -94,7 +94,7 @@ struct Aggregation {
     /// Every distinct aggregate call of the SELECT and HAVING, in order.
     calls: Vec<Expr>,
     /// Group (its key as JSON text) → the calls' current values.
-    groups: FxHashMap<String, Vec<Value>>,
+    groups: FxHashMap<String, Group>,
     /// Groups whose last output was a row, so a failing HAVING must retract it.
     emitted: FxHashSet<String>,
     /// The highest timestamp seen: windows older than it plus grace are closed.
@@ -109,6 +109,14 @@ struct Aggregation {
     /// Session windows: per group, its sessions `(start, end, values)`.
     sessions: HashMap<String, Vec<(i64, i64, Vec<Value>)>>,
     settings: AggregateSettings,
+}
+
+/// A group's aggregate values and its row's time: the latest of its
+/// inputs' timestamps, as Kafka Streams stamps an aggregate's result.
+#[derive(Debug, Clone)]
+struct Group {
+    values: Vec<Value>,
+    timestamp: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -897,17 +905,19 @@ fn stream_row(
         let _ = write!(id, "{group}@{window:?}");
         let first = !aggregation.groups.contains_key(id.as_str());
         if first {
-            let initial_values = aggregation.calls.iter().map(initial).collect();
-            aggregation.groups.insert(id.clone(), initial_values);
+            let values = aggregation.calls.iter().map(initial).collect();
+            let group = Group { values, timestamp };
+            aggregation.groups.insert(id.clone(), group);
             if let (Some((_, end)), Some(w)) = (window, select.window) {
                 aggregation.closing.insert((end + w.grace, id.clone()));
             }
         }
-        let values = aggregation
+        let state = aggregation
             .groups
             .get_mut(id.as_str())
             .expect("the group was just ensured");
-        for (call, value) in aggregation.calls.iter().zip(values.iter_mut()) {
+        state.timestamp = state.timestamp.max(timestamp);
+        for (call, value) in aggregation.calls.iter().zip(state.values.iter_mut()) {
             *value = accumulate(call, value, row, first, aggregation.settings)?;
         }
         if final_only {
@@ -927,7 +937,7 @@ fn stream_row(
             }
             continue;
         }
-        let values = values.clone();
+        let (values, timestamp) = (state.values.clone(), state.timestamp);
         let target = Emit {
             group: &group,
             id: &id,
@@ -1129,10 +1139,14 @@ fn table_update(
     for (group, steps) in changes {
         let id = group.to_string();
         let first = !aggregation.groups.contains_key(&id);
-        let mut values = aggregation
-            .groups
-            .remove(&id)
-            .unwrap_or_else(|| aggregation.calls.iter().map(initial).collect());
+        let Group {
+            mut values,
+            timestamp,
+        } = aggregation.groups.remove(&id).unwrap_or_else(|| Group {
+            values: aggregation.calls.iter().map(initial).collect(),
+            timestamp: record.timestamp,
+        });
+        let timestamp = timestamp.max(record.timestamp);
         for (row, retract) in &steps {
             for (call, value) in aggregation.calls.iter().zip(values.iter_mut()) {
                 *value = if *retract {
@@ -1146,11 +1160,11 @@ fn table_update(
             group: &group,
             id: &id,
             window: None,
-            timestamp: record.timestamp,
+            timestamp,
         };
         let (row, _) = steps.last().expect("a change has a step");
         out.extend(emit(aggregation, &parts, row, &values, target)?);
-        aggregation.groups.insert(id, values);
+        aggregation.groups.insert(id, Group { values, timestamp });
     }
     Ok(out)
 }
@@ -1177,7 +1191,7 @@ fn close_windows(aggregation: &mut Aggregation, query: &QueryParts<'_>) -> Resul
         let Some((_, id)) = aggregation.closing.pop_first() else {
             break;
         };
-        let values = aggregation.groups.remove(&id);
+        let values = aggregation.groups.remove(&id).map(|g| g.values);
         aggregation.emitted.remove(&id);
         if let (Some(values), Some(last)) = (values, aggregation.pending.remove(&id)) {
             let target = Emit {
@@ -1660,6 +1674,29 @@ mod tests {
         assert!(
             feed("9", 1_000).is_empty(),
             "window [0, 30s) closed at 40s of stream time"
+        );
+    }
+
+    #[test]
+    fn an_aggregate_row_carries_its_latest_inputs_time() {
+        let mut engine = engine_with(
+            "CREATE STREAM TEST (ID BIGINT KEY, VALUE bigint) WITH (kafka_topic='t', value_format='DELIMITED');
+             CREATE TABLE W AS SELECT ID, COUNT(*) FROM test WINDOW TUMBLING (SIZE 1 SECOND) GROUP BY id;
+             CREATE TABLE N AS SELECT ID, COUNT(*) FROM test GROUP BY id;",
+        );
+        let mut feed = |timestamp: i64| {
+            engine
+                .process(&input("t", Value::from(0), Value::from("1"), timestamp))
+                .unwrap()
+                .into_iter()
+                .map(|r| r.timestamp)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(feed(12_345), [12_345, 12_345]);
+        assert_eq!(
+            feed(12_211),
+            [12_345, 12_345],
+            "a late record keeps the later time"
         );
     }
 
