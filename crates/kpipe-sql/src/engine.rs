@@ -1889,7 +1889,8 @@ mod tests {
         let mut engine = engine_with(
             "CREATE STREAM I (K STRING KEY, A ARRAY<INT>, M MAP<STRING, INT>, S STRUCT<X STRING>) WITH (kafka_topic='t', format='JSON');
              CREATE STREAM O AS SELECT K, A[1] AS FIRST, A[-1] AS LAST, M['b'] AS B, S->X, FILTER(A, v => v > 1) AS BIG,
-               ARRAY[1, 2] AS ARR, STRUCT(Y := A[2]) AS ST, MAP('k' := 3) AS MP FROM I;",
+               ARRAY[1, 2] AS ARR, STRUCT(Y := A[2]) AS ST, MAP('k' := 3) AS MP,
+               REDUCE(A, 0, (s, x) => s + x) AS TOTAL, A = ARRAY[1, 2, 3] AS SAME FROM I;",
         );
         let out = engine
             .process(&input(
@@ -1902,7 +1903,7 @@ mod tests {
         assert_eq!(
             out[0].value,
             serde_json::json!({"FIRST": 1, "LAST": 3, "B": 7, "X": "y", "BIG": [2, 3],
-                "ARR": [1, 2], "ST": {"Y": 2}, "MP": {"k": 3}})
+                "ARR": [1, 2], "ST": {"Y": 2}, "MP": {"k": 3}, "TOTAL": 6, "SAME": true})
         );
     }
 

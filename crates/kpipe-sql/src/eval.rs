@@ -331,6 +331,10 @@ pub(crate) fn binary(op: BinaryOp, a: Value, b: Value) -> Value {
         B::Eq | B::NotEq | B::Lt | B::LtEq | B::Gt | B::GtEq if a.is_null() || b.is_null() => {
             Value::Bool(false)
         }
+        // Arrays, maps and structs are equal element by element, field by field.
+        B::Eq | B::NotEq if a.is_array() || a.is_object() => {
+            Value::Bool(same_value(&a, &b) == (op == B::Eq))
+        }
         B::Eq | B::NotEq | B::Lt | B::LtEq | B::Gt | B::GtEq => match compare(&a, &b) {
             Some(o) => Value::Bool(match op {
                 B::Eq => o.is_eq(),

@@ -310,11 +310,16 @@ fn lambda_aware_type(arg: &Expr, args: &[Expr], columns: &[ColumnDef]) -> Result
         Some(first) if first != arg => type_of(first, columns)?,
         _ => SqlType::String,
     };
-    let param_types = match collection {
+    let mut param_types = match collection {
         SqlType::Array(element) => vec![*element],
         SqlType::Map(key, value) => vec![*key, *value],
         other => vec![other],
     };
+    // REDUCE's lambda takes its state first, typed as the initial state
+    // (the argument between the collection and the lambda).
+    if let (true, [_, state, _]) = (params.len() > param_types.len(), args) {
+        param_types.insert(0, type_of(state, columns)?);
+    }
     let mut scope = columns.to_vec();
     for (name, ty) in params.iter().zip(param_types) {
         scope.push(ColumnDef {
