@@ -62,6 +62,7 @@ pub(crate) const SCALARS: &[&str] = &[
     "EXTRACTJSONFIELD",
     "TIMESTAMPTOSTRING",
     "FORMAT_TIMESTAMP",
+    "GEO_DISTANCE",
 ];
 
 /// A function body: argument values in, a value out (or a failure that drops the row).
@@ -137,7 +138,7 @@ pub(crate) fn return_type(name: &str, args: &[SqlType]) -> Result<SqlType> {
         },
         "EXP" | "LN" | "SQRT" | "CBRT" | "SIN" | "COS" | "TAN" | "ASIN" | "ACOS" | "ATAN"
         | "SINH" | "COSH" | "TANH" | "DEGREES" | "RADIANS" | "POWER" | "LOG" | "COT" | "ATAN2"
-        | "PI" | "RANDOM" => SqlType::Double,
+        | "PI" | "RANDOM" | "GEO_DISTANCE" => SqlType::Double,
         "TRANSFORM" => match arg(0) {
             SqlType::Map(..) => SqlType::Map(Box::new(arg(1)), Box::new(arg(2))),
             _ => SqlType::Array(Box::new(arg(1))),
@@ -343,6 +344,22 @@ pub(crate) fn scalar(name: &str, args: &[Value]) -> Result<Value> {
         "COT" => arg(0)
             .as_f64()
             .map_or(Value::Null, |x| double(1.0 / x.tan())),
+        "GEO_DISTANCE" => {
+            let points: Option<Vec<f64>> = args.iter().take(4).map(Value::as_f64).collect();
+            let radius = match text(&arg(4)).map(|u| u.to_ascii_lowercase()).as_deref() {
+                None | Some("km" | "kilometers" | "kilometres") => 6371.0,
+                Some("mi" | "miles") => 3959.0,
+                Some(unit) => bail!(
+                    "GeoDistance function units parameter must be one of 'KM' or 'MI'. Got: {unit}"
+                ),
+            };
+            match points.as_deref() {
+                Some(&[lat1, lon1, lat2, lon2]) => {
+                    double(radius * haversine(lat1, lon1, lat2, lon2))
+                }
+                _ => Value::Null,
+            }
+        }
         "ATAN2" => match (arg(0).as_f64(), arg(1).as_f64()) {
             (Some(y), Some(x)) => double(y.atan2(x)),
             _ => Value::Null,
@@ -447,6 +464,16 @@ pub(crate) fn scalar(name: &str, args: &[Value]) -> Result<Value> {
 /// Rounds to `places` decimals (negative: tens, hundreds..) with halves
 /// going up (-1.5 to -1), as ksqlDB's ROUND does: on the double's shortest
 /// decimal digits (BigDecimal.valueOf), so no binary error creeps in.
+/// The central angle between two points given in degrees (the haversine
+/// formula), which GEO_DISTANCE scales by the Earth's radius.
+fn haversine(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
+    let (lat1, lat2) = (lat1.to_radians(), lat2.to_radians());
+    let half_lat = (lat2 - lat1) / 2.0;
+    let half_lon = (lon2 - lon1).to_radians() / 2.0;
+    let a = half_lat.sin().powi(2) + lat1.cos() * lat2.cos() * half_lon.sin().powi(2);
+    2.0 * a.sqrt().asin()
+}
+
 pub(crate) fn round_half_up(f: f64, places: i64) -> f64 {
     if !f.is_finite() {
         return f;
@@ -494,6 +521,17 @@ mod tests {
     #[test]
     fn scalar_functions_follow_ksqldb() {
         let v = |s: &str| Value::from(s);
+        let (mountain_view, san_francisco) = ([37.4133, -122.1162], [37.7749, -122.4194]);
+        let points: Vec<Value> = mountain_view
+            .into_iter()
+            .chain(san_francisco)
+            .map(Value::from)
+            .collect();
+        let km = scalar("GEO_DISTANCE", &points).unwrap().as_f64().unwrap();
+        assert!((km - 48.273).abs() < 0.001, "{km}");
+        let miles = [points.clone(), vec![v("MI")]].concat();
+        let miles = scalar("GEO_DISTANCE", &miles).unwrap().as_f64().unwrap();
+        assert!((miles - 29.997).abs() < 0.001, "{miles}");
         assert_eq!(
             scalar("SUBSTRING", &[v("hello"), Value::from(2), Value::from(3)]).unwrap(),
             v("ell")
