@@ -191,8 +191,22 @@ fn check_comparisons(clause: &str, expr: &Expr, columns: &[ColumnDef]) -> Result
         if let Some(name) = comparison_name(*op) {
             let (lt, rt) = (type_of(left, columns)?, type_of(right, columns)?);
             let null = |e: &Expr| matches!(e, Expr::Literal(Value::Null));
-            if !null(left) && !null(right) && !comparable(&lt, &rt) {
-                bail!("Error in {clause} expression: Cannot compare {left} ({lt}) to {right} ({rt}) with {name}.");
+            // ksqlDB quotes the comparison after the reason.
+            match (null(left), null(right)) {
+                (false, false) if !comparable(&lt, &rt) => bail!(
+                    "Error in {clause} expression: Cannot compare {left} ({lt}) to {right} ({rt}) with {name}.\nStatement: {expr}"
+                ),
+                (true, false) | (false, true) => {
+                    let (l, r) = match null(left) {
+                        true => ("NULL".to_string(), rt.to_string()),
+                        false => (lt.to_string(), "NULL".to_string()),
+                    };
+                    bail!(
+                        "Error in {clause} expression: Comparison with NULL not supported: {l} {} {r}\nUse 'IS NULL' or 'IS NOT NULL' instead.\nStatement: {expr}",
+                        crate::plan::operator(*op)
+                    )
+                }
+                _ => {}
             }
         }
     }
@@ -257,8 +271,11 @@ mod tests {
         };
         assert_eq!(
             error("ID >= 'x'"),
-            "Error in WHERE expression: Cannot compare ID (INTEGER) to 'x' (STRING) with GREATER_THAN_OR_EQUAL."
+            "Error in WHERE expression: Cannot compare ID (INTEGER) to 'x' (STRING) with GREATER_THAN_OR_EQUAL.\nStatement: (ID >= 'x')"
         );
+        assert!(error("ID = NULL").starts_with(
+            "Error in WHERE expression: Comparison with NULL not supported: INTEGER = NULL\nUse 'IS NULL'"
+        ));
         assert!(error("B IN ('maybe')")
             .starts_with("Invalid Predicate: invalid input syntax for type BOOLEAN: \"maybe\"."));
         assert!(error("ID IN (true)")

@@ -144,8 +144,10 @@ pub enum Executed {
         id: String,
         pull: bool,
     },
+    /// A stream or table dropped, with its topic (None: it did not exist).
     Dropped {
         name: String,
+        topic: Option<String>,
     },
     Terminated {
         ids: Vec<String>,
@@ -192,6 +194,16 @@ impl Engine {
     /// the queries started after it.
     pub fn set_property(&mut self, name: &str, value: &str) {
         self.properties.insert(name.to_string(), value.to_string());
+    }
+
+    /// A property as set, if it is.
+    pub fn property(&self, name: &str) -> Option<&str> {
+        self.properties.get(name).map(String::as_str)
+    }
+
+    /// Forgets a property: the queries started after it go by its default.
+    pub fn unset_property(&mut self, name: &str) {
+        self.properties.remove(name);
     }
 
     fn new_planner(&self) -> bool {
@@ -322,10 +334,7 @@ impl Engine {
                         .queries
                         .iter()
                         .any(|q| !q.transient && q.sink == select.from);
-                if pull && from.kind == SourceKind::Table && !materialized {
-                    let name = &select.from;
-                    bail!("The `{name}` table isn't queryable. To derive a queryable table, you can do 'CREATE TABLE QUERYABLE_{name} AS SELECT * FROM {name}'. See https://cnfl.io/queries for more info.");
-                }
+                let unqueryable = pull && from.kind == SourceKind::Table && !materialized;
                 if pull && select.window.is_some() {
                     bail!("Pull queries don't support WINDOW clauses. See https://cnfl.io/queries for more info.\nAdd EMIT CHANGES if you intended to issue a push query.");
                 }
@@ -340,6 +349,12 @@ impl Engine {
                     ("VALUE_FORMAT".to_string(), Value::from("JSON")),
                 ];
                 let id = self.create_as(kind, &name, &properties, select, true)?;
+                // Checked once the query is known to be valid, as ksqlDB does.
+                if unqueryable {
+                    self.execute(&Statement::Terminate { query: Some(id) })?;
+                    let name = &select.from;
+                    bail!("The `{name}` table isn't queryable. To derive a queryable table, you can do 'CREATE TABLE QUERYABLE_{name} AS SELECT * FROM {name}'. See https://cnfl.io/queries for more info.");
+                }
                 Ok(Executed::Transient { id, pull })
             }
             Statement::Drop {
@@ -350,7 +365,10 @@ impl Engine {
             } => {
                 let Some(source) = self.sources.get(name) else {
                     if *if_exists {
-                        return Ok(Executed::Dropped { name: name.clone() });
+                        return Ok(Executed::Dropped {
+                            name: name.clone(),
+                            topic: None,
+                        });
                     }
                     bail!("Source {name} does not exist.");
                 };
@@ -373,17 +391,20 @@ impl Engine {
                         users.join(", ")
                     );
                 }
+                let topic = source.topic.clone();
                 if *delete_topic {
                     if source.read_only {
                         bail!("Cannot delete topic for read-only source: {name}");
                     }
                     // Deleting the topic deletes its schemas' subjects too, as ksqlDB does.
-                    let topic = source.topic.clone();
                     self.registry.delete_subject(&avro::key_subject(&topic));
                     self.registry.delete_subject(&avro::value_subject(&topic));
                 }
                 self.sources.remove(name);
-                Ok(Executed::Dropped { name: name.clone() })
+                Ok(Executed::Dropped {
+                    name: name.clone(),
+                    topic: Some(topic),
+                })
             }
             Statement::Terminate { query } => {
                 let ids: Vec<String> = match query {

@@ -33,6 +33,7 @@ pub mod live;
 mod merge;
 pub mod parser;
 mod plan;
+pub mod pull;
 pub mod qtt;
 mod time;
 mod types;

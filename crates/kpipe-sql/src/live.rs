@@ -6,14 +6,15 @@
 //! reads its source from the broker and produces its sink's records. A SELECT
 //! runs on the caller's thread: a pull query reads up to the end offsets as of
 //! its start (a table keeps each key's latest row), a push query streams rows
-//! until its LIMIT, Ctrl-C or, with `until_end`, the end offsets.
+//! until its LIMIT, Ctrl-C or, with `until_end`, the end offsets. A pull
+//! query is planned by `pull` (key lookups, window bounds, scans).
 //!
 //! A reader thread merges the source's partitions by timestamp (`merge`, as a
 //! Kafka Streams task does) and decodes while the query's thread processes.
 //! Nothing is committed: a query starts
 //! from `auto.offset.reset` on each run; durable queries are `kpipe server`'s.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -35,6 +36,7 @@ use crate::catalog::SourceInfo;
 use crate::engine::{Engine, Executed, Record};
 use crate::merge::{merge, Bounds, Head, Partitions, Polled};
 use crate::parser::{parse, ColumnDef, Listing, Select, SourceKind, SqlType, Statement};
+use crate::pull::{PullSettings, View};
 use crate::wire::Message;
 
 /// Where a session's results go: the command line prints them as tables.
@@ -232,11 +234,12 @@ impl Session {
                 out.message(&format!("Created query with ID {id}"));
                 Ok(())
             }
+            Statement::Query(select) if select.emit.is_none() => self.pull(select, out),
             Statement::Query(select) => {
-                let Executed::Transient { id, pull } = self.engine.execute(statement)? else {
+                let Executed::Transient { id, .. } = self.engine.execute(statement)? else {
                     unreachable!("SELECT registers a transient query")
                 };
-                let result = self.transient(&id, select, pull, out);
+                let result = self.push(&id, select, out);
                 self.engine
                     .execute(&Statement::Terminate { query: Some(id) })?;
                 result
@@ -244,8 +247,9 @@ impl Session {
             Statement::Drop {
                 name, delete_topic, ..
             } => {
-                let topic = self.engine.source(name).map(|s| s.topic);
-                self.engine.execute(statement)?;
+                let Executed::Dropped { topic, .. } = self.engine.execute(statement)? else {
+                    unreachable!("DROP drops")
+                };
                 if let (Some(topic), true) = (&topic, *delete_topic) {
                     self.runtime.block_on(self.admin.delete(topic))?;
                 }
@@ -324,9 +328,7 @@ impl Session {
                 let probe = self.options.metadata_client()?;
                 self.options.require_topic(&probe, source)? as i32
             }
-            (None, None) => bail!(
-                "Topic '{topic}' does not exist. If you want to create a new topic for the stream/table please re-run the statement providing the required 'PARTITIONS' configuration in the WITH clause (and optionally 'REPLICAS')."
-            ),
+            (None, None) => return Err(missing_topic(topic)),
         };
         let spec = TopicSpec {
             name: topic.to_string(),
@@ -405,15 +407,76 @@ impl Session {
         Ok(())
     }
 
-    /// A SELECT: a pull query reads to the end offsets as of now, a push query
-    /// streams until LIMIT, Ctrl-C or (with `until_end`) the end offsets.
-    fn transient(
-        &mut self,
-        id: &str,
-        select: &Select,
-        pull: bool,
-        out: &mut dyn Output,
-    ) -> Result<()> {
+    /// A pull query: planned as ksqlDB plans it, then answered from the
+    /// topic as it is now (to its end offsets): a table's latest row per key
+    /// and window, or a stream's records.
+    fn pull(&mut self, select: &Select, out: &mut dyn Output) -> Result<()> {
+        let mut settings = PullSettings::default();
+        for (name, value) in &self.properties {
+            settings.set(name, &Value::from(value.as_str()));
+        }
+        let pull = self.engine.plan_pull(select, settings)?;
+        out.columns(pull.columns(), false);
+        let (partitions, mut records) = self.read_to_end(pull.topic())?;
+        let pulled = if pull.reads_table() {
+            let mut view = View::new(partitions);
+            for record in records {
+                if let Some(key) = self.engine.key_bytes(pull.topic(), &record.key)? {
+                    view.apply(key, record);
+                }
+            }
+            pull.from_table(&view)?
+        } else {
+            records.sort_by_key(|r| (r.partition, r.offset));
+            pull.from_stream(&records)?
+        };
+        for row in &pulled.rows {
+            out.row(row);
+        }
+        out.end();
+        Ok(())
+    }
+
+    /// A topic's partition count and its records, from the beginning to the
+    /// end offsets as of now (records that cannot be read are logged).
+    fn read_to_end(&self, topic: &str) -> Result<(i32, Vec<Record>)> {
+        let probe = self.options.metadata_client()?;
+        let partitions = self.options.require_topic(&probe, topic)? as i32;
+        let feed = Feed {
+            topic: topic.to_string(),
+            start: Offset::Beginning,
+            bounded: true,
+            idle: self.settings.idle,
+        };
+        self.cancel.store(false, Ordering::Relaxed);
+        let stops = [self.stop.clone(), self.cancel.clone()];
+        let quit = AtomicBool::new(false);
+        let (batches, received) = std::sync::mpsc::sync_channel::<Vec<Head>>(4);
+        let mut records = Vec::new();
+        std::thread::scope(|scope| -> Result<()> {
+            let reader = scope
+                .spawn(|| read_merged(&self.options, &self.engine, &feed, &stops, &quit, batches));
+            for head in received.iter().flatten() {
+                match head {
+                    Head::Record(record) => records.push(record),
+                    Head::Bad {
+                        error,
+                        partition,
+                        offset,
+                        ..
+                    } => tracing::warn!(partition, offset, "skipping a record: {error}"),
+                }
+            }
+            reader
+                .join()
+                .map_err(|_| anyhow!("the reader of {topic} crashed"))?
+        })?;
+        Ok((partitions, records))
+    }
+
+    /// A push query: it streams rows until LIMIT, Ctrl-C or (with
+    /// `until_end`) the end offsets.
+    fn push(&mut self, id: &str, select: &Select, out: &mut dyn Output) -> Result<()> {
         let from = self
             .engine
             .source(&select.from)
@@ -421,26 +484,17 @@ impl Session {
         let engine = self.engine.only(id).expect("the query exists");
         let feed = Feed {
             topic: from.topic.clone(),
-            start: if pull {
-                Offset::Beginning
-            } else {
-                self.start_offset()
-            },
-            bounded: pull || self.settings.until_end,
+            start: self.start_offset(),
+            bounded: self.settings.until_end,
             idle: self.settings.idle,
         };
         let limit = select.limit.unwrap_or(u64::MAX);
-        out.columns(&self.engine.shown_columns(id), !pull);
+        out.columns(&self.engine.shown_columns(id), true);
         self.cancel.store(false, Ordering::Relaxed);
         let stops = [self.stop.clone(), self.cancel.clone()];
         let dead_letters = self.settings.dead_letters.as_deref();
-        // A pulled table is its changelog's latest row per key, shown at the
-        // end; anything else shows its rows as they come.
-        let table = pull && from.kind == SourceKind::Table;
-        let mut latest: Vec<Option<Vec<Value>>> = Vec::new();
-        let mut slots: HashMap<String, usize> = HashMap::new();
         let mut rows = 0u64;
-        if table || limit > 0 {
+        if limit > 0 {
             drive(
                 &self.options,
                 engine,
@@ -448,28 +502,13 @@ impl Session {
                 &stops,
                 dead_letters,
                 |engine, record| {
-                    let row = (!record.value.is_null()).then(|| engine.display_row(id, record));
-                    if table {
-                        let key = format!("{}@{:?}", record.key, record.window);
-                        match slots.get(&key) {
-                            Some(slot) => latest[*slot] = row,
-                            None => {
-                                slots.insert(key, latest.len());
-                                latest.push(row);
-                            }
-                        }
-                        return Ok(true);
-                    }
-                    if let Some(row) = row {
-                        out.row(&row);
+                    if !record.value.is_null() {
+                        out.row(&engine.display_row(id, record));
                         rows += 1;
                     }
                     Ok(rows < limit)
                 },
             )?;
-        }
-        for row in latest.iter().flatten().take(limit as usize) {
-            out.row(row);
         }
         out.end();
         Ok(())
@@ -571,6 +610,12 @@ impl Session {
         out.end();
         Ok(())
     }
+}
+
+/// ksqlDB's refusal of a CREATE over a topic that does not exist, without
+/// the PARTITIONS to create it.
+pub(crate) fn missing_topic(topic: &str) -> anyhow::Error {
+    anyhow!("Topic '{topic}' does not exist. If you want to create a new topic for the stream/table please re-run the statement providing the required 'PARTITIONS' configuration in the WITH clause (and optionally 'REPLICAS').")
 }
 
 fn describe(source: &SourceInfo, out: &mut dyn Output) {

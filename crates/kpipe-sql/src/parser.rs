@@ -845,7 +845,9 @@ impl Parser<'_> {
                 Some(Token::Number(n)) => {
                     let limit = n
                         .parse()
-                        .map_err(|_| anyhow!("LIMIT needs a whole number, not {n}"))?;
+                        .map_err(|_| {
+                            anyhow!("Failed to prepare statement: Value must be integer for command: LIMIT")
+                        })?;
                     self.at += 1;
                     Some(limit)
                 }

@@ -181,7 +181,8 @@ pub(crate) fn output_columns(
             .map(|c| c.name.clone())
             .collect();
         let rekeyed = !select.partition_by.is_empty();
-        if keys.len() < source_keys.len() && !new_planner && !rekeyed {
+        // A SELECT's rows need not carry their keys.
+        if keys.len() < source_keys.len() && !new_planner && !rekeyed && !transient {
             source_keys
         } else {
             Vec::new()
@@ -223,7 +224,7 @@ pub(crate) fn output_columns(
             expr,
         ));
     }
-    if values.is_empty() {
+    if values.is_empty() && !transient {
         bail!("The projection contains no value columns.");
     }
     for (i, (value, _)) in values.iter().enumerate() {
@@ -648,7 +649,7 @@ impl fmt::Display for Expr {
     }
 }
 
-fn operator(op: BinaryOp) -> &'static str {
+pub(crate) fn operator(op: BinaryOp) -> &'static str {
     use BinaryOp as B;
     match op {
         B::Or => "OR",

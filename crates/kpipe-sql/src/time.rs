@@ -1,5 +1,6 @@
 //! Dates and times as ksqlDB's functions format them: Java
-//! DateTimeFormatter patterns (`yyyy-MM-dd HH:mm:ss zzz`) in a time zone.
+//! DateTimeFormatter patterns (`yyyy-MM-dd HH:mm:ss zzz`) in a time zone;
+//! and datetimes as ksqlDB reads them from partial ISO-8601 text.
 
 use anyhow::{anyhow, Result};
 use chrono::{DateTime, TimeZone, Utc};
@@ -83,6 +84,45 @@ fn strftime(pattern: &str) -> String {
     out
 }
 
+/// Epoch milliseconds of ISO-8601 text that may stop after any field
+/// (`2020-02-23`, `2020-02-23T23:45`, `2020-02-23T23:45:12.000`), the missing
+/// ones at their least, with an optional zone offset (`Z`, `-0100`,
+/// `+01:00`; UTC without one), as ksqlDB reads datetimes in pull queries'
+/// window bounds. Hour 24 is midnight of the next day.
+pub(crate) fn parse_partial_datetime(text: &str) -> Option<i64> {
+    let (date, time) = text.split_once('T').unwrap_or((text, ""));
+    let mut date_parts = date.split('-');
+    let year: i32 = date_parts.next()?.parse().ok()?;
+    let month: u32 = date_parts.next().map_or(Some(1), |m| m.parse().ok())?;
+    let day: u32 = date_parts.next().map_or(Some(1), |d| d.parse().ok())?;
+    if date_parts.next().is_some() {
+        return None;
+    }
+    let zone_at = time.find(['Z', '+', '-']).unwrap_or(time.len());
+    let (clock, zone) = time.split_at(zone_at);
+    let offset_minutes = match zone {
+        "" | "Z" => 0,
+        _ => {
+            let sign = if zone.starts_with('-') { -1 } else { 1 };
+            let digits: String = zone[1..].chars().filter(|c| *c != ':').collect();
+            let hours: i64 = digits.get(..2)?.parse().ok()?;
+            let minutes: i64 = digits
+                .get(2..)
+                .filter(|m| !m.is_empty())
+                .map_or(Some(0), |m| m.parse().ok())?;
+            sign * (hours * 60 + minutes)
+        }
+    };
+    let mut fields = clock.split([':', '.']).filter(|f| !f.is_empty());
+    let mut next = || -> Option<i64> { fields.next().map_or(Some(0), |f| f.parse().ok()) };
+    let (hour, minute, second, millis) = (next()?, next()?, next()?, next()?);
+    let midnight = chrono::NaiveDate::from_ymd_opt(year, month, day)?
+        .and_hms_opt(0, 0, 0)?
+        .and_utc()
+        .timestamp_millis();
+    Some(midnight + ((hour * 60 + minute - offset_minutes) * 60 + second) * 1000 + millis)
+}
+
 fn push_literal(out: &mut String, c: char) {
     if c == '%' {
         out.push_str("%%");
@@ -112,5 +152,22 @@ mod tests {
             "2018-05-11T21:58:33.000"
         );
         assert!(format_millis(millis, "yyyy", Some("Mars/Olympus")).is_err());
+    }
+
+    #[test]
+    fn partial_datetimes_read_as_ksqldb_reads_window_bounds() {
+        let full = parse_partial_datetime("2020-02-23T23:45:12.000");
+        assert_eq!(full, Some(1_582_501_512_000));
+        assert_eq!(parse_partial_datetime("2020-02-23T22:45:12.000-0100"), full);
+        assert_eq!(parse_partial_datetime("2020-02-24T00:45:12+01:00"), full);
+        assert_eq!(
+            parse_partial_datetime("2020-02-24T24"),
+            parse_partial_datetime("2020-02-25")
+        );
+        assert_eq!(
+            parse_partial_datetime("2020-02-22T23:45"),
+            Some(1_582_415_100_000)
+        );
+        assert_eq!(parse_partial_datetime("yesterday"), None);
     }
 }

@@ -69,6 +69,18 @@ impl Engine {
         Ok(Encoded { key, value })
     }
 
+    /// A key's bytes without its window: what a table's state store orders
+    /// rows by and Kafka's default partitioner hashes. None for a null key.
+    pub fn key_bytes(&self, topic: &str, key: &Value) -> Result<Option<Vec<u8>>> {
+        let source = self
+            .source_over(topic)
+            .ok_or_else(|| anyhow!("no stream or table reads topic {topic}"))?;
+        match key {
+            Value::Null => Ok(None),
+            key => encode_key(source, &self.registry, key, None).map(Some),
+        }
+    }
+
     /// The stream or table over `topic`. Several may share a topic (in other
     /// formats), so the one a query reads or writes wins, and among the rest
     /// the first by name: the same answer every time.
@@ -172,6 +184,7 @@ fn encode_key(
 ) -> Result<Vec<u8>> {
     let mut bytes = match (sink.key_format, key_columns(sink).as_slice()) {
         (Format::Avro, _) => registry.encode(&avro::key_subject(&sink.topic), key)?,
+        (Format::Json, [_, _, ..]) => json_key_in_column_order(sink, key)?,
         (Format::Json, _) => serde_json::to_vec(key)?,
         (Format::Kafka, [column]) => kafka_bytes(&column.ty, key)?,
         _ => text_bytes(key),
@@ -182,6 +195,25 @@ fn encode_key(
         }
         bytes.extend_from_slice(&start.to_be_bytes());
     }
+    Ok(bytes)
+}
+
+/// A multi-column JSON key with its fields in the key columns' order, as
+/// ksqlDB writes it (the bytes decide the partition and the store's order).
+fn json_key_in_column_order(sink: &Source, key: &Value) -> Result<Vec<u8>> {
+    let Value::Object(fields) = key else {
+        return Ok(serde_json::to_vec(key)?);
+    };
+    let mut bytes = vec![b'{'];
+    for (i, column) in key_columns(sink).iter().enumerate() {
+        if i > 0 {
+            bytes.push(b',');
+        }
+        serde_json::to_writer(&mut bytes, &column.name)?;
+        bytes.push(b':');
+        serde_json::to_writer(&mut bytes, fields.get(&column.name).unwrap_or(&Value::Null))?;
+    }
+    bytes.push(b'}');
     Ok(bytes)
 }
 
