@@ -35,6 +35,8 @@ pub mod parser;
 mod plan;
 pub mod pull;
 pub mod qtt;
+pub mod rest;
+pub mod resttest;
 mod time;
 mod types;
 pub mod wire;

@@ -1381,6 +1381,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn each_statement_comes_with_its_text() {
+        let texts: Vec<String> =
+            parse_with_text("SELECT * FROM A;\n  SELECT 'x;y' AS X FROM B ;SHOW TABLES")
+                .unwrap()
+                .into_iter()
+                .map(|(_, text)| text)
+                .collect();
+        assert_eq!(
+            texts,
+            [
+                "SELECT * FROM A;",
+                "SELECT 'x;y' AS X FROM B ;",
+                "SHOW TABLES"
+            ]
+        );
+    }
+
+    #[test]
     fn create_stream_and_csas() {
         let statements = parse(
             "CREATE STREAM INPUT (id int KEY, name STRING) WITH (kafka_topic='test_topic', value_format='JSON');

@@ -101,8 +101,9 @@ impl View {
         }
     }
 
-    /// A record of the table's topic, `key` its serialized key without the
-    /// window: it replaces its key's (and window's) row, a tombstone deletes it.
+    /// A record of the table's topic (its `partition` set), `key` its
+    /// serialized key without the window: it replaces its key's (and
+    /// window's) row, a tombstone deletes it.
     pub fn apply(&mut self, key: Vec<u8>, record: Record) {
         let at = (record.partition, key, record.window);
         if record.value.is_null() {

@@ -2,7 +2,7 @@
 //! (`-e` / `--file`) or over ksqlDB's own test files (`kpipe sql test`).
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -11,6 +11,8 @@ use clap::{Args, Subcommand, ValueEnum};
 use kpipe_sql::catalog::display;
 use kpipe_sql::live::{Counts, Output, Session, Settings};
 use kpipe_sql::parser::{ColumnDef, SqlType};
+use kpipe_sql::qtt::Outcome;
+use kpipe_sql::resttest::InProcess;
 use serde_json::{Map, Value};
 
 use super::{interrupt_flag, statement_shell, stop_flag, table, KafkaArgs};
@@ -45,6 +47,7 @@ use super::{interrupt_flag, statement_shell, stop_flag, table, KafkaArgs};
 ///       FROM payments WINDOW TUMBLING (SIZE 10 SECONDS) GROUP BY name EMIT FINAL;"
 ///   kpipe sql --file pipeline.sql --until-end
 ///   kpipe sql test ../shared/ksql-qtt/query-validation-tests/*.json
+///   kpipe sql test-rest ../shared/ksql-qtt/rest-query-validation-tests/*.json
 #[derive(Args)]
 #[command(verbatim_doc_comment, args_conflicts_with_subcommands = true)]
 pub struct SqlArgs {
@@ -77,6 +80,7 @@ enum Format {
 #[derive(Subcommand)]
 enum SqlCommand {
     Test(TestArgs),
+    TestRest(TestRestArgs),
 }
 
 /// Run ksqlDB query-validation test files in-process, without a broker.
@@ -96,9 +100,34 @@ pub struct TestArgs {
     files: Vec<PathBuf>,
 }
 
+/// Run ksqlDB's REST query-validation test files against an in-process server.
+///
+/// Each test's statements before its first SELECT go in one /ksql request,
+/// its inputs are produced as a Java producer would (murmur2 of the key onto
+/// 4 partitions, or the test's `topics[].partitions`), and each SELECT goes
+/// alone to /query; the answers must match the test's `responses` or its
+/// `expectedError`. Failing tests are printed with their first difference;
+/// the last line is "N passed, M failed" (exit 1 when M > 0).
+///
+/// Example:
+///   kpipe sql test-rest ../shared/ksql-qtt/rest-query-validation-tests/*.json
+#[derive(Args)]
+#[command(verbatim_doc_comment)]
+pub struct TestRestArgs {
+    /// REST test files (JSON).
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+}
+
 pub fn run(args: SqlArgs, kafka: &KafkaArgs) -> Result<()> {
-    if let Some(SqlCommand::Test(test)) = args.command {
-        return run_tests(test);
+    match args.command {
+        Some(SqlCommand::Test(test)) => return run_tests(&test.files, kpipe_sql::qtt::run_file),
+        Some(SqlCommand::TestRest(test)) => {
+            return run_tests(&test.files, |file| {
+                kpipe_sql::resttest::run_file(file, &mut || Box::<InProcess>::default())
+            })
+        }
+        None => {}
     }
     let script = match (&args.execute, &args.file) {
         (Some(sql), _) => Some(sql.clone()),
@@ -284,14 +313,15 @@ impl Output for Printer {
     }
 }
 
-fn run_tests(args: TestArgs) -> Result<()> {
+/// Runs test files with `run`, printing each failure and then the counts.
+fn run_tests(files: &[PathBuf], run: impl Fn(&Path) -> Result<Vec<Outcome>>) -> Result<()> {
     let (mut passed, mut failed) = (0usize, 0usize);
-    for file in &args.files {
+    for file in files {
         let label = file.file_name().map_or_else(
             || file.display().to_string(),
             |n| n.to_string_lossy().into_owned(),
         );
-        for outcome in kpipe_sql::qtt::run_file(file)? {
+        for outcome in run(file)? {
             match outcome.failure {
                 None => passed += 1,
                 Some(difference) => {
