@@ -27,9 +27,11 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use bytes::Bytes;
 use kpipe_kafka::client::ClientOptions;
 use kpipe_sql::live::{Session, Settings};
 use kpipe_sql::parser::{parse_with_text, Statement};
+use kpipe_sql::rest;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
@@ -102,8 +104,22 @@ pub fn run(
             .context("the HTTP server failed")
     })?;
     drop(runtime);
-    let session = Arc::try_unwrap(app)
-        .map_err(|_| anyhow!("requests still hold the session"))?
+    // Push queries end with the stop flag; their threads hand the app back.
+    let mut app = app;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let app = loop {
+        match Arc::try_unwrap(app) {
+            Ok(app) => break app,
+            Err(_) if std::time::Instant::now() > deadline => {
+                return Err(anyhow!("push queries did not stop within 30 s"))
+            }
+            Err(shared) => {
+                app = shared;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    };
+    let session = app
         .session
         .into_inner()
         .map_err(|_| anyhow!("the session failed earlier"))?;
@@ -132,7 +148,10 @@ fn replay(session: &mut Session, commands: &[Command]) {
             })
         });
         if let Err(e) = replayed {
-            tracing::warn!("cannot run a stored statement again ({}): {e:#}", command.sql);
+            tracing::warn!(
+                "cannot run a stored statement again ({}): {e:#}",
+                command.sql
+            );
         }
     }
 }
@@ -171,30 +190,29 @@ async fn healthcheck(State(app): State<Arc<App>>) -> Json<Value> {
 }
 
 /// Runs blocking session work off the async threads.
-async fn blocking(work: impl FnOnce() -> Response + Send + 'static) -> Response {
-    tokio::task::spawn_blocking(work)
-        .await
-        .unwrap_or_else(|_| server_error(&anyhow!("a request's work crashed")))
+async fn blocking(work: impl FnOnce() -> rest::Response + Send + 'static) -> Response {
+    answer(
+        tokio::task::spawn_blocking(work)
+            .await
+            .unwrap_or_else(|_| server_error(&anyhow!("a request's work crashed"))),
+    )
 }
 
-fn server_error(e: &anyhow::Error) -> Response {
+fn server_error(e: &anyhow::Error) -> rest::Response {
     (
-        StatusCode::INTERNAL_SERVER_ERROR,
-        Json(json!({"@type": "generic_error", "error_code": 50000, "message": format!("{e:#}")})),
+        500,
+        json!({"@type": "generic_error", "error_code": 50000, "message": format!("{e:#}")}),
     )
-        .into_response()
 }
 
-fn statement_error(message: &str, statement_text: &str, entities: Vec<Value>) -> Response {
-    (
-        StatusCode::BAD_REQUEST,
-        Json(response::statement_error(
-            message,
-            statement_text,
-            entities,
-        )),
-    )
-        .into_response()
+/// A JSON answer with ksqlDB's status code.
+fn answer((status, body): rest::Response) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, Json(body)).into_response()
+}
+
+fn statement_error(message: &str, statement_text: &str, entities: Vec<Value>) -> rest::Response {
+    rest::statement_error(message, statement_text, entities)
 }
 
 fn properties(request: &Request) -> Vec<(String, String)> {
@@ -223,11 +241,25 @@ fn is_durable(statement: &Statement) -> bool {
     )
 }
 
-async fn ksql(State(app): State<Arc<App>>, Json(request): Json<Request>) -> Response {
-    blocking(move || run_statements(&app, &request)).await
+/// A request body as JSON, whatever its Content-Type says (ksqlDB's clients
+/// send `application/vnd.ksql.v1+json`, curl sends a form type).
+fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, rest::Response> {
+    serde_json::from_slice(body).map_err(|e| {
+        (
+            400,
+            json!({"@type": "generic_error", "error_code": 40000, "message": format!("the request body is not the JSON expected: {e}")}),
+        )
+    })
 }
 
-fn run_statements(app: &App, request: &Request) -> Response {
+async fn ksql(State(app): State<Arc<App>>, body: Bytes) -> Response {
+    match parse_body::<Request>(&body) {
+        Ok(request) => blocking(move || run_statements(&app, &request)).await,
+        Err(response) => answer(response),
+    }
+}
+
+fn run_statements(app: &App, request: &Request) -> rest::Response {
     let statements = match parse_with_text(&request.ksql) {
         Ok(statements) => statements,
         Err(e) => return statement_error(&format!("{e:#}"), &request.ksql, Vec::new()),
@@ -240,34 +272,30 @@ fn run_statements(app: &App, request: &Request) -> Response {
     let mut entities = Vec::new();
     for (statement, text) in &statements {
         if matches!(statement, Statement::Query(_)) {
-            return statement_error(
-                "The following statement types should be issued to the websocket endpoint '/query': * PRINT * SELECT",
-                text,
-                entities,
-            );
+            return rest::select_on_ksql(text, entities);
         }
-        let mut collected = Collected::default();
-        let ran = session.with_properties(&properties, |s| s.statement(statement, &mut collected));
+        let durable = is_durable(statement);
+        let sequence = log.next_sequence() as i64 - i64::from(!durable);
+        let ran =
+            session.with_properties(&properties, |s| s.rest_entity(statement, text, sequence));
         let started_at = session.take_started_at();
-        if let Err(e) = ran {
-            return statement_error(&format!("{e:#}"), text, entities);
-        }
-        let sequence = if is_durable(statement) {
+        let entity = match ran {
+            Ok(entity) => entity,
+            Err(e) => return statement_error(&format!("{e:#}"), text, entities),
+        };
+        if durable {
             let command = Command {
                 sql: text.clone(),
                 properties: properties.clone(),
                 started_at,
             };
-            match log.append(&command) {
-                Ok(sequence) => sequence,
-                Err(e) => return server_error(&e),
+            if let Err(e) = log.append(&command) {
+                return server_error(&e);
             }
-        } else {
-            log.next_sequence().saturating_sub(1)
-        };
-        entities.push(collected.entity(statement, text, sequence));
+        }
+        entities.extend(entity);
     }
-    Json(Value::Array(entities)).into_response()
+    (200, Value::Array(entities))
 }
 
 async fn terminate(State(app): State<Arc<App>>) -> Response {
@@ -279,14 +307,21 @@ async fn terminate(State(app): State<Arc<App>>) -> Response {
             log.clear()
         })();
         match ended {
-            Ok(()) => Json(json!({"@type": "currentStatus", "commandStatus": {"status": "SUCCESS", "message": "Cluster terminated."}})).into_response(),
+            Ok(()) => (
+                200,
+                json!({"@type": "currentStatus", "commandStatus": {"status": "SUCCESS", "message": "Cluster terminated."}}),
+            ),
             Err(e) => server_error(&e),
         }
     })
     .await
 }
 
-async fn close_query(State(app): State<Arc<App>>, Json(body): Json<Value>) -> Response {
+async fn close_query(State(app): State<Arc<App>>, body: Bytes) -> Response {
+    let body: Value = match parse_body(&body) {
+        Ok(body) => body,
+        Err(response) => return answer(response),
+    };
     let id = body["queryId"].as_str().unwrap_or_default();
     let flag = app.pushes.lock().ok().and_then(|p| p.get(id).cloned());
     match flag {
@@ -294,19 +329,26 @@ async fn close_query(State(app): State<Arc<App>>, Json(body): Json<Value>) -> Re
             flag.store(true, Ordering::Relaxed);
             StatusCode::OK.into_response()
         }
-        None => statement_error(&format!("No query with id {id}"), "", Vec::new()),
+        None => answer(statement_error(
+            &format!("No query with id {id}"),
+            "",
+            Vec::new(),
+        )),
     }
 }
 
-async fn query(State(app): State<Arc<App>>, Json(request): Json<Request>) -> Response {
-    start_query(app, request, Framing::QueryV1).await
+async fn query(State(app): State<Arc<App>>, body: Bytes) -> Response {
+    match parse_body(&body) {
+        Ok(request) => start_query(app, request, Framing::QueryV1).await,
+        Err(response) => answer(response),
+    }
 }
 
-async fn query_stream(
-    State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    Json(request): Json<Request>,
-) -> Response {
+async fn query_stream(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
+    let request = match parse_body(&body) {
+        Ok(request) => request,
+        Err(response) => return answer(response),
+    };
     let json = headers
         .get(header::ACCEPT)
         .and_then(|a| a.to_str().ok())
@@ -322,7 +364,7 @@ async fn query_stream(
 /// A SELECT: a pull query answers at once; a push query streams its rows
 /// until its LIMIT, the client leaving, /close-query or the server stopping.
 async fn start_query(app: Arc<App>, request: Request, framing: Framing) -> Response {
-    let (sender, receiver) = tokio::sync::mpsc::channel::<bytes::Bytes>(64);
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Bytes>(64);
     let started = {
         let app = app.clone();
         tokio::task::spawn_blocking(move || prepare_query(&app, &request, framing, sender))
@@ -343,7 +385,7 @@ async fn start_query(app: Arc<App>, request: Request, framing: Framing) -> Respo
             )
                 .into_response()
         }
-        Err(response) => response,
+        Err(response) => answer(response),
     }
 }
 
@@ -353,8 +395,8 @@ fn prepare_query(
     app: &Arc<App>,
     request: &Request,
     framing: Framing,
-    sender: tokio::sync::mpsc::Sender<bytes::Bytes>,
-) -> Result<(), Response> {
+    sender: tokio::sync::mpsc::Sender<Bytes>,
+) -> Result<(), rest::Response> {
     let statements = parse_with_text(&request.ksql)
         .map_err(|e| statement_error(&format!("{e:#}"), &request.ksql, Vec::new()))?;
     let [(statement, text)] = statements.as_slice() else {
@@ -379,7 +421,7 @@ fn prepare_query(
             .with_properties(&properties, |s| s.statement(statement, &mut collected))
             .map_err(|e| statement_error(&format!("{e:#}"), text, Vec::new()))?;
         let id = format!("query_{}", std::process::id());
-        for chunk in collected.pulled(framing, &id, select.limit) {
+        for chunk in collected.pulled(framing, &id) {
             // A client that left takes nothing more.
             if sender.blocking_send(chunk).is_err() {
                 break;

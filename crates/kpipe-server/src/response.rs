@@ -7,97 +7,42 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use kpipe_sql::live::Output;
-use kpipe_sql::parser::{ColumnDef, Statement};
+use kpipe_sql::parser::ColumnDef;
+use kpipe_sql::rest;
 use serde_json::{json, Value};
 
 /// A statement's results, gathered for one JSON answer.
 #[derive(Default)]
 pub struct Collected {
-    messages: Vec<String>,
     columns: Vec<ColumnDef>,
     rows: Vec<Vec<Value>>,
+    final_message: Option<String>,
 }
 
 impl Output for Collected {
-    fn message(&mut self, text: &str) {
-        self.messages.push(text.to_string());
-    }
+    fn message(&mut self, _text: &str) {}
     fn columns(&mut self, columns: &[ColumnDef], _streaming: bool) {
         self.columns = columns.to_vec();
     }
     fn row(&mut self, values: &[Value]) {
         self.rows.push(values.to_vec());
     }
+    fn final_message(&mut self, how: &str) {
+        self.final_message = Some(how.to_string());
+    }
     fn end(&mut self) {}
 }
 
-/// "`ID` STRING KEY, `COUNT` BIGINT", as ksqlDB's headers describe columns.
-fn schema(columns: &[ColumnDef]) -> String {
-    let columns: Vec<String> = columns
-        .iter()
-        .map(|c| {
-            let key = if c.key { " KEY" } else { "" };
-            format!("`{}` {}{key}", c.name, c.ty)
-        })
-        .collect();
-    columns.join(", ")
-}
-
 impl Collected {
-    /// The /ksql entity of a statement that ran.
-    pub fn entity(self, statement: &Statement, text: &str, sequence: u64) -> Value {
-        if !self.columns.is_empty() {
-            let names: Vec<&str> = self.columns.iter().map(|c| c.name.as_str()).collect();
-            return json!({
-                "@type": "kpipe_rows",
-                "statementText": text,
-                "columnNames": names,
-                "rows": self.rows,
-                "warnings": [],
-            });
-        }
-        let query_id = match statement {
-            Statement::CreateAs { .. } | Statement::InsertInto { .. } => self
-                .messages
-                .iter()
-                .find_map(|m| m.strip_prefix("Created query with ID "))
-                .map(str::to_string),
-            _ => None,
-        };
-        json!({
-            "@type": "currentStatus",
-            "statementText": text,
-            "commandId": format!("kpipe/{sequence}"),
-            "commandStatus": {
-                "status": "SUCCESS",
-                "message": self.messages.join("\n"),
-                "queryId": query_id,
-            },
-            "commandSequenceNumber": sequence,
-            "warnings": [],
-        })
-    }
-
     /// A pull query's answer, framed: a stream's ends with how it ended.
-    pub fn pulled(self, framing: Framing, id: &str, limit: Option<u64>) -> Vec<Bytes> {
-        let reached = limit.is_some_and(|l| self.rows.len() as u64 >= l);
+    pub fn pulled(self, framing: Framing, id: &str) -> Vec<Bytes> {
         let mut out = Vec::new();
         let mut framer = Framer::new(framing);
         out.push(framer.header(id, &self.columns));
         out.extend(self.rows.iter().map(|row| framer.row(row)));
-        out.push(framer.end(reached.then_some("Limit Reached")));
+        out.push(framer.end(self.final_message.as_deref()));
         out
     }
-}
-
-pub fn statement_error(message: &str, statement_text: &str, entities: Vec<Value>) -> Value {
-    json!({
-        "@type": "statement_error",
-        "error_code": 40001,
-        "message": message,
-        "statementText": statement_text,
-        "entities": entities,
-    })
 }
 
 /// How rows are laid out on the wire.
@@ -134,7 +79,7 @@ impl Framer {
         let text = match self.framing {
             Framing::QueryV1 => format!(
                 "[{}",
-                json!({"header": {"queryId": id, "schema": schema(columns)}})
+                json!({"header": {"queryId": id, "schema": rest::schema(columns)}})
             ),
             Framing::Delimited | Framing::JsonArray => {
                 let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
@@ -277,11 +222,12 @@ mod tests {
     #[test]
     fn a_pull_answer_in_each_framing() {
         let collected = || Collected {
-            messages: Vec::new(),
             columns: columns(),
             rows: vec![vec![json!("10"), json!(1)], vec![json!("11"), json!(2)]],
+            final_message: Some("Limit Reached".into()),
         };
-        let v1: Value = serde_json::from_str(&text(collected().pulled(Framing::QueryV1, "q", Some(2)))).unwrap();
+        let v1: Value =
+            serde_json::from_str(&text(collected().pulled(Framing::QueryV1, "q"))).unwrap();
         assert_eq!(
             v1,
             json!([
@@ -291,8 +237,11 @@ mod tests {
                 {"finalMessage": "Limit Reached"},
             ])
         );
-        let lines = text(collected().pulled(Framing::Delimited, "q", None));
-        let lines: Vec<Value> = lines.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let lines = text(collected().pulled(Framing::Delimited, "q"));
+        let lines: Vec<Value> = lines
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         assert_eq!(
             lines,
             [
@@ -301,7 +250,8 @@ mod tests {
                 json!(["11", 2]),
             ]
         );
-        let array: Value = serde_json::from_str(&text(collected().pulled(Framing::JsonArray, "q", None))).unwrap();
+        let array: Value =
+            serde_json::from_str(&text(collected().pulled(Framing::JsonArray, "q"))).unwrap();
         assert_eq!(array.as_array().unwrap().len(), 3);
     }
 }

@@ -37,6 +37,7 @@ use crate::engine::{Engine, Executed, Record};
 use crate::merge::{merge, Bounds, Head, Partitions, Polled};
 use crate::parser::{parse, ColumnDef, Listing, Select, SourceKind, SqlType, Statement};
 use crate::pull::{PullSettings, View};
+use crate::rest;
 use crate::wire::Message;
 
 /// Where a session's results go: the command line prints them as tables.
@@ -47,6 +48,9 @@ pub trait Output {
     /// (a push query) rather than all at once.
     fn columns(&mut self, columns: &[ColumnDef], streaming: bool);
     fn row(&mut self, values: &[Value]);
+    /// How a pull query over a stream ended ("Limit Reached", "Query
+    /// Completed"), which ksqlDB's REST answers carry.
+    fn final_message(&mut self, _how: &str) {}
     /// The rows are complete.
     fn end(&mut self);
 }
@@ -101,6 +105,8 @@ pub struct Session {
     /// See [`Session::take_started_at`] and [`Session::resume_next_at`].
     started_at: Option<Vec<i64>>,
     resume_at: Option<Vec<i64>>,
+    /// What the last statement did, for a REST entity.
+    executed: Option<Executed>,
 }
 
 /// ksqlDB accepts the Kafka Streams name of the setting too.
@@ -128,6 +134,7 @@ impl Session {
             runtime,
             started_at: None,
             resume_at: None,
+            executed: None,
         })
     }
 
@@ -199,6 +206,67 @@ impl Session {
         result
     }
 
+    /// Runs a statement in the engine, remembering what it did.
+    fn execute(&mut self, statement: &Statement) -> Result<Executed> {
+        let executed = self.engine.execute(statement)?;
+        self.executed = Some(executed.clone());
+        Ok(executed)
+    }
+
+    /// Runs one statement of a `/ksql` request and returns its REST entity
+    /// (none for INSERT … VALUES); `sequence` is its place in the command log.
+    pub fn rest_entity(
+        &mut self,
+        statement: &Statement,
+        text: &str,
+        sequence: i64,
+    ) -> Result<Option<Value>> {
+        match statement {
+            Statement::Show(Listing::Topics) => {
+                let topics: Vec<(String, i32)> = self
+                    .admin
+                    .list()?
+                    .into_iter()
+                    .filter(|t| !t.name.starts_with("__"))
+                    .map(|t| (t.name, t.partitions as i32))
+                    .collect();
+                Ok(Some(rest::listing(
+                    &self.engine,
+                    Listing::Topics,
+                    text,
+                    &topics,
+                    &[],
+                )))
+            }
+            Statement::Show(listing) => {
+                let properties: Vec<(String, String)> =
+                    self.properties.clone().into_iter().collect();
+                Ok(Some(rest::listing(
+                    &self.engine,
+                    *listing,
+                    text,
+                    &[],
+                    &properties,
+                )))
+            }
+            Statement::Describe { name, .. } => {
+                rest::description(&self.engine, name, text).map(Some)
+            }
+            Statement::Set { .. } | Statement::Unset { .. } => {
+                let mut said = Said::default();
+                self.statement(statement, &mut said)?;
+                Ok(Some(rest::warning(text, &said.0)))
+            }
+            _ => {
+                self.executed = None;
+                self.statement(statement, &mut Said::default())?;
+                Ok(self.executed.take().and_then(|executed| {
+                    rest::command_status(text, statement, &executed, sequence)
+                }))
+            }
+        }
+    }
+
     /// Runs one statement.
     pub fn statement(&mut self, statement: &Statement, out: &mut dyn Output) -> Result<()> {
         match statement {
@@ -232,7 +300,7 @@ impl Session {
             Statement::CreateSource {
                 kind, properties, ..
             } => {
-                let Executed::Created { name, .. } = self.engine.execute(statement)? else {
+                let Executed::Created { name, .. } = self.execute(statement)? else {
                     unreachable!("CREATE STREAM/TABLE creates a source")
                 };
                 let source = self.engine.source(&name).expect("just created");
@@ -252,7 +320,7 @@ impl Session {
                 Ok(())
             }
             Statement::CreateAs { .. } | Statement::InsertInto { .. } => {
-                let Executed::Started { id, .. } = self.engine.execute(statement)? else {
+                let Executed::Started { id, .. } = self.execute(statement)? else {
                     unreachable!("CREATE ... AS SELECT starts a query")
                 };
                 let (from, to) = self.engine.query_topics(&id).expect("just started");
@@ -284,7 +352,7 @@ impl Session {
             Statement::Drop {
                 name, delete_topic, ..
             } => {
-                let Executed::Dropped { topic, .. } = self.engine.execute(statement)? else {
+                let Executed::Dropped { topic, .. } = self.execute(statement)? else {
                     unreachable!("DROP drops")
                 };
                 if let (Some(topic), true) = (&topic, *delete_topic) {
@@ -297,7 +365,7 @@ impl Session {
                 Ok(())
             }
             Statement::Alter { kind, .. } => {
-                self.engine.execute(statement)?;
+                self.execute(statement)?;
                 out.message(match kind {
                     SourceKind::Stream => "Stream altered.",
                     SourceKind::Table => "Table altered.",
@@ -305,7 +373,7 @@ impl Session {
                 Ok(())
             }
             Statement::InsertValues { .. } => {
-                self.engine.execute(statement)?;
+                self.execute(statement)?;
                 let mut producer = Producer::connect(&self.options)?;
                 for record in self.engine.take_inserted() {
                     let encoded = self.engine.encode_message(&record)?;
@@ -321,7 +389,7 @@ impl Session {
                 Ok(())
             }
             Statement::Terminate { .. } => {
-                let Executed::Terminated { ids } = self.engine.execute(statement)? else {
+                let Executed::Terminated { ids } = self.execute(statement)? else {
                     unreachable!("TERMINATE terminates")
                 };
                 for running in self.running.iter().filter(|r| ids.contains(&r.id)) {
@@ -476,6 +544,9 @@ impl Session {
         for row in &pulled.rows {
             out.row(row);
         }
+        if let Some(how) = pulled.final_message {
+            out.final_message(how);
+        }
         out.end();
         Ok(())
     }
@@ -525,7 +596,11 @@ impl Session {
         (0..partitions)
             .map(|p| {
                 let (low, high) = probe.fetch_watermarks(topic, p, CONNECT_TIMEOUT)?;
-                Ok(if start == Offset::Beginning { low } else { high })
+                Ok(if start == Offset::Beginning {
+                    low
+                } else {
+                    high
+                })
             })
             .collect()
     }
@@ -698,6 +773,19 @@ impl Session {
         out.end();
         Ok(())
     }
+}
+
+/// Keeps what a statement said, for an entity's message.
+#[derive(Default)]
+struct Said(String);
+
+impl Output for Said {
+    fn message(&mut self, text: &str) {
+        self.0 = text.to_string();
+    }
+    fn columns(&mut self, _: &[ColumnDef], _: bool) {}
+    fn row(&mut self, _: &[Value]) {}
+    fn end(&mut self) {}
 }
 
 /// A push query ready to stream rows, on whatever thread runs it.

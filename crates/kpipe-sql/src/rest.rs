@@ -6,8 +6,8 @@
 use serde_json::{json, Map, Value};
 
 use crate::catalog::{QueryInfo, SourceInfo};
-use crate::engine::Executed;
-use crate::parser::{ColumnDef, SourceKind, SqlType, Statement};
+use crate::engine::{Engine, Executed};
+use crate::parser::{ColumnDef, Listing, SourceKind, SqlType, Statement};
 use crate::pull::Pulled;
 
 /// An HTTP status and a JSON body.
@@ -164,7 +164,55 @@ pub fn command_status(
 }
 
 /// `SHOW STREAMS` or `SHOW TABLES`: the sources of `kind`.
-pub fn source_list(statement_text: &str, kind: SourceKind, sources: &[SourceInfo]) -> Value {
+/// The entity of SHOW/LIST over `engine`'s catalog; topics and properties
+/// come from whoever knows them (the broker, the session).
+pub fn listing(
+    engine: &Engine,
+    listing: Listing,
+    statement_text: &str,
+    topics: &[(String, i32)],
+    properties: &[(String, String)],
+) -> Value {
+    match listing {
+        Listing::Streams => source_list(statement_text, SourceKind::Stream, &engine.sources()),
+        Listing::Tables => source_list(statement_text, SourceKind::Table, &engine.sources()),
+        Listing::Queries => {
+            let queries: Vec<_> = engine
+                .queries()
+                .into_iter()
+                .map(|q| {
+                    let topic = engine
+                        .query_topics(&q.id)
+                        .map(|(_, to)| to)
+                        .unwrap_or_default();
+                    (q, topic)
+                })
+                .collect();
+            query_list(statement_text, &queries)
+        }
+        Listing::Topics => topic_list(statement_text, topics),
+        Listing::Properties => property_list(statement_text, properties),
+    }
+}
+
+/// The entity of DESCRIBE `name`, with the queries that read and write it.
+pub fn description(engine: &Engine, name: &str, statement_text: &str) -> anyhow::Result<Value> {
+    let source = engine
+        .source(name)
+        .ok_or_else(|| anyhow::anyhow!("Could not find STREAM/TABLE '{name}' in the Metastore"))?;
+    let queries = engine.queries();
+    let ids = |pick: &dyn Fn(&QueryInfo) -> bool| -> Vec<String> {
+        queries
+            .iter()
+            .filter(|q| !q.transient && pick(q))
+            .map(|q| q.id.clone())
+            .collect()
+    };
+    let (read, write) = (ids(&|q| q.from == *name), ids(&|q| q.sink == *name));
+    Ok(source_description(statement_text, &source, &read, &write))
+}
+
+fn source_list(statement_text: &str, kind: SourceKind, sources: &[SourceInfo]) -> Value {
     let (field, word) = match kind {
         SourceKind::Stream => ("streams", "STREAM"),
         SourceKind::Table => ("tables", "TABLE"),
@@ -188,7 +236,7 @@ pub fn source_list(statement_text: &str, kind: SourceKind, sources: &[SourceInfo
 
 /// `SHOW QUERIES`: the persistent queries, with the topic each writes (their
 /// statement text, ksqlDB's `queryString`, is the command log's to add).
-pub fn query_list(statement_text: &str, queries: &[(QueryInfo, String)]) -> Value {
+fn query_list(statement_text: &str, queries: &[(QueryInfo, String)]) -> Value {
     let listed: Vec<Value> = queries
         .iter()
         .filter(|(q, _)| !q.transient)
@@ -207,7 +255,7 @@ pub fn query_list(statement_text: &str, queries: &[(QueryInfo, String)]) -> Valu
 }
 
 /// `SHOW TOPICS`: each topic with its partitions' replica counts.
-pub fn topic_list(statement_text: &str, topics: &[(String, i32)]) -> Value {
+fn topic_list(statement_text: &str, topics: &[(String, i32)]) -> Value {
     let listed: Vec<Value> = topics
         .iter()
         .map(|(name, partitions)| json!({"name": name, "replicaInfo": vec![1; *partitions as usize]}))
@@ -216,7 +264,7 @@ pub fn topic_list(statement_text: &str, topics: &[(String, i32)]) -> Value {
 }
 
 /// `SHOW PROPERTIES`: the properties set, as ksqlDB scopes them.
-pub fn property_list(statement_text: &str, properties: &[(String, String)]) -> Value {
+fn property_list(statement_text: &str, properties: &[(String, String)]) -> Value {
     let listed: Vec<Value> = properties
         .iter()
         .map(|(name, value)| json!({"name": name, "scope": "KSQL", "value": value}))
@@ -233,7 +281,7 @@ pub fn property_list(statement_text: &str, properties: &[(String, String)]) -> V
 
 /// `DESCRIBE`: a source's fields (key columns marked `KEY`), formats and
 /// the queries that read and write it.
-pub fn source_description(
+fn source_description(
     statement_text: &str,
     source: &SourceInfo,
     read_queries: &[String],

@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 
 use crate::engine::{Engine, Executed, Record};
 use crate::live::missing_topic;
-use crate::parser::{parse, parse_with_text, Listing, SourceKind, Statement};
+use crate::parser::{parse, parse_with_text, Listing, Statement};
 use crate::pull::{partition_for, PullSettings, View};
 use crate::qtt::{read_tests, runs, statements, Outcome};
 use crate::rest::{self, Response};
@@ -431,19 +431,7 @@ impl InProcess {
         match statement {
             Statement::Show(listing) => return Ok(Some(self.show(*listing, text))),
             Statement::Describe { name, .. } => {
-                let source = self.engine.source(name).ok_or_else(|| {
-                    anyhow!("Could not find STREAM/TABLE '{name}' in the Metastore")
-                })?;
-                let queries = self.engine.queries();
-                let ids = |pick: &dyn Fn(&crate::catalog::QueryInfo) -> bool| -> Vec<String> {
-                    queries
-                        .iter()
-                        .filter(|q| !q.transient && pick(q))
-                        .map(|q| q.id.clone())
-                        .collect()
-                };
-                let (read, write) = (ids(&|q| q.from == *name), ids(&|q| q.sink == *name));
-                return Ok(Some(rest::source_description(text, &source, &read, &write)));
+                return rest::description(&self.engine, name, text).map(Some);
             }
             Statement::Set { name, value } => {
                 self.properties.insert(name.clone(), value.clone());
@@ -521,39 +509,13 @@ impl InProcess {
     }
 
     fn show(&self, listing: Listing, text: &str) -> Value {
-        match listing {
-            Listing::Streams => rest::source_list(text, SourceKind::Stream, &self.engine.sources()),
-            Listing::Tables => rest::source_list(text, SourceKind::Table, &self.engine.sources()),
-            Listing::Queries => {
-                let queries: Vec<_> = self
-                    .engine
-                    .queries()
-                    .into_iter()
-                    .map(|q| {
-                        let topic = self
-                            .engine
-                            .query_topics(&q.id)
-                            .map(|(_, to)| to)
-                            .unwrap_or_default();
-                        (q, topic)
-                    })
-                    .collect();
-                rest::query_list(text, &queries)
-            }
-            Listing::Topics => {
-                let topics: Vec<(String, i32)> = self
-                    .topics
-                    .iter()
-                    .map(|(name, partitions)| (name.clone(), partitions.len() as i32))
-                    .collect();
-                rest::topic_list(text, &topics)
-            }
-            Listing::Properties => {
-                let properties: Vec<(String, String)> =
-                    self.properties.clone().into_iter().collect();
-                rest::property_list(text, &properties)
-            }
-        }
+        let topics: Vec<(String, i32)> = self
+            .topics
+            .iter()
+            .map(|(name, partitions)| (name.clone(), partitions.len() as i32))
+            .collect();
+        let properties: Vec<(String, String)> = self.properties.clone().into_iter().collect();
+        rest::listing(&self.engine, listing, text, &topics, &properties)
     }
 
     /// Appends a record to its topic, on the partition its key hashes to,

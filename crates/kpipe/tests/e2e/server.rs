@@ -124,7 +124,10 @@ fn pulled_totals(server: &Server) -> BTreeMap<String, (i64, i64)> {
         .into_iter()
         .map(|row| {
             let name = row[0].as_str().unwrap_or_default().to_string();
-            (name, (row[1].as_i64().unwrap_or(-1), row[2].as_i64().unwrap_or(-1)))
+            (
+                name,
+                (row[1].as_i64().unwrap_or(-1), row[2].as_i64().unwrap_or(-1)),
+            )
         })
         .collect()
 }
@@ -140,7 +143,10 @@ fn rest_api_answers_statements_and_queries_and_a_query_survives_kill_9() {
     let broker = BrokerProcess::start();
     let state = tempfile::tempdir().unwrap();
     let server = Server::start(&broker, state.path());
-    assert_eq!(server.get("/info")["KsqlServerInfo"]["serverStatus"], "RUNNING");
+    assert_eq!(
+        server.get("/info")["KsqlServerInfo"]["serverStatus"],
+        "RUNNING"
+    );
     assert_eq!(server.get("/healthcheck")["isHealthy"], true);
 
     let created = server.ksql(&format!("{PAYMENTS}\n{TOTALS}"));
@@ -155,11 +161,18 @@ fn rest_api_answers_statements_and_queries_and_a_query_survives_kill_9() {
     assert_eq!(status, 400);
     let error: Value = serde_json::from_str(&error).unwrap();
     assert_eq!(error["@type"], "statement_error");
-    assert!(error["message"].as_str().unwrap().contains("does not exist"), "{error}");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("does not exist"),
+        "{error}"
+    );
 
     gen_payments(&broker, "3000", "1");
     assert!(
-        eventually(Duration::from_secs(60), || pulled_totals(&server) == batch_totals(&broker)),
+        eventually(Duration::from_secs(60), || pulled_totals(&server)
+            == batch_totals(&broker)),
         "the table's pulled totals match the input: {:?} vs {:?}",
         pulled_totals(&server),
         batch_totals(&broker)
@@ -172,10 +185,18 @@ fn rest_api_answers_statements_and_queries_and_a_query_survives_kill_9() {
                "properties": {"auto.offset.reset": "earliest"}}),
     );
     assert_eq!(status, 200, "{body}");
-    let lines: Vec<Value> = body.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<Value> = body
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines[0]["columnNames"], json!(["NAME", "AMOUNT"]), "{body}");
     assert_eq!(lines.len(), 4, "{body}");
-    assert!(lines[1..].iter().all(|row| row[0].is_string() && row[1].is_i64()), "{body}");
+    assert!(
+        lines[1..]
+            .iter()
+            .all(|row| row[0].is_string() && row[1].is_i64()),
+        "{body}"
+    );
 
     // kill -9 while more input arrives; the restarted server runs the same query again.
     gen_payments(&broker, "3000", "2");
@@ -187,7 +208,8 @@ fn rest_api_answers_statements_and_queries_and_a_query_survives_kill_9() {
     let expected = batch_totals(&broker);
     assert_eq!(expected.values().map(|t| t.0).sum::<i64>(), 9000);
     assert!(
-        eventually(Duration::from_secs(60), || pulled_totals(&server) == expected),
+        eventually(Duration::from_secs(60), || pulled_totals(&server)
+            == expected),
         "after kill -9 the totals equal a batch computation: {:?} vs {expected:?}",
         pulled_totals(&server)
     );
