@@ -85,14 +85,16 @@ impl Producer {
         value: &[u8],
         headers: Option<&OwnedHeaders>,
     ) -> Result<()> {
-        self.send_at(topic, key, Some(value), headers, None)
+        self.send_at(topic, None, key, Some(value), headers, None)
     }
 
     /// [`Producer::send`] with the message's own timestamp (ms) instead of the
-    /// clock's; a `None` value is a tombstone.
+    /// clock's, and its partition when the caller places it (else the
+    /// partitioner does); a `None` value is a tombstone.
     pub fn send_at(
         &mut self,
         topic: &str,
+        partition: Option<i32>,
         key: Option<&[u8]>,
         value: Option<&[u8]>,
         headers: Option<&OwnedHeaders>,
@@ -104,6 +106,9 @@ impl Producer {
         }
         if let Some(ts) = timestamp_ms {
             record = record.timestamp(ts);
+        }
+        if let Some(partition) = partition {
+            record = record.partition(partition);
         }
         if let Some(key) = key {
             record = record.key(key);

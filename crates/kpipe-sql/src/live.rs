@@ -36,7 +36,7 @@ use crate::catalog::SourceInfo;
 use crate::engine::{Engine, Executed, Record};
 use crate::merge::{merge, Bounds, Head, Partitions, Polled};
 use crate::parser::{parse, ColumnDef, Listing, Select, SourceKind, SqlType, Statement};
-use crate::pull::{PullSettings, View};
+use crate::pull::{partition_for, PullSettings, View};
 use crate::rest;
 use crate::wire::Message;
 
@@ -379,6 +379,7 @@ impl Session {
                     let encoded = self.engine.encode_message(&record)?;
                     producer.send_at(
                         &record.topic,
+                        None,
                         encoded.key.as_deref(),
                         encoded.value.as_deref(),
                         None,
@@ -468,6 +469,8 @@ impl Session {
             None => self.resolve(&from, self.start_offset())?,
         };
         self.started_at = Some(offsets.clone());
+        let probe = self.options.metadata_client()?;
+        let sink_partitions = self.options.require_topic(&probe, &to)? as i32;
         let feed = Feed {
             topic: from,
             start: Offset::Beginning,
@@ -497,8 +500,18 @@ impl Session {
                         dead_letters.as_deref(),
                         |engine, record| {
                             let encoded = engine.encode_message(record)?;
+                            // Kafka Streams places a windowed key by the key
+                            // alone (WindowedStreamPartitioner), so every window
+                            // of a key is in the partition a pull query asks.
+                            let partition = match record.window {
+                                Some(_) => engine
+                                    .key_bytes(&to, &record.key)?
+                                    .map(|key| partition_for(&key, sink_partitions)),
+                                None => None,
+                            };
                             producer.send_at(
                                 &to,
+                                partition,
                                 encoded.key.as_deref(),
                                 encoded.value.as_deref(),
                                 None,

@@ -146,6 +146,7 @@ fn produce(kafka: &ClientOptions, count: u64, seed: u64) -> Result<u64> {
         events.next_into(start_ms + i as i64, &mut event);
         producer.send_at(
             TOPIC,
+            None,
             Some(event.key.as_bytes()),
             Some(&event.value),
             None,

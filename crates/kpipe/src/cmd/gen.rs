@@ -166,6 +166,7 @@ impl<W: Write> Sink<W> {
         match self {
             Sink::Kafka(producer) => producer.send_at(
                 topic,
+                None,
                 Some(event.key.as_bytes()),
                 Some(&event.value),
                 None,
