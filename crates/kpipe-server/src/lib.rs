@@ -17,7 +17,7 @@ mod response;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -63,6 +63,8 @@ struct App {
     service_id: String,
     /// Running push queries' stop flags, by query id, for /close-query.
     pushes: Mutex<HashMap<String, Arc<AtomicBool>>>,
+    /// Numbers pull queries' ids (they are answered at once, never listed).
+    pulls: AtomicU64,
 }
 
 impl App {
@@ -88,6 +90,7 @@ pub fn run(
         log: Mutex::new(log),
         service_id: options.service_id.clone(),
         pushes: Mutex::default(),
+        pulls: AtomicU64::new(0),
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -420,7 +423,7 @@ fn prepare_query(
         session
             .with_properties(&properties, |s| s.statement(statement, &mut collected))
             .map_err(|e| statement_error(&format!("{e:#}"), text, Vec::new()))?;
-        let id = format!("query_{}", std::process::id());
+        let id = format!("query_{}", app.pulls.fetch_add(1, Ordering::Relaxed));
         for chunk in collected.pulled(framing, &id) {
             // A client that left takes nothing more.
             if sender.blocking_send(chunk).is_err() {
