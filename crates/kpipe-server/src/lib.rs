@@ -214,10 +214,6 @@ fn answer((status, body): rest::Response) -> Response {
     (status, Json(body)).into_response()
 }
 
-fn statement_error(message: &str, statement_text: &str, entities: Vec<Value>) -> rest::Response {
-    rest::statement_error(message, statement_text, entities)
-}
-
 fn properties(request: &Request) -> Vec<(String, String)> {
     request
         .streams_properties
@@ -265,7 +261,7 @@ async fn ksql(State(app): State<Arc<App>>, body: Bytes) -> Response {
 fn run_statements(app: &App, request: &Request) -> rest::Response {
     let statements = match parse_with_text(&request.ksql) {
         Ok(statements) => statements,
-        Err(e) => return statement_error(&format!("{e:#}"), &request.ksql, Vec::new()),
+        Err(e) => return rest::statement_error(&format!("{e:#}"), &request.ksql, Vec::new()),
     };
     let properties = properties(request);
     let (mut session, mut log) = match (app.session(), app.log.lock()) {
@@ -284,7 +280,7 @@ fn run_statements(app: &App, request: &Request) -> rest::Response {
         let started_at = session.take_started_at();
         let entity = match ran {
             Ok(entity) => entity,
-            Err(e) => return statement_error(&format!("{e:#}"), text, entities),
+            Err(e) => return rest::statement_error(&format!("{e:#}"), text, entities),
         };
         if durable {
             let command = Command {
@@ -332,7 +328,7 @@ async fn close_query(State(app): State<Arc<App>>, body: Bytes) -> Response {
             flag.store(true, Ordering::Relaxed);
             StatusCode::OK.into_response()
         }
-        None => answer(statement_error(
+        None => answer(rest::statement_error(
             &format!("No query with id {id}"),
             "",
             Vec::new(),
@@ -401,16 +397,16 @@ fn prepare_query(
     sender: tokio::sync::mpsc::Sender<Bytes>,
 ) -> Result<(), rest::Response> {
     let statements = parse_with_text(&request.ksql)
-        .map_err(|e| statement_error(&format!("{e:#}"), &request.ksql, Vec::new()))?;
+        .map_err(|e| rest::statement_error(&format!("{e:#}"), &request.ksql, Vec::new()))?;
     let [(statement, text)] = statements.as_slice() else {
-        return Err(statement_error(
+        return Err(rest::statement_error(
             "Expected exactly one statement, a SELECT",
             &request.ksql,
             Vec::new(),
         ));
     };
     let Statement::Query(select) = statement else {
-        return Err(statement_error(
+        return Err(rest::statement_error(
             "The /query endpoint runs SELECT statements; send the others to /ksql",
             text,
             Vec::new(),
@@ -422,7 +418,7 @@ fn prepare_query(
         let mut collected = Collected::default();
         session
             .with_properties(&properties, |s| s.statement(statement, &mut collected))
-            .map_err(|e| statement_error(&format!("{e:#}"), text, Vec::new()))?;
+            .map_err(|e| rest::statement_error(&format!("{e:#}"), text, Vec::new()))?;
         let id = format!("query_{}", app.pulls.fetch_add(1, Ordering::Relaxed));
         for chunk in collected.pulled(framing, &id) {
             // A client that left takes nothing more.
@@ -434,7 +430,7 @@ fn prepare_query(
     }
     let push = session
         .with_properties(&properties, |s| s.prepare_push(statement))
-        .map_err(|e| statement_error(&format!("{e:#}"), text, Vec::new()))?;
+        .map_err(|e| rest::statement_error(&format!("{e:#}"), text, Vec::new()))?;
     drop(session);
     let id = push.id().to_string();
     let cancel = Arc::new(AtomicBool::new(false));

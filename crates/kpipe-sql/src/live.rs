@@ -21,7 +21,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use kpipe_kafka::admin::{Admin, IfExists, TopicSpec};
+use kpipe_kafka::admin::{Admin, IfExists, TopicSpec, TopicSummary};
 use kpipe_kafka::client::{ClientOptions, QuietContext, CONNECT_TIMEOUT};
 use kpipe_kafka::produce::Producer;
 use kpipe_kafka::sink::{DeadLetters, Origin};
@@ -224,10 +224,7 @@ impl Session {
         match statement {
             Statement::Show(Listing::Topics) => {
                 let topics: Vec<(String, i32)> = self
-                    .admin
-                    .list()?
-                    .into_iter()
-                    .filter(|t| !t.name.starts_with("__"))
+                    .user_topics()?
                     .map(|t| (t.name, t.partitions as i32))
                     .collect();
                 Ok(Some(rest::listing(
@@ -464,12 +461,12 @@ impl Session {
     /// it is terminated, or (with `until_end`) it catches up.
     fn start(&mut self, id: &str, from: String, to: String) -> Result<()> {
         let engine = self.engine.only(id).expect("the query exists");
+        let probe = self.options.metadata_client()?;
         let offsets = match self.resume_at.take() {
             Some(offsets) => offsets,
-            None => self.resolve(&from, self.start_offset())?,
+            None => self.resolve(&probe, &from, self.start_offset())?,
         };
         self.started_at = Some(offsets.clone());
-        let probe = self.options.metadata_client()?;
         let sink_partitions = self.options.require_topic(&probe, &to)? as i32;
         let feed = Feed {
             topic: from,
@@ -602,10 +599,23 @@ impl Session {
         Ok((partitions, records))
     }
 
+    /// The cluster's topics but its internal ones (`__consumer_offsets`, …).
+    fn user_topics(&self) -> Result<impl Iterator<Item = TopicSummary>> {
+        Ok(self
+            .admin
+            .list()?
+            .into_iter()
+            .filter(|t| !t.name.starts_with("__")))
+    }
+
     /// Each partition's offset that `start` (earliest or latest) means now.
-    fn resolve(&self, topic: &str, start: Offset) -> Result<Vec<i64>> {
-        let probe = self.options.metadata_client()?;
-        let partitions = self.options.require_topic(&probe, topic)? as i32;
+    fn resolve(
+        &self,
+        probe: &BaseConsumer<QuietContext>,
+        topic: &str,
+        start: Offset,
+    ) -> Result<Vec<i64>> {
+        let partitions = self.options.require_topic(probe, topic)? as i32;
         (0..partitions)
             .map(|p| {
                 let (low, high) = probe.fetch_watermarks(topic, p, CONNECT_TIMEOUT)?;
@@ -735,10 +745,7 @@ impl Session {
                     &["Kafka Topic", "Partitions", "Partition Replicas"].map(text),
                     false,
                 );
-                self.admin
-                    .list()?
-                    .into_iter()
-                    .filter(|t| !t.name.starts_with("__"))
+                self.user_topics()?
                     .map(|t| {
                         vec![
                             Value::from(t.name),

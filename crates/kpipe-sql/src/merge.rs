@@ -230,21 +230,7 @@ mod tests {
                 payment(1, 2, 25_000, "a"),
             ]),
         ];
-        let mut records = Vec::new();
-        let bounds = Bounds {
-            ends: vec![i64::MAX; 2],
-            bounded: true,
-        };
-        merge(
-            &mut InMemory(partitions),
-            bounds,
-            Duration::ZERO,
-            || true,
-            |batch| {
-                records.extend(batch);
-                true
-            },
-        );
+        let records = merge_all(partitions, vec![i64::MAX; 2]);
         let order: Vec<i64> = records.iter().map(Head::timestamp).collect();
         assert_eq!(order, [1_000, 2_000, 9_000, 12_000, 25_000]);
 
@@ -277,9 +263,14 @@ mod tests {
             payment(0, 1, 2, "a"),
             payment(0, 2, 3, "a"),
         ])];
-        let mut read = 0;
+        assert_eq!(merge_all(partitions, vec![2]).len(), 2);
+    }
+
+    /// Everything `merge` yields from in-memory partitions up to `ends`.
+    fn merge_all(partitions: Vec<VecDeque<Record>>, ends: Vec<i64>) -> Vec<Head> {
+        let mut records = Vec::new();
         let bounds = Bounds {
-            ends: vec![2],
+            ends,
             bounded: true,
         };
         merge(
@@ -288,10 +279,10 @@ mod tests {
             Duration::ZERO,
             || true,
             |batch| {
-                read += batch.len();
+                records.extend(batch);
                 true
             },
         );
-        assert_eq!(read, 2);
+        records
     }
 }
