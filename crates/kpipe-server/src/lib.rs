@@ -29,6 +29,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
 use kpipe_kafka::client::ClientOptions;
+use kpipe_sql::durable::Durability;
 use kpipe_sql::live::{Session, Settings};
 use kpipe_sql::parser::{parse_with_text, Statement};
 use kpipe_sql::rest;
@@ -43,8 +44,13 @@ pub struct ServerOptions {
     pub listen: SocketAddr,
     /// Where the command log lives.
     pub state: PathBuf,
-    /// ksqlDB's `ksql.service.id`, reported by /info.
+    /// ksqlDB's `ksql.service.id`, reported by /info; it names the
+    /// queries' consumer groups and changelog topics.
     pub service_id: String,
+    /// How often a persistent query checkpoints while input flows
+    /// (`ksql.streams.commit.interval.ms`); a query that runs dry
+    /// checkpoints at once.
+    pub commit_interval: Duration,
 }
 
 /// A request to /ksql, /query or /query-stream (the latter names it `sql`).
@@ -83,7 +89,14 @@ pub fn run(
     ready: impl FnOnce(SocketAddr),
 ) -> Result<()> {
     let (log, commands) = CommandLog::open(&options.state)?;
-    let mut session = Session::connect(kafka, Settings::default(), stop.clone())?;
+    let settings = Settings {
+        durable: Some(Durability {
+            service_id: options.service_id.clone(),
+            commit_interval: options.commit_interval,
+        }),
+        ..Settings::default()
+    };
+    let mut session = Session::connect(kafka, settings, stop.clone())?;
     replay(&mut session, &commands);
     let app = Arc::new(App {
         session: Mutex::new(session),
@@ -180,16 +193,29 @@ async fn info(State(app): State<Arc<App>>) -> Json<Value> {
     }}))
 }
 
-async fn healthcheck(State(app): State<Arc<App>>) -> Json<Value> {
-    let healthy = app.session.lock().is_ok();
-    Json(json!({
+/// 503 while a persistent query restores its state, as ksqlDB answers
+/// before its command runner has caught up.
+async fn healthcheck(State(app): State<Arc<App>>) -> (StatusCode, Json<Value>) {
+    let (alive, restored) = match app.session.lock() {
+        Ok(session) => (true, !session.restoring()),
+        Err(_) => (false, false),
+    };
+    let healthy = alive && restored;
+    let status = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({
         "isHealthy": healthy,
         "details": {
-            "metastore": {"isHealthy": healthy},
-            "kafka": {"isHealthy": healthy},
+            "metastore": {"isHealthy": alive},
+            "kafka": {"isHealthy": alive},
+            "commandRunner": {"isHealthy": restored},
         },
         "ksqlServiceId": app.service_id,
-    }))
+    });
+    (status, Json(body))
 }
 
 /// Runs blocking session work off the async threads.

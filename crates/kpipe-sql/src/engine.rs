@@ -27,6 +27,7 @@ use crate::plan::{
     check_grouping, check_no_aggregates, listing, output_columns, projection, statement_text,
     unresolved_column, PSEUDO_COLUMNS,
 };
+use crate::state::{Changes, GROUP, ROW, SESSIONS};
 use crate::types::coerce;
 
 /// A record as the engine sees it: key and value in their topic's logical
@@ -76,55 +77,61 @@ pub(crate) struct Query {
     /// The sink's columns, each with the expression that computes it.
     outputs: Vec<(ColumnDef, Expr)>,
     /// For GROUP BY: the aggregate calls and their state per group.
-    aggregation: Option<Aggregation>,
+    pub(crate) aggregation: Option<Aggregation>,
     /// A table source's current rows (those passing WHERE), by key, so an
     /// update can retract what the old row contributed.
-    table_rows: HashMap<String, Row>,
+    pub(crate) table_rows: HashMap<String, Row>,
     /// For a join: the other source and both sides' rows so far.
-    join: Option<JoinState>,
+    pub(crate) join: Option<JoinState>,
     /// The last record's row, decoded into again (its column names reused).
     spare_row: Option<Row>,
     /// The sink's columns in SELECT order, as a transient query shows them
     /// (the sink itself has its key columns first, as ksqlDB's schemas do).
     pub(crate) shown: Vec<usize>,
+    /// Which `table_rows` changed since the last checkpoint (see `state`).
+    pub(crate) changed_rows: Changes,
 }
 
 #[derive(Debug, Clone, Default)]
-struct Aggregation {
+pub(crate) struct Aggregation {
     /// Every distinct aggregate call of the SELECT and HAVING, in order.
-    calls: Vec<Expr>,
+    pub(crate) calls: Vec<Expr>,
     /// Group (its key as JSON text) → the calls' current values.
-    groups: FxHashMap<String, Group>,
+    pub(crate) groups: FxHashMap<String, Group>,
     /// Groups whose last output was a row, so a failing HAVING must retract it.
-    emitted: FxHashSet<String>,
+    pub(crate) emitted: FxHashSet<String>,
     /// The highest timestamp seen: windows older than it plus grace are closed.
-    stream_time: i64,
+    pub(crate) stream_time: i64,
     /// Time windows by the stream time that closes them (end + grace), so
     /// their state is dropped then, and EMIT FINAL emits them.
-    closing: BTreeSet<(i64, String)>,
+    pub(crate) closing: BTreeSet<(i64, String)>,
     /// EMIT FINAL: each open window's latest input row and timestamp.
-    pending: FxHashMap<String, Pending>,
+    pub(crate) pending: FxHashMap<String, Pending>,
     /// Where each record's group-and-window id is written.
     id_buffer: String,
     /// Session windows: per group, its sessions `(start, end, values)`.
-    sessions: HashMap<String, Vec<(i64, i64, Vec<Value>)>>,
+    pub(crate) sessions: HashMap<String, Vec<(i64, i64, Vec<Value>)>>,
     settings: AggregateSettings,
+    /// Which groups and sessions changed since the last checkpoint.
+    pub(crate) changed: Changes,
 }
 
 /// A group's aggregate values and its row's time: the latest of its
 /// inputs' timestamps, as Kafka Streams stamps an aggregate's result.
 #[derive(Debug, Clone)]
-struct Group {
-    values: Vec<Value>,
-    timestamp: i64,
+pub(crate) struct Group {
+    pub(crate) values: Vec<Value>,
+    pub(crate) timestamp: i64,
+    /// A time window's close (end + grace), when its state is dropped.
+    pub(crate) close: Option<i64>,
 }
 
 #[derive(Debug, Clone)]
-struct Pending {
-    group: Value,
-    window: Option<(i64, i64)>,
-    row: Row,
-    timestamp: i64,
+pub(crate) struct Pending {
+    pub(crate) group: Value,
+    pub(crate) window: Option<(i64, i64)>,
+    pub(crate) row: Row,
+    pub(crate) timestamp: i64,
 }
 
 /// What a statement did, for the session to report.
@@ -486,6 +493,7 @@ impl Engine {
                     spare_row: None,
                     shown: Vec::new(),
                     join,
+                    changed_rows: Changes::default(),
                 });
                 Ok(Executed::Started {
                     id,
@@ -713,6 +721,7 @@ impl Engine {
             spare_row: None,
             shown,
             join,
+            changed_rows: Changes::default(),
         });
         Ok(id)
     }
@@ -927,12 +936,21 @@ fn stream_row(
         let first = !aggregation.groups.contains_key(id.as_str());
         if first {
             let values = aggregation.calls.iter().map(initial).collect();
-            let group = Group { values, timestamp };
+            let close = match (window, select.window) {
+                (Some((_, end)), Some(w)) => Some(end + w.grace),
+                _ => None,
+            };
+            let group = Group {
+                values,
+                timestamp,
+                close,
+            };
             aggregation.groups.insert(id.clone(), group);
-            if let (Some((_, end)), Some(w)) = (window, select.window) {
-                aggregation.closing.insert((end + w.grace, id.clone()));
+            if let Some(close) = close {
+                aggregation.closing.insert((close, id.clone()));
             }
         }
+        aggregation.changed.mark(GROUP, &id);
         let state = aggregation
             .groups
             .get_mut(id.as_str())
@@ -1016,6 +1034,7 @@ fn session_update(
     timestamp: i64,
 ) -> Result<Vec<Record>> {
     let id = group.to_string();
+    aggregation.changed.mark(SESSIONS, &id);
     let sessions = aggregation.sessions.entry(id.clone()).or_default();
     // Closed sessions are gone, as from Kafka Streams' session store.
     let stream_time = aggregation.stream_time;
@@ -1114,6 +1133,7 @@ fn table_update(
             new_row = None;
         }
     }
+    query.changed_rows.mark(ROW, &key_id);
     let old_row = match &new_row {
         Some(row) => query.table_rows.insert(key_id, row.clone()),
         None => query.table_rows.remove(&key_id),
@@ -1160,12 +1180,15 @@ fn table_update(
     for (group, steps) in changes {
         let id = group.to_string();
         let first = !aggregation.groups.contains_key(&id);
+        aggregation.changed.mark(GROUP, &id);
         let Group {
             mut values,
             timestamp,
+            ..
         } = aggregation.groups.remove(&id).unwrap_or_else(|| Group {
             values: aggregation.calls.iter().map(initial).collect(),
             timestamp: record.timestamp,
+            close: None,
         });
         let timestamp = timestamp.max(record.timestamp);
         for (row, retract) in &steps {
@@ -1185,7 +1208,12 @@ fn table_update(
         };
         let (row, _) = steps.last().expect("a change has a step");
         out.extend(emit(aggregation, &parts, row, &values, target)?);
-        aggregation.groups.insert(id, Group { values, timestamp });
+        let group = Group {
+            values,
+            timestamp,
+            close: None,
+        };
+        aggregation.groups.insert(id, group);
     }
     Ok(out)
 }
@@ -1212,6 +1240,7 @@ fn close_windows(aggregation: &mut Aggregation, query: &QueryParts<'_>) -> Resul
         let Some((_, id)) = aggregation.closing.pop_first() else {
             break;
         };
+        aggregation.changed.mark(GROUP, &id);
         let values = aggregation.groups.remove(&id).map(|g| g.values);
         aggregation.emitted.remove(&id);
         if let (Some(values), Some(last)) = (values, aggregation.pending.remove(&id)) {

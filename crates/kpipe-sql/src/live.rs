@@ -16,9 +16,10 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::mpsc::RecvTimeoutError;
+use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use kpipe_kafka::admin::{Admin, IfExists, TopicSpec, TopicSummary};
@@ -33,6 +34,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde_json::Value;
 
 use crate::catalog::SourceInfo;
+use crate::durable::{self, Durability, DurableSink};
 use crate::engine::{Engine, Executed, Record};
 use crate::merge::{merge, Bounds, Head, Partitions, Polled};
 use crate::parser::{parse, ColumnDef, Listing, Select, SourceKind, SqlType, Statement};
@@ -64,6 +66,8 @@ pub struct Settings {
     /// How long to wait for a partition known to hold more data before
     /// going on without it (Kafka Streams' max.task.idle.ms).
     pub idle: Duration,
+    /// Persistent queries checkpoint and restore their state (a server's).
+    pub durable: Option<Durability>,
 }
 
 impl Default for Settings {
@@ -72,6 +76,7 @@ impl Default for Settings {
             until_end: false,
             dead_letters: None,
             idle: Duration::from_millis(500),
+            durable: None,
         }
     }
 }
@@ -89,6 +94,12 @@ struct Running {
     id: String,
     stop: Arc<AtomicBool>,
     handle: JoinHandle<Result<Counts>>,
+    /// The topic the query writes.
+    sink: String,
+    /// A durable query's view of its table sink, for pull queries.
+    view: Option<Arc<RwLock<View>>>,
+    /// Raised once the query has restored its state (and filled its view).
+    ready: Arc<AtomicBool>,
 }
 
 pub struct Session {
@@ -458,23 +469,46 @@ impl Session {
     }
 
     /// Runs persistent query `id` on its own thread until the session stops,
-    /// it is terminated, or (with `until_end`) it catches up.
+    /// it is terminated, or (with `until_end`) it catches up. A durable
+    /// session's query restores its state first when it resumes (see
+    /// `durable`) and keeps a view of a table sink for pull queries.
     fn start(&mut self, id: &str, from: String, to: String) -> Result<()> {
         let engine = self.engine.only(id).expect("the query exists");
         let probe = self.options.metadata_client()?;
+        let resuming = self.resume_at.is_some();
         let offsets = match self.resume_at.take() {
             Some(offsets) => offsets,
             None => self.resolve(&probe, &from, self.start_offset())?,
         };
         self.started_at = Some(offsets.clone());
         let sink_partitions = self.options.require_topic(&probe, &to)? as i32;
-        let feed = Feed {
-            topic: from,
-            start: Offset::Beginning,
-            from: Some(offsets),
-            bounded: self.settings.until_end,
-            idle: self.settings.idle,
-        };
+        let durability = self.settings.durable.clone();
+        if let Some(durability) = &durability {
+            if engine.is_stateful() {
+                let changelog = durability.changelog(id);
+                if !resuming && self.admin.exists(&changelog)? {
+                    // A new query of a reused id must not restore an old one's state.
+                    self.runtime.block_on(self.admin.delete(&changelog))?;
+                }
+                let spec = TopicSpec {
+                    name: changelog,
+                    partitions: offsets.len() as i32,
+                    replication: 1,
+                    configs: BTreeMap::from([("cleanup.policy".into(), "compact".into())]),
+                };
+                self.runtime
+                    .block_on(self.admin.create(&spec, IfExists::Keep))?;
+            }
+        }
+        let table_sink = self
+            .engine
+            .queries()
+            .into_iter()
+            .find(|q| q.id == id)
+            .and_then(|q| self.engine.source(&q.sink))
+            .is_some_and(|sink| sink.kind == SourceKind::Table);
+        let view = (durability.is_some() && table_sink)
+            .then(|| Arc::new(RwLock::new(View::new(sink_partitions))));
         let mut options = self.options.clone();
         // ksqlDB's producers partition as Java's do (murmur2), so a key lands
         // where a Java client would put it; a user's -X still wins.
@@ -484,48 +518,103 @@ impl Session {
         let dead_letters = self.settings.dead_letters.clone();
         let query_stop = Arc::new(AtomicBool::new(false));
         let stops = [self.stop.clone(), query_stop.clone()];
+        let ready = Arc::new(AtomicBool::new(false));
+        let bounded = self.settings.until_end;
+        let idle = self.settings.idle;
+        let sink = to.clone();
+        let (query, thread_view, thread_ready) = (id.to_string(), view.clone(), ready.clone());
         let handle =
             std::thread::Builder::new()
                 .name(id.to_string())
                 .spawn(move || -> Result<Counts> {
-                    let mut producer = Producer::connect(&options)?;
-                    let mut counts = drive(
-                        &options,
-                        engine,
-                        &feed,
-                        &stops,
-                        dead_letters.as_deref(),
-                        |engine, record| {
-                            let encoded = engine.encode_message(record)?;
-                            // Kafka Streams places a windowed key by the key
-                            // alone (WindowedStreamPartitioner), so every window
-                            // of a key is in the partition a pull query asks.
-                            let partition = match record.window {
-                                Some(_) => engine
-                                    .key_bytes(&to, &record.key)?
-                                    .map(|key| partition_for(&key, sink_partitions)),
-                                None => None,
-                            };
-                            producer.send_at(
-                                &to,
-                                partition,
-                                encoded.key.as_deref(),
-                                encoded.value.as_deref(),
-                                None,
-                                Some(record.timestamp),
-                            )?;
-                            Ok(true)
+                    let restored = match &durability {
+                        Some(d) => {
+                            durable::restore(&options, d, &engine, &query, &offsets, resuming)?
+                        }
+                        None => durable::Restored {
+                            tasks: vec![engine.clone()],
+                            resume: offsets,
                         },
-                    )?;
-                    counts.written = producer.finish(Duration::from_secs(60))?.delivered;
+                    };
+                    if let Some(view) = &thread_view {
+                        // A restarted query's view starts as its topic is.
+                        let filled = read_view(&options, &engine, &to)?;
+                        *view
+                            .write()
+                            .map_err(|_| anyhow!("the view of {to} was poisoned"))? = filled;
+                    }
+                    thread_ready.store(true, Ordering::Release);
+                    let feed = Feed {
+                        topic: from,
+                        start: Offset::Beginning,
+                        from: Some(restored.resume),
+                        bounded,
+                        idle,
+                    };
+                    let topic = SinkTopic {
+                        producer: Producer::connect(&options)?,
+                        to,
+                        partitions: sink_partitions,
+                        view: thread_view,
+                    };
+                    let dead_letters = dead_letters.as_deref();
+                    let (mut counts, written) = match &durability {
+                        Some(d) => {
+                            let mut sink = DurableSink::new(&options, d, &engine, &query, topic)?;
+                            let counts = drive(
+                                &options,
+                                restored.tasks,
+                                &feed,
+                                &stops,
+                                dead_letters,
+                                &mut sink,
+                            )?;
+                            (counts, sink.topic.producer.sent())
+                        }
+                        None => {
+                            let mut sink = topic;
+                            let counts = drive(
+                                &options,
+                                restored.tasks,
+                                &feed,
+                                &stops,
+                                dead_letters,
+                                &mut sink,
+                            )?;
+                            (counts, sink.producer.sent())
+                        }
+                    };
+                    counts.written = written;
                     Ok(counts)
                 })?;
         self.running.push(Running {
             id: id.to_string(),
             stop: query_stop,
             handle,
+            sink,
+            view,
+            ready,
         });
         Ok(())
+    }
+
+    /// Whether a query is still restoring its state (a server answers its
+    /// health check with 503 meanwhile).
+    pub fn restoring(&self) -> bool {
+        self.running
+            .iter()
+            .any(|r| !r.ready.load(Ordering::Acquire) && !r.handle.is_finished())
+    }
+
+    /// The view a running query keeps of `topic`, once it is restored.
+    fn view_of(&self, topic: &str) -> Option<Arc<RwLock<View>>> {
+        self.running
+            .iter()
+            .filter(|r| {
+                r.sink == topic && !r.stop.load(Ordering::Relaxed) && !r.handle.is_finished()
+            })
+            .filter(|r| r.ready.load(Ordering::Acquire))
+            .find_map(|r| r.view.clone())
     }
 
     /// A pull query: planned as ksqlDB plans it, then answered from the
@@ -538,16 +627,19 @@ impl Session {
         }
         let pull = self.engine.plan_pull(select, settings)?;
         out.columns(pull.columns(), false);
-        let (partitions, mut records) = self.read_to_end(pull.topic())?;
         let pulled = if pull.reads_table() {
-            let mut view = View::new(partitions);
-            for record in records {
-                if let Some(key) = self.engine.key_bytes(pull.topic(), &record.key)? {
-                    view.apply(key, record);
+            // A running query's view answers at once; else the topic is read.
+            match self.view_of(pull.topic()) {
+                Some(view) => {
+                    let view = view
+                        .read()
+                        .map_err(|_| anyhow!("the view of {} was poisoned", pull.topic()))?;
+                    pull.from_table(&view)?
                 }
+                None => pull.from_table(&read_view(&self.options, &self.engine, pull.topic())?)?,
             }
-            pull.from_table(&view)?
         } else {
+            let (_, mut records) = self.read_to_end(pull.topic())?;
             records.sort_by_key(|r| (r.partition, r.offset));
             pull.from_stream(&records)?
         };
@@ -837,24 +929,84 @@ impl Push {
         let stops = [self.stop, cancel];
         let mut rows = 0u64;
         if self.limit > 0 {
+            let mut sink = |engine: &Engine, record: &Record| {
+                if !record.value.is_null() {
+                    out.row(&engine.display_row(&self.id, record));
+                    rows += 1;
+                }
+                Ok(rows < self.limit)
+            };
             drive(
                 &self.options,
-                self.engine,
+                vec![self.engine],
                 &self.feed,
                 &stops,
                 self.dead_letters.as_deref(),
-                |engine, record| {
-                    if !record.value.is_null() {
-                        out.row(&engine.display_row(&self.id, record));
-                        rows += 1;
-                    }
-                    Ok(rows < self.limit)
-                },
+                &mut sink,
             )?;
         }
         out.end();
         Ok(())
     }
+}
+
+/// A persistent query's sink topic, and the view pull queries read of it.
+pub(crate) struct SinkTopic {
+    pub(crate) producer: Producer,
+    pub(crate) to: String,
+    pub(crate) partitions: i32,
+    pub(crate) view: Option<Arc<RwLock<View>>>,
+}
+
+impl Sink for SinkTopic {
+    fn emit(&mut self, engine: &Engine, record: &Record) -> Result<bool> {
+        let encoded = engine.encode_message(record)?;
+        // Placed by the key alone (a windowed key too, as Kafka Streams'
+        // WindowedStreamPartitioner does, murmur2 otherwise), so a pull finds
+        // every window of a key in the partition it asks, and the view
+        // agrees with the topic.
+        let key = engine.key_bytes(&self.to, &record.key)?;
+        let partition = key.as_ref().map(|k| partition_for(k, self.partitions));
+        self.producer.send_at(
+            &self.to,
+            partition,
+            encoded.key.as_deref(),
+            encoded.value.as_deref(),
+            None,
+            Some(record.timestamp),
+        )?;
+        if let (Some(view), Some(key), Some(partition)) = (&self.view, key, partition) {
+            let mut placed = record.clone();
+            placed.partition = partition;
+            view.write()
+                .map_err(|_| anyhow!("the view of {} was poisoned", self.to))?
+                .apply(key, placed);
+        }
+        Ok(true)
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        self.producer.flush(durable::FLUSH_TIMEOUT)
+    }
+}
+
+/// A table's view as its topic holds it now: each key's (and window's)
+/// latest row. Records that cannot be read are left out.
+fn read_view(options: &ClientOptions, engine: &Engine, topic: &str) -> Result<View> {
+    let probe = options.metadata_client()?;
+    let partitions = options.require_topic(&probe, topic)? as i32;
+    let mut view = View::new(partitions);
+    for partition in 0..partitions {
+        durable::read_partition(options, topic, partition, |m| {
+            if let Head::Record(record) = read(engine, topic, m) {
+                if let Some(key) = engine.key_bytes(topic, &record.key)? {
+                    view.apply(key, record);
+                }
+            }
+            Ok(())
+        })?;
+    }
+    Ok(view)
 }
 
 /// ksqlDB's refusal of a CREATE over a topic that does not exist, without
@@ -913,23 +1065,60 @@ fn read(engine: &Engine, topic: &str, m: &BorrowedMessage<'_>) -> Head {
     }
 }
 
-/// Feeds one query's engine from the broker and hands every record it writes
-/// to `emit` (which returns false to stop). A reader thread polls, merges the
-/// partitions by timestamp and decodes; this thread runs the query, so
-/// reading and processing overlap.
+/// Where a running query's records go.
+pub(crate) trait Sink {
+    /// Takes one record the query wrote; false stops the query.
+    fn emit(&mut self, engine: &Engine, record: &Record) -> Result<bool>;
+    /// How often to checkpoint while input flows (None: never).
+    fn every(&self) -> Option<Duration> {
+        None
+    }
+    /// Makes the query's output and state so far durable; `next` holds, per
+    /// input partition read since the last checkpoint, its next offset.
+    fn checkpoint(&mut self, _tasks: &mut [Engine], _next: &BTreeMap<i32, i64>) -> Result<()> {
+        Ok(())
+    }
+    /// The query stopped: send what is still queued.
+    fn finish(&mut self) -> Result<()> {
+        Ok(())
+    }
+}
+
+impl<F: FnMut(&Engine, &Record) -> Result<bool>> Sink for F {
+    fn emit(&mut self, engine: &Engine, record: &Record) -> Result<bool> {
+        self(engine, record)
+    }
+}
+
+/// How long input may pause before a query checkpoints what it has: a
+/// caught-up query's offsets show so soon after its last record.
+const IDLE_CHECKPOINT: Duration = Duration::from_millis(100);
+
+/// Feeds a query's tasks from the broker and hands every record they write
+/// to `sink`. One task serves every partition, or each partition has its own
+/// (a durable stateful query, whose state is kept per partition). A reader
+/// thread polls, merges the partitions by timestamp and decodes; this thread
+/// runs the query, so reading and processing overlap.
 fn drive(
     options: &ClientOptions,
-    mut engine: Engine,
+    mut tasks: Vec<Engine>,
     feed: &Feed,
     stops: &[Arc<AtomicBool>],
     dead_letter_topic: Option<&str>,
-    mut emit: impl FnMut(&Engine, &Record) -> Result<bool>,
+    sink: &mut impl Sink,
 ) -> Result<Counts> {
     let probe = options.metadata_client()?;
     let mut dead_letters = DeadLetters::connect(options, &probe, dead_letter_topic)?;
-    let decoder = engine.clone();
+    let decoder = tasks
+        .first()
+        .ok_or_else(|| anyhow!("a query without a task"))?
+        .clone();
     let quit = AtomicBool::new(false);
     let mut counts = Counts::default();
+    let every = sink.every();
+    // Per partition read since the last checkpoint: its next offset.
+    let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut checkpointed = Instant::now();
     let processed = std::thread::scope(|scope| -> Result<()> {
         let (batches, received) = std::sync::mpsc::sync_channel::<Vec<Head>>(4);
         let reader = std::thread::Builder::new()
@@ -938,49 +1127,84 @@ fn drive(
                 read_merged(options, &decoder, feed, stops, &quit, batches)
             })?;
         let ran = (|| -> Result<()> {
-            for head in received.iter().flatten() {
-                counts.read += 1;
-                let record = match head {
-                    Head::Record(record) => record,
-                    Head::Bad {
-                        error,
-                        key,
-                        payload,
-                        partition,
-                        offset,
-                    } => {
-                        counts.skipped += 1;
-                        let origin = Origin {
-                            topic: &feed.topic,
+            loop {
+                let batch = match every {
+                    None => match received.recv() {
+                        Ok(batch) => batch,
+                        Err(_) => return Ok(()),
+                    },
+                    Some(every) => {
+                        let due = every.saturating_sub(checkpointed.elapsed());
+                        match received.recv_timeout(due.min(IDLE_CHECKPOINT)) {
+                            Ok(batch) => batch,
+                            Err(RecvTimeoutError::Timeout) => {
+                                if !next.is_empty() {
+                                    sink.checkpoint(&mut tasks, &next)?;
+                                    next.clear();
+                                }
+                                checkpointed = Instant::now();
+                                continue;
+                            }
+                            Err(RecvTimeoutError::Disconnected) => return Ok(()),
+                        }
+                    }
+                };
+                for head in batch {
+                    counts.read += 1;
+                    let record = match head {
+                        Head::Record(record) => record,
+                        Head::Bad {
+                            error,
+                            key,
+                            payload,
                             partition,
                             offset,
-                            key: key.as_deref(),
-                            payload: &payload,
-                            headers: None,
-                        };
-                        dead_letters.send(&origin, &error)?;
-                        continue;
-                    }
-                };
-                let produced = match engine.process(&record) {
-                    Ok(produced) => produced,
-                    Err(e) => {
-                        counts.skipped += 1;
-                        tracing::warn!(
-                            partition = record.partition,
-                            offset = record.offset,
-                            "skipping a record the query cannot process: {e:#}"
-                        );
-                        continue;
-                    }
-                };
-                for record in &produced {
-                    if !emit(&engine, record)? {
-                        return Ok(());
+                        } => {
+                            counts.skipped += 1;
+                            next.insert(partition, offset + 1);
+                            let origin = Origin {
+                                topic: &feed.topic,
+                                partition,
+                                offset,
+                                key: key.as_deref(),
+                                payload: &payload,
+                                headers: None,
+                            };
+                            dead_letters.send(&origin, &error)?;
+                            continue;
+                        }
+                    };
+                    next.insert(record.partition, record.offset + 1);
+                    let task = match tasks.len() {
+                        1 => &mut tasks[0],
+                        _ => tasks
+                            .get_mut(record.partition as usize)
+                            .ok_or_else(|| anyhow!("partition {} has no task", record.partition))?,
+                    };
+                    let produced = match task.process(&record) {
+                        Ok(produced) => produced,
+                        Err(e) => {
+                            counts.skipped += 1;
+                            tracing::warn!(
+                                partition = record.partition,
+                                offset = record.offset,
+                                "skipping a record the query cannot process: {e:#}"
+                            );
+                            continue;
+                        }
+                    };
+                    for record in &produced {
+                        if !sink.emit(task, record)? {
+                            return Ok(());
+                        }
                     }
                 }
+                if every.is_some_and(|every| checkpointed.elapsed() >= every) {
+                    sink.checkpoint(&mut tasks, &next)?;
+                    next.clear();
+                    checkpointed = Instant::now();
+                }
             }
-            Ok(())
         })();
         quit.store(true, Ordering::Relaxed);
         drop(received);
@@ -990,6 +1214,10 @@ fn drive(
         ran.and(read)
     });
     processed?;
+    if every.is_some() && !next.is_empty() {
+        sink.checkpoint(&mut tasks, &next)?;
+    }
+    sink.finish()?;
     dead_letters.flush()?;
     Ok(counts)
 }

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Args;
 use kpipe_server::ServerOptions;
@@ -10,8 +11,10 @@ use super::KafkaArgs;
 
 /// Serve ksqlDB's REST API: statements on POST /ksql, queries on POST /query
 /// and /query-stream, GET /info and /healthcheck. Sources and persistent
-/// queries are stored in --state and run again after a restart, reading from
-/// where they first began, so their results come out the same.
+/// queries are stored in --state and run again after a restart or a kill -9.
+/// A query's state (aggregates, windows, a table's rows) goes to a changelog
+/// topic with checkpoints of its input offsets, so a restarted query restores
+/// it and resumes after its last checkpoint: no input lost or counted twice.
 ///
 ///   kpipe broker --data ./kpipe-data &
 ///   kpipe server --listen 127.0.0.1:8088 --state ./ksql-state &
@@ -26,9 +29,15 @@ pub struct ServerArgs {
     /// Directory for the command log.
     #[arg(long, default_value = "./kpipe-ksql-state")]
     state: PathBuf,
-    /// The service id /info reports (ksql.service.id).
+    /// The service id (ksql.service.id): /info reports it, and it names the
+    /// queries' consumer groups (_confluent-ksql-ID query_QUERY) and
+    /// changelog topics.
     #[arg(long, default_value = "default_")]
     service_id: String,
+    /// How often (ms) a persistent query checkpoints its state and offsets
+    /// while input flows; it also checkpoints whenever it catches up.
+    #[arg(long, default_value_t = 2000, value_name = "MS")]
+    commit_interval: u64,
 }
 
 pub fn run(args: ServerArgs, kafka: &KafkaArgs) -> anyhow::Result<()> {
@@ -37,6 +46,7 @@ pub fn run(args: ServerArgs, kafka: &KafkaArgs) -> anyhow::Result<()> {
         listen: args.listen,
         state: args.state,
         service_id: args.service_id,
+        commit_interval: Duration::from_millis(args.commit_interval),
     };
     kpipe_server::run(kafka.options(), options, stop, |address| {
         // Tests and scripts read this line to learn the port when --listen ends in :0.

@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::harness::{block_on, eventually, BrokerProcess};
-use crate::sql::payments;
+use crate::sql::{payments, read_topic};
 
 struct Server {
     child: Child,
@@ -20,14 +20,20 @@ struct Server {
 
 impl Server {
     fn start(broker: &BrokerProcess, state: &Path) -> Server {
+        Server::start_with(broker, state, &[])
+    }
+
+    fn start_with(broker: &BrokerProcess, state: &Path, extra: &[&str]) -> Server {
+        let mut args = vec![
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--state",
+            state.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
         let mut child = broker
-            .command(&[
-                "server",
-                "--listen",
-                "127.0.0.1:0",
-                "--state",
-                state.to_str().unwrap(),
-            ])
+            .command(&args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -47,6 +53,17 @@ impl Server {
     fn kill9(mut self) {
         self.child.kill().expect("SIGKILL");
         let _ = self.child.wait();
+    }
+
+    /// SIGTERM, and the exit it leads to.
+    fn stop(mut self) {
+        let pid = self.child.id().to_string();
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status();
+        assert!(sent.is_ok_and(|s| s.success()), "kill -TERM {pid}");
+        let status = self.child.wait().expect("the server exits");
+        assert!(status.success(), "the server stopped with {status}");
     }
 
     fn post(&self, path: &str, body: Value) -> (u16, String) {
@@ -198,7 +215,22 @@ fn rest_api_answers_statements_and_queries_and_a_query_survives_kill_9() {
         "{body}"
     );
 
-    // kill -9 while more input arrives; the restarted server runs the same query again.
+    // The query checkpoints once caught up: its group has committed every
+    // input offset, and its state is in a changelog topic.
+    let group = format!("_confluent-ksql-default_query_{query_id}");
+    assert!(
+        eventually(Duration::from_secs(30), || broker.committed(&group) == 3000),
+        "the query's group committed {} of 3000 offsets",
+        broker.committed(&group)
+    );
+    let changelog = format!("{group}-Aggregate-Aggregate-Materialize-changelog");
+    assert!(
+        !broker.messages(&changelog, 3000).is_empty(),
+        "{changelog} holds the table's state"
+    );
+
+    // kill -9 while more input arrives; the restarted server restores the
+    // query's state from its changelog and resumes after its checkpoint.
     gen_payments(&broker, "3000", "2");
     server.kill9();
     gen_payments(&broker, "3000", "3");
@@ -213,4 +245,96 @@ fn rest_api_answers_statements_and_queries_and_a_query_survives_kill_9() {
         "after kill -9 the totals equal a batch computation: {:?} vs {expected:?}",
         pulled_totals(&server)
     );
+    assert!(
+        eventually(Duration::from_secs(30), || broker.committed(&group) == 9000),
+        "after the restart the group committed {} of 9000 offsets",
+        broker.committed(&group)
+    );
+    // One update per input, plus at most the 3000 processed again after the
+    // kill: a restart that recomputed from the start would write 6000 more.
+    let written = broker.messages("TOTALS", 3000).len();
+    assert!(
+        (9000..=12_000).contains(&written),
+        "TOTALS holds {written} updates for 9000 inputs"
+    );
+}
+
+/// (name, window start) → (count, sum) over every payment, in 10 s windows.
+fn batch_windows(broker: &BrokerProcess) -> BTreeMap<(String, i64), (i64, i64)> {
+    let mut windows = BTreeMap::new();
+    for (ts, name, amount) in payments(broker) {
+        let entry = windows.entry((name, ts - ts % 10_000)).or_insert((0, 0));
+        entry.0 += 1;
+        entry.1 += amount;
+    }
+    windows
+}
+
+/// The same, as the query's output topic holds it: each window's last update.
+fn written_windows(broker: &BrokerProcess, topic: &str) -> BTreeMap<(String, i64), (i64, i64)> {
+    let mut windows = BTreeMap::new();
+    for (_, _, _, _, value) in read_topic(&broker.bootstrap, topic) {
+        let Some(value) = value else { continue };
+        let v: Value = serde_json::from_slice(&value).expect("JSON values");
+        let window = (
+            v["WHO"].as_str().unwrap().to_string(),
+            v["WS"].as_i64().unwrap(),
+        );
+        windows.insert(
+            window,
+            (v["CNT"].as_i64().unwrap(), v["TOTAL"].as_i64().unwrap()),
+        );
+    }
+    windows
+}
+
+/// Issue 7's acceptance: a windowed CTAS over a million events, its server
+/// killed with SIGKILL twice and stopped once while it works through them;
+/// the output topic's final values equal a batch computation over the input.
+#[test]
+fn a_windowed_query_killed_twice_and_restarted_during_a_million_events_loses_and_doubles_nothing() {
+    let events: i64 = std::env::var("KPIPE_TEST_WINDOWED_EVENTS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1_000_000);
+    let broker = BrokerProcess::start();
+    let state = tempfile::tempdir().unwrap();
+    let fast_checkpoints = ["--commit-interval", "200"];
+    let mut server = Server::start_with(&broker, state.path(), &fast_checkpoints);
+    let created = server.ksql(&format!(
+        "{PAYMENTS}\nCREATE TABLE windowed AS SELECT name, AS_VALUE(name) AS who, WINDOWSTART AS ws, \
+         COUNT(*) AS cnt, SUM(amount) AS total FROM payments WINDOW TUMBLING (SIZE 10 SECONDS) \
+         GROUP BY name EMIT CHANGES;"
+    ));
+    let query_id = created[1]["commandStatus"]["queryId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let group = format!("_confluent-ksql-default_query_{query_id}");
+    gen_payments(&broker, &events.to_string(), "7");
+
+    for (quarter, how) in [(1, "kill -9"), (2, "kill -9"), (3, "stop")] {
+        // Interrupt once the query is that many quarters through.
+        let at = events * quarter / 4;
+        assert!(
+            eventually(Duration::from_secs(300), || broker.committed(&group) >= at),
+            "the query reached {} of {events} before the {how}",
+            broker.committed(&group)
+        );
+        match how {
+            "kill -9" => server.kill9(),
+            _ => server.stop(),
+        }
+        server = Server::start_with(&broker, state.path(), &fast_checkpoints);
+    }
+    assert!(
+        eventually(Duration::from_secs(300), || broker.committed(&group)
+            == events),
+        "the query caught up: {} of {events}",
+        broker.committed(&group)
+    );
+    let expected = batch_windows(&broker);
+    assert_eq!(expected.values().map(|w| w.0).sum::<i64>(), events);
+    assert_eq!(written_windows(&broker, "WINDOWED"), expected);
+    drop(server);
 }

@@ -25,7 +25,7 @@ const WINDOW_MS: i64 = 10_000;
 type Read = (i32, i64, i64, Option<Vec<u8>>, Option<Vec<u8>>);
 
 /// Every message of `topic` as it is now.
-fn read_topic(bootstrap: &str, topic: &str) -> Vec<Read> {
+pub(crate) fn read_topic(bootstrap: &str, topic: &str) -> Vec<Read> {
     let bootstrap = bootstrap.to_string();
     let topic = topic.to_string();
     bounded(Duration::from_secs(60), "reading a topic", move || {
