@@ -29,9 +29,7 @@ const DELIMITED: &str = "application/vnd.ksqlapi.delimited.v1";
 
 /// Runs the shell against the server at `url` until Ctrl-D.
 pub fn run(url: &str, embedded: Option<String>, out: &mut dyn Output) -> Result<()> {
-    let interrupted = Arc::new(AtomicBool::new(false));
-    let mut client = Client::connect(url, interrupted.clone())?;
-    interrupt_flag(interrupted);
+    let mut client = Client::connect(url)?;
     let version = client.version.clone();
     let kind = embedded.map_or_else(String::new, |about| format!(", {about}"));
     println!(
@@ -39,6 +37,11 @@ pub fn run(url: &str, embedded: Option<String>, out: &mut dyn Output) -> Result<
          Ctrl-C stops a running SELECT, Ctrl-D leaves."
     );
     statement_shell(".kpipe_sql_history", "ksql> ", |sql| client.run(sql, out))
+}
+
+/// Runs a script's statements on the server at `url`, in order, until one fails.
+pub fn run_script(url: &str, script: &str, out: &mut dyn Output) -> Result<()> {
+    Client::connect(url)?.run(script, out)
 }
 
 /// A ksqlDB REST client that blocks on a runtime of its own; every request
@@ -55,8 +58,11 @@ struct Client {
 }
 
 impl Client {
-    /// Connects and asks the server what it is (`GET /info`).
-    fn connect(url: &str, interrupted: Arc<AtomicBool>) -> Result<Client> {
+    /// Connects and asks the server what it is (`GET /info`). From now on
+    /// Ctrl-C interrupts the request under way instead of ending the process.
+    fn connect(url: &str) -> Result<Client> {
+        let interrupted = Arc::new(AtomicBool::new(false));
+        interrupt_flag(interrupted.clone());
         let url = url.trim_end_matches('/').to_string();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()

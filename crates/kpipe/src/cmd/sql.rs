@@ -78,8 +78,15 @@ pub struct SqlArgs {
     /// Rows as tables, or as JSON lines (one object per row; messages go to stderr).
     #[arg(long, value_enum, default_value_t = Format::Table)]
     output: Format,
-    /// The shell's kpipe server (its REST API); none starts one in-process.
-    #[arg(long, env = "KPIPE_SERVER", value_name = "URL", conflicts_with_all = ["execute", "file", "state"])]
+    /// A kpipe server (its REST API) for the shell, or for -e / --file
+    /// (then --until-end and --dlq-topic do not apply); none: the shell
+    /// starts one in-process, and -e / --file run here.
+    #[arg(
+        long,
+        env = "KPIPE_SERVER",
+        value_name = "URL",
+        conflicts_with = "state"
+    )]
     server: Option<String>,
     /// The in-process server's state directory (its sources and queries, run
     /// again by the next shell given it); none keeps them for this shell only.
@@ -157,6 +164,9 @@ pub fn run(args: SqlArgs, kafka: &KafkaArgs) -> Result<()> {
     let Some(script) = script else {
         return run_shell(args.server, args.state, kafka, &mut out);
     };
+    if let Some(url) = &args.server {
+        return shell::run_script(url, &script, &mut out);
+    }
     let settings = Settings {
         until_end: args.until_end,
         dead_letters: args.dlq_topic.clone(),

@@ -517,4 +517,14 @@ fn the_shell_on_a_kpipe_server_runs_a_session_through_a_terminal() {
     let errors: Vec<&str> = shown.lines().filter(|l| l.starts_with("error: ")).collect();
     assert_eq!(errors.len(), 2, "an error is one line each:\n{shown}");
     assert!(errors[0].contains("NOSUCH"), "{errors:?}");
+    // -e with --server runs its statements there.
+    let streams = broker
+        .kpipe(&["sql", "--server", &server.url, "-e", "SHOW STREAMS;"], "")
+        .out();
+    assert!(
+        streams
+            .lines()
+            .any(|l| l.contains("PAYMENTS") && l.contains("payments")),
+        "{streams}"
+    );
 }
