@@ -53,6 +53,9 @@ pub struct ServerOptions {
     pub commit_interval: Duration,
 }
 
+/// ksqlDB's default `ksql.streams.commit.interval.ms`.
+pub const COMMIT_INTERVAL: Duration = Duration::from_secs(2);
+
 /// A request to /ksql, /query or /query-stream (the latter names it `sql`).
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]

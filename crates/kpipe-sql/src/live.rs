@@ -175,12 +175,6 @@ impl Session {
         Ok(done)
     }
 
-    /// The flag that stops the SELECT running now, leaving the session and
-    /// its persistent queries be.
-    pub fn cancel_flag(&self) -> Arc<AtomicBool> {
-        self.cancel.clone()
-    }
-
     pub fn persistent_queries(&self) -> usize {
         self.running.len()
     }

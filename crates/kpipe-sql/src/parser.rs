@@ -310,6 +310,21 @@ pub fn parse_with_text(sql: &str) -> Result<Vec<(Statement, String)>> {
     Ok(statements)
 }
 
+/// Parses a column type as ksqlDB writes it (`BIGINT`, `DECIMAL(4, 2)`,
+/// `STRUCT<A INT>`), such as the types a `/query-stream` header names.
+pub fn parse_type(text: &str) -> Result<SqlType> {
+    let mut parser = Parser {
+        sql: text,
+        tokens: tokenize(text)?,
+        at: 0,
+    };
+    let ty = parser.sql_type()?;
+    if parser.peek().is_some() {
+        return Err(parser.expected("the end of the type"));
+    }
+    Ok(ty)
+}
+
 struct Parser<'a> {
     sql: &'a str,
     tokens: Vec<(Token, usize)>,
@@ -1379,6 +1394,21 @@ fn describe(token: &Token) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn types_read_back_as_they_are_written() {
+        for text in [
+            "BIGINT",
+            "TIMESTAMP",
+            "DECIMAL(4, 2)",
+            "ARRAY<STRING>",
+            "MAP<STRING, INTEGER>",
+            "STRUCT<`A` INTEGER, `B` ARRAY<DOUBLE>>",
+        ] {
+            assert_eq!(parse_type(text).unwrap().to_string(), text);
+        }
+        assert!(parse_type("BIGINT KEY").is_err());
+    }
 
     #[test]
     fn each_statement_comes_with_its_text() {

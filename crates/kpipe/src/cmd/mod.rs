@@ -12,6 +12,7 @@ pub mod lake;
 pub mod produce;
 pub mod query;
 pub mod server;
+pub mod shell;
 pub mod sink;
 pub mod sql;
 pub mod topic;

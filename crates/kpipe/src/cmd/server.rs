@@ -36,7 +36,7 @@ pub struct ServerArgs {
     service_id: String,
     /// How often (ms) a persistent query checkpoints its state and offsets
     /// while input flows; it also checkpoints whenever it catches up.
-    #[arg(long, default_value_t = 2000, value_name = "MS")]
+    #[arg(long, default_value_t = kpipe_server::COMMIT_INTERVAL.as_millis() as u64, value_name = "MS")]
     commit_interval: u64,
 }
 

@@ -1,10 +1,6 @@
 //! `kpipe sql`: streaming SQL in ksqlDB's dialect, live against Kafka
-//! (`-e` / `--file`) or over ksqlDB's own test files (`kpipe sql test`).
-
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+//! (`-e` / `--file`), as a shell on a kpipe server, or over ksqlDB's own
+//! test files (`kpipe sql test`).
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
@@ -14,8 +10,11 @@ use kpipe_sql::parser::{ColumnDef, SqlType};
 use kpipe_sql::qtt::Outcome;
 use kpipe_sql::resttest::InProcess;
 use serde_json::{Map, Value};
+use std::io::Write;
+use std::path::{Path, PathBuf};
 
-use super::{interrupt_flag, statement_shell, stop_flag, table, KafkaArgs};
+use super::shell::{self, Embedded};
+use super::{stop_flag, table, KafkaArgs};
 
 /// Streaming SQL in ksqlDB's dialect, against Kafka.
 ///
@@ -31,10 +30,18 @@ use super::{interrupt_flag, statement_shell, stop_flag, table, KafkaArgs};
 /// `auto.offset.reset` (latest, as in ksqlDB; `SET 'auto.offset.reset' =
 /// 'earliest';` to replay).
 /// Also: SHOW STREAMS|TABLES|TOPICS|QUERIES|PROPERTIES, DESCRIBE, DROP,
-/// TERMINATE, SET, UNSET. With neither -e nor --file, a shell like ksql's:
-/// statements end with ';' (lines accumulate until then), history in
-/// ~/.kpipe_sql_history, Ctrl-C stops the running SELECT, persistent queries
-/// run in the background until Ctrl-D leaves.
+/// TERMINATE, SET, UNSET.
+///
+/// With neither -e nor --file, a shell like the ksql CLI, a client of a
+/// `kpipe server` (--server URL or KPIPE_SERVER), or of one it starts
+/// in-process on 127.0.0.1 when none is given (over -b's Kafka; its
+/// sources and queries kept in --state, else gone when the shell leaves).
+/// Statements end with ';' (lines accumulate until then); history is in
+/// ~/.kpipe_sql_history. Listings print as tables, pull queries as a
+/// table, push queries a row per line as rows arrive, until their LIMIT
+/// or Ctrl-C, which stops that query and not the shell. SET and UNSET
+/// last for the shell, sent with each statement. Persistent queries run
+/// on the server; Ctrl-D leaves (and stops an in-process server).
 ///
 /// Examples (seed 03):
 ///   kpipe gen payments --rate 50 &
@@ -46,6 +53,8 @@ use super::{interrupt_flag, statement_shell, stop_flag, table, KafkaArgs};
 ///     SELECT FROM_UNIXTIME(WINDOWSTART) AS ws, name, COUNT(*) AS cnt
 ///       FROM payments WINDOW TUMBLING (SIZE 10 SECONDS) GROUP BY name EMIT FINAL;"
 ///   kpipe sql --file pipeline.sql --until-end
+///   kpipe sql                                  # shell, server in-process
+///   kpipe sql --server http://127.0.0.1:8088   # shell on `kpipe server`
 ///   kpipe sql test ../shared/ksql-qtt/query-validation-tests/*.json
 ///   kpipe sql test-rest ../shared/ksql-qtt/rest-query-validation-tests/*.json
 #[derive(Args)]
@@ -69,6 +78,20 @@ pub struct SqlArgs {
     /// Rows as tables, or as JSON lines (one object per row; messages go to stderr).
     #[arg(long, value_enum, default_value_t = Format::Table)]
     output: Format,
+    /// A kpipe server (its REST API) for the shell, or for -e / --file
+    /// (then --until-end and --dlq-topic do not apply); none: the shell
+    /// starts one in-process, and -e / --file run here.
+    #[arg(
+        long,
+        env = "KPIPE_SERVER",
+        value_name = "URL",
+        conflicts_with = "state"
+    )]
+    server: Option<String>,
+    /// The in-process server's state directory (its sources and queries, run
+    /// again by the next shell given it); none keeps them for this shell only.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["execute", "file"])]
+    state: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -137,14 +160,17 @@ pub fn run(args: SqlArgs, kafka: &KafkaArgs) -> Result<()> {
         ),
         (None, None) => None,
     };
+    let mut out = Printer::new(args.output);
+    let Some(script) = script else {
+        return run_shell(args.server, args.state, kafka, &mut out);
+    };
+    if let Some(url) = &args.server {
+        return shell::run_script(url, &script, &mut out);
+    }
     let settings = Settings {
         until_end: args.until_end,
         dead_letters: args.dlq_topic.clone(),
         ..Settings::default()
-    };
-    let mut out = Printer::new(args.output);
-    let Some(script) = script else {
-        return shell(kafka, settings, &mut out);
     };
     let stop = stop_flag();
     let mut session = Session::connect(kafka.options(), settings, stop)?;
@@ -167,20 +193,23 @@ pub fn run(args: SqlArgs, kafka: &KafkaArgs) -> Result<()> {
     Ok(())
 }
 
-/// The interactive session: one statement at a time, errors reported and
-/// survived; leaving stops the persistent queries it started.
-fn shell(kafka: &KafkaArgs, settings: Settings, out: &mut Printer) -> Result<()> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut session = Session::connect(kafka.options(), settings, stop.clone())?;
-    interrupt_flag(session.cancel_flag());
-    println!(
-        "kpipe sql on {}: statements end with ';'; Ctrl-C stops a running SELECT, Ctrl-D leaves.",
-        kafka.options().bootstrap
-    );
-    statement_shell(".kpipe_sql_history", "ksql> ", |sql| session.run(sql, out))?;
-    stop.store(true, Ordering::Relaxed);
-    report(session.finish()?);
-    Ok(())
+/// The interactive shell, on `server` or on one started in-process over
+/// `kafka` (stopped, with its queries, when the shell leaves).
+fn run_shell(
+    server: Option<String>,
+    state: Option<PathBuf>,
+    kafka: &KafkaArgs,
+    out: &mut Printer,
+) -> Result<()> {
+    if let Some(url) = server {
+        return shell::run(&url, None, out);
+    }
+    let options = kafka.options();
+    let about = format!("in-process, Kafka at {}", options.bootstrap);
+    let embedded = Embedded::start(options, state)?;
+    let ran = shell::run(&embedded.url, Some(about), out);
+    let stopped = embedded.stop();
+    ran.and(stopped)
 }
 
 /// What each persistent query did, on stderr.

@@ -13,13 +13,13 @@ use serde_json::{json, Value};
 use crate::harness::{block_on, eventually, BrokerProcess};
 use crate::sql::{payments, read_topic};
 
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl Server {
-    fn start(broker: &BrokerProcess, state: &Path) -> Server {
+    pub(crate) fn start(broker: &BrokerProcess, state: &Path) -> Server {
         Server::start_with(broker, state, &[])
     }
 

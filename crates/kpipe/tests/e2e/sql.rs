@@ -404,19 +404,11 @@ fn the_shell_runs_a_session_through_a_terminal() {
         "SELECT name, amount, 'seen' AS tag FROM payments EMIT CHANGES;\n!interrupt-after |seen",
         "TERMINATE CTAS_COUNTS_0;",
         "SHOW QUERIES;",
-    ]
-    .join("\n---\n");
-    let mut shell = std::process::Command::new(crate::harness::python());
-    shell
-        .arg(crate::harness::python_script("sql_shell.py"))
-        .arg(env!("CARGO_BIN_EXE_kpipe"))
-        .arg("sql")
-        .env("KPIPE_BOOTSTRAP", &broker.bootstrap)
-        .env("HOME", tempfile::tempdir().unwrap().path());
-    let run = broker.run(shell, &steps);
+    ];
+    // No --server: the shell runs a server of its own over the broker.
+    let shown = shell_session(&broker, &[], &steps);
     let _ = generator.kill();
     let _ = generator.wait();
-    let shown = run.out();
     for expected in [
         "Stream created",
         "error: SELECT column 'NOPE' cannot be resolved.",
@@ -435,5 +427,104 @@ fn the_shell_runs_a_session_through_a_terminal() {
     assert!(
         !read_topic(&broker.bootstrap, "COUNTS").is_empty(),
         "the persistent query wrote through the broker"
+    );
+}
+
+/// Drives `kpipe sql ARGS` through a pseudo-terminal with
+/// tests/python/sql_shell.py's `steps`; what the terminal showed.
+fn shell_session(broker: &BrokerProcess, args: &[&str], steps: &[&str]) -> String {
+    let home = tempfile::tempdir().unwrap();
+    let mut shell = std::process::Command::new(crate::harness::python());
+    shell
+        .arg(crate::harness::python_script("sql_shell.py"))
+        .arg(env!("CARGO_BIN_EXE_kpipe"))
+        .arg("sql")
+        .args(args)
+        .env("KPIPE_BOOTSTRAP", &broker.bootstrap)
+        .env("HOME", home.path());
+    let shown = broker.run(shell, &steps.join("\n---\n")).out();
+    assert!(
+        home.path().join(".kpipe_sql_history").exists(),
+        "the shell keeps its history"
+    );
+    shown
+}
+
+#[test]
+fn the_shell_on_a_kpipe_server_runs_a_session_through_a_terminal() {
+    let broker = BrokerProcess::start();
+    broker
+        .kpipe(&["gen", "payments", "--count", "300", "--seed", "7"], "")
+        .out();
+    let state = tempfile::tempdir().unwrap();
+    let server = crate::server::Server::start(&broker, state.path());
+    // The busiest name's count and total, from the records themselves.
+    let mut totals: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+    for (_, name, amount) in payments(&broker) {
+        let entry = totals.entry(name).or_default();
+        entry.0 += 1;
+        entry.1 += amount;
+    }
+    let (name, (count, total)) = totals
+        .iter()
+        .max_by_key(|(_, (count, _))| *count)
+        .expect("payments were produced");
+    let pull = format!(
+        "SELECT cnt, total FROM totals WHERE name='{name}';\n!repeat-until │ *{count} *┆ *{total} *│"
+    );
+    let steps = [
+        "SET 'auto.offset.reset' = 'earliest';",
+        "CREATE STREAM payments (name VARCHAR, amount INTEGER)\n  WITH (KAFKA_TOPIC='payments', VALUE_FORMAT='json');",
+        "CREATE TABLE totals AS\n  SELECT name, COUNT(*) AS cnt, SUM(amount) AS total\n  FROM payments GROUP BY name;",
+        "SHOW QUERIES;",
+        // The pull query is asked again until the table has caught up.
+        &pull,
+        "SELECT name, amount, 'limited' AS tag FROM payments EMIT CHANGES LIMIT 3;",
+        // Ctrl-C stops this query, not the shell: the next statement runs.
+        "SELECT name, amount, 'endless' AS tag FROM payments EMIT CHANGES;\n!interrupt-after |endless",
+        "SHOW QUERIES;",
+        "DROP STREAM nosuch;",
+        "SELECT nope FROM payments;",
+        "TERMINATE CTAS_TOTALS_0;",
+        "SHOW QUERIES;",
+    ];
+    let shown = shell_session(&broker, &["--server", &server.url], &steps);
+    for expected in [
+        &format!("kpipe sql on {}", server.url),
+        "Successfully changed local property 'auto.offset.reset' to 'earliest'.",
+        "Stream created",
+        "Created query with ID CTAS_TOTALS_0",
+        "error: SELECT column 'NOPE' cannot be resolved.\r\n",
+        "Query terminated.",
+        "(0 rows)",
+        "exit=0",
+    ] {
+        assert!(
+            shown.contains(expected),
+            "missing {expected:?} in:\n{shown}"
+        );
+    }
+    assert_eq!(
+        shown.matches("CTAS_TOTALS_0 ┆ RUNNING").count(),
+        2,
+        "SHOW QUERIES lists the query before and after the interrupted push query:\n{shown}"
+    );
+    assert_eq!(
+        shown.matches("|limited").count(),
+        3,
+        "LIMIT 3 ends the push query after 3 rows:\n{shown}"
+    );
+    let errors: Vec<&str> = shown.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert_eq!(errors.len(), 2, "an error is one line each:\n{shown}");
+    assert!(errors[0].contains("NOSUCH"), "{errors:?}");
+    // -e with --server runs its statements there.
+    let streams = broker
+        .kpipe(&["sql", "--server", &server.url, "-e", "SHOW STREAMS;"], "")
+        .out();
+    assert!(
+        streams
+            .lines()
+            .any(|l| l.contains("PAYMENTS") && l.contains("payments")),
+        "{streams}"
     );
 }
