@@ -1,10 +1,13 @@
 # Shared helpers for the benchmarks in bench/ (sourced, not run).
 # Sets REPO, KPIPE (a release build) and WORK (a temp dir removed on exit).
+# A script that needs more targets built sets BUILD_ALSO (cargo build arguments)
+# first: one build, so shared dependencies are compiled with the same features.
 
 die() { echo "bench: $*" >&2; exit 1; }
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 command -v kcat >/dev/null || die "kcat not found (apt-get install kcat, or run scripts/test.sh)"
-(cd "$REPO" && cargo build --release -q -p kpipe) || die "release build failed"
+(cd "$REPO" && cargo build --release -q -p kpipe --bins ${BUILD_ALSO[@]+"${BUILD_ALSO[@]}"}) ||
+    die "release build failed"
 KPIPE="${CARGO_TARGET_DIR:-$REPO/target}/release/kpipe"
 
 WORK="$(mktemp -d)"
