@@ -194,6 +194,28 @@ impl Groups {
         })
     }
 
+    /// Each partition of `topic`: the group's committed offset and the end
+    /// offset, whether or not the group has members (a group that only
+    /// commits, as a Kafka Streams application's does, counts too).
+    pub fn topic_lag(&self, group: &str, topic: &str) -> Result<Vec<PartitionLag>> {
+        let partitions = self.options.require_topic(&self.client, topic)?;
+        let committed = self.committed(group, Some(topic))?;
+        (0..partitions as i32)
+            .map(|partition| {
+                let (_, end) = self
+                    .client
+                    .fetch_watermarks(topic, partition, CONNECT_TIMEOUT)?;
+                Ok(PartitionLag {
+                    topic: topic.to_string(),
+                    partition,
+                    committed: committed.get(&(topic.to_string(), partition)).copied(),
+                    end,
+                    owner: None,
+                })
+            })
+            .collect()
+    }
+
     /// Committed offsets of the group, for one topic or every topic in the cluster.
     fn committed(&self, group: &str, topic: Option<&str>) -> Result<BTreeMap<(String, i32), i64>> {
         let metadata = self.options.metadata(&self.client, topic)?;

@@ -8,6 +8,8 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 use anyhow::{anyhow, bail, Result};
 use serde_json::{Map, Value};
@@ -47,19 +49,46 @@ pub struct Input {
 /// The partitions a topic gets when a test does not say (ksqlDB's harness's).
 const DEFAULT_PARTITIONS: i32 = 4;
 
-/// Runs every test of a REST test file, each against a fresh API from `api`.
-pub fn run_file(path: &Path, api: &mut dyn FnMut() -> Box<dyn RestApi>) -> Result<Vec<Outcome>> {
-    let mut outcomes = Vec::new();
-    for test in read_tests(path)? {
-        for (name, format) in runs(&test) {
-            let mut server = api();
-            outcomes.push(Outcome {
-                failure: run_test(server.as_mut(), &test, format.as_deref()).err(),
-                name,
+/// Makes the fresh API each test run gets.
+pub type NewApi = dyn Fn() -> Result<Box<dyn RestApi>> + Sync;
+
+/// Runs every test of a REST test file, each against a fresh API from `api`,
+/// on up to `threads` threads at once; the outcomes are in the file's order.
+pub fn run_file(path: &Path, threads: usize, api: &NewApi) -> Result<Vec<Outcome>> {
+    let tests = read_tests(path)?;
+    let runs: Vec<(&Value, String, Option<String>)> = tests
+        .iter()
+        .flat_map(|test| {
+            runs(test)
+                .into_iter()
+                .map(move |(name, format)| (test, name, format))
+        })
+        .collect();
+    let next = AtomicUsize::new(0);
+    let failures: Vec<Mutex<Option<String>>> = runs.iter().map(|_| Mutex::default()).collect();
+    std::thread::scope(|scope| {
+        for _ in 0..threads.clamp(1, runs.len().max(1)) {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some((test, _, format)) = runs.get(i) else {
+                    break;
+                };
+                let failure = match api() {
+                    Ok(mut server) => run_test(server.as_mut(), test, format.as_deref()).err(),
+                    Err(e) => Some(format!("cannot start the server: {e:#}")),
+                };
+                *failures[i].lock().unwrap_or_else(|e| e.into_inner()) = failure;
             });
         }
-    }
-    Ok(outcomes)
+    });
+    Ok(runs
+        .into_iter()
+        .zip(failures)
+        .map(|((_, name, _), failure)| Outcome {
+            name,
+            failure: failure.into_inner().unwrap_or_else(|e| e.into_inner()),
+        })
+        .collect())
 }
 
 fn run_test(api: &mut dyn RestApi, test: &Value, format: Option<&str>) -> Result<(), String> {

@@ -8,13 +8,15 @@ use kpipe_sql::catalog::display;
 use kpipe_sql::live::{Counts, Output, Session, Settings};
 use kpipe_sql::parser::{ColumnDef, SqlType};
 use kpipe_sql::qtt::Outcome;
-use kpipe_sql::resttest::InProcess;
+use kpipe_sql::resttest::{InProcess, NewApi};
 use serde_json::{Map, Value};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::shell::{self, Embedded};
 use super::{stop_flag, table, KafkaArgs};
+
+mod test_rest;
 
 /// Streaming SQL in ksqlDB's dialect, against Kafka.
 ///
@@ -123,14 +125,17 @@ pub struct TestArgs {
     files: Vec<PathBuf>,
 }
 
-/// Run ksqlDB's REST query-validation test files against an in-process server.
+/// Run ksqlDB's REST query-validation test files against `kpipe server` over HTTP.
 ///
-/// Each test's statements before its first SELECT go in one /ksql request,
+/// Each test run gets a broker and a server of its own, in this process on
+/// 127.0.0.1. Its statements before its first SELECT go in one POST /ksql,
 /// its inputs are produced as a Java producer would (murmur2 of the key onto
-/// 4 partitions, or the test's `topics[].partitions`), and each SELECT goes
-/// alone to /query; the answers must match the test's `responses` or its
-/// `expectedError`. Failing tests are printed with their first difference;
-/// the last line is "N passed, M failed" (exit 1 when M > 0).
+/// 4 partitions, or the test's `topics[].partitions`), the runner waits until
+/// every persistent query's consumer group has committed its source's end
+/// offsets, and each SELECT goes alone to POST /query; the answers must match
+/// the test's `responses` or its `expectedError`. Failing tests are printed
+/// with their first difference; the last line is "N passed, M failed" (exit 1
+/// when M > 0).
 ///
 /// Example:
 ///   kpipe sql test-rest ../shared/ksql-qtt/rest-query-validation-tests/*.json
@@ -140,15 +145,27 @@ pub struct TestRestArgs {
     /// REST test files (JSON).
     #[arg(required = true)]
     files: Vec<PathBuf>,
+    /// Test runs at once, each with its own broker and server.
+    #[arg(long, default_value_t = 4)]
+    threads: usize,
+    /// Answer from an engine in this process instead (no broker, no HTTP):
+    /// quicker, for working on the engine.
+    #[arg(long)]
+    in_process: bool,
 }
 
 pub fn run(args: SqlArgs, kafka: &KafkaArgs) -> Result<()> {
     match args.command {
         Some(SqlCommand::Test(test)) => return run_tests(&test.files, kpipe_sql::qtt::run_file),
         Some(SqlCommand::TestRest(test)) => {
+            let api: &NewApi = if test.in_process {
+                &|| Ok(Box::<InProcess>::default())
+            } else {
+                &|| Ok(Box::new(test_rest::OverHttp::start()?))
+            };
             return run_tests(&test.files, |file| {
-                kpipe_sql::resttest::run_file(file, &mut || Box::<InProcess>::default())
-            })
+                kpipe_sql::resttest::run_file(file, test.threads, api)
+            });
         }
         None => {}
     }

@@ -338,3 +338,53 @@ fn a_windowed_query_killed_twice_and_restarted_during_a_million_events_loses_and
     assert_eq!(written_windows(&broker, "WINDOWED"), expected);
     drop(server);
 }
+
+#[test]
+fn sql_test_rest_drives_a_server_over_http_and_reports_each_difference() {
+    let statements = |select: &str| {
+        json!([
+            "CREATE STREAM INPUT (ID STRING KEY, V INT) WITH (kafka_topic='t', value_format='JSON');",
+            "CREATE TABLE AGGREGATE AS SELECT ID, COUNT(1) AS COUNT FROM INPUT GROUP BY ID;",
+            select
+        ])
+    };
+    let inputs = json!([
+        {"topic": "t", "timestamp": 1, "key": "10", "value": {"V": 1}},
+        {"topic": "t", "timestamp": 2, "key": "10", "value": {"V": 2}},
+        {"topic": "t", "timestamp": 3, "key": "11", "value": {"V": 3}}
+    ]);
+    let lookup = statements("SELECT ID, COUNT FROM AGGREGATE WHERE ID='10';");
+    let counted = |count: i64| {
+        json!([
+            {"admin": {"@type": "currentStatus"}},
+            {"admin": {"@type": "currentStatus"}},
+            {"query": [
+                {"header": {"schema": "`ID` STRING KEY, `COUNT` BIGINT"}},
+                {"row": {"columns": ["10", count]}}
+            ]}
+        ])
+    };
+    let tests = json!({"tests": [
+        {"name": "counted", "statements": lookup, "inputs": inputs, "responses": counted(2)},
+        {"name": "miscounted", "statements": lookup, "inputs": inputs, "responses": counted(3)},
+        {"name": "not a key", "statements": statements("SELECT * FROM AGGREGATE WHERE COUNT = 2;"),
+         "inputs": inputs, "properties": {"ksql.query.pull.table.scan.enabled": false},
+         "expectedError": {"type": "io.confluent.ksql.rest.entity.KsqlStatementErrorMessage",
+                           "message": "WHERE clause missing key column", "status": 400}}
+    ]});
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("lookup.json");
+    std::fs::write(&file, tests.to_string()).unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_kpipe"))
+        .args(["sql", "test-rest", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(!output.status.success(), "{stdout}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.last(), Some(&"2 passed, 1 failed"), "{stdout}");
+    assert!(
+        lines[0].starts_with("FAIL lookup.json: miscounted: response 2: row [\"10\",2]"),
+        "{stdout}"
+    );
+}
