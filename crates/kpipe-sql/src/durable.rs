@@ -109,6 +109,7 @@ pub(crate) fn restore(
         return Ok(Restored { tasks, resume });
     }
     let changelog = durability.changelog(id);
+    let mut restored = 0u64;
     for (partition, task) in tasks.iter_mut().enumerate() {
         let mut staged: Vec<(String, Option<Value>)> = Vec::new();
         read_partition(options, &changelog, partition as i32, |m| {
@@ -118,6 +119,7 @@ pub(crate) fn restore(
                     .context("a checkpoint marker that is not JSON")?;
                 for (key, value) in staged.drain(..) {
                     task.restore(&key, value)?;
+                    restored += 1;
                 }
                 let offsets = marker["offsets"]
                     .as_object()
@@ -145,6 +147,7 @@ pub(crate) fn restore(
         // Staged changes past the last marker cover input processed again now.
         task.take_changes()?;
     }
+    tracing::info!(query = id, restored, ?resume, "restored state from {changelog}");
     Ok(Restored { tasks, resume })
 }
 
