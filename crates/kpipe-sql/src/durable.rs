@@ -147,7 +147,12 @@ pub(crate) fn restore(
         // Staged changes past the last marker cover input processed again now.
         task.take_changes()?;
     }
-    tracing::info!(query = id, restored, ?resume, "restored state from {changelog}");
+    tracing::info!(
+        query = id,
+        restored,
+        ?resume,
+        "restored state from {changelog}"
+    );
     Ok(Restored { tasks, resume })
 }
 
@@ -228,7 +233,7 @@ pub(crate) fn read_partition(
 
 /// A durable query's sink: its topic, and checkpoints.
 pub(crate) struct DurableSink {
-    pub(crate) topic: SinkTopic,
+    topic: SinkTopic,
     source: String,
     changelog: Option<String>,
     group: BaseConsumer<QuietContext>,
@@ -321,5 +326,9 @@ impl Sink for DurableSink {
 
     fn finish(&mut self) -> Result<()> {
         self.topic.finish()
+    }
+
+    fn written(&self) -> u64 {
+        self.topic.written()
     }
 }

@@ -521,18 +521,30 @@ impl Session {
             std::thread::Builder::new()
                 .name(id.to_string())
                 .spawn(move || -> Result<Counts> {
-                    let restored = match &durability {
-                        Some(d) => {
-                            durable::restore(&options, d, &engine, &query, &offsets, resuming)?
-                        }
-                        None => durable::Restored {
-                            tasks: vec![engine.clone()],
-                            resume: offsets,
-                        },
-                    };
-                    if let Some(view) = &thread_view {
-                        // A restarted query's view starts as its topic is.
-                        let filled = read_view(&options, &engine, &to)?;
+                    // A restarted query's view starts as its topic is; it is
+                    // read while the state is restored, both being long.
+                    let (restored, filled) = std::thread::scope(|scope| {
+                        let filling = thread_view
+                            .as_ref()
+                            .map(|_| scope.spawn(|| read_view(&options, &engine, &to)));
+                        let restored = match &durability {
+                            Some(d) => {
+                                durable::restore(&options, d, &engine, &query, &offsets, resuming)
+                            }
+                            None => Ok(durable::Restored {
+                                tasks: vec![engine.clone()],
+                                resume: offsets.clone(),
+                            }),
+                        };
+                        let filled = filling.map(|filling| {
+                            filling
+                                .join()
+                                .map_err(|_| anyhow!("reading the view of {to} crashed"))?
+                        });
+                        (restored, filled.transpose())
+                    });
+                    let restored = restored?;
+                    if let (Some(view), Some(filled)) = (&thread_view, filled?) {
                         *view
                             .write()
                             .map_err(|_| anyhow!("the view of {to} was poisoned"))? = filled;
@@ -551,34 +563,20 @@ impl Session {
                         partitions: sink_partitions,
                         view: thread_view,
                     };
-                    let dead_letters = dead_letters.as_deref();
-                    let (mut counts, written) = match &durability {
-                        Some(d) => {
-                            let mut sink = DurableSink::new(&options, d, &engine, &query, topic)?;
-                            let counts = drive(
-                                &options,
-                                restored.tasks,
-                                &feed,
-                                &stops,
-                                dead_letters,
-                                &mut sink,
-                            )?;
-                            (counts, sink.topic.producer.sent())
-                        }
-                        None => {
-                            let mut sink = topic;
-                            let counts = drive(
-                                &options,
-                                restored.tasks,
-                                &feed,
-                                &stops,
-                                dead_letters,
-                                &mut sink,
-                            )?;
-                            (counts, sink.producer.sent())
-                        }
+                    let mut sink: Box<dyn Sink> = match &durability {
+                        Some(d) => Box::new(DurableSink::new(&options, d, &engine, &query, topic)?),
+                        None => Box::new(topic),
                     };
-                    counts.written = written;
+                    let dead_letters = dead_letters.as_deref();
+                    let mut counts = drive(
+                        &options,
+                        restored.tasks,
+                        &feed,
+                        &stops,
+                        dead_letters,
+                        sink.as_mut(),
+                    )?;
+                    counts.written = sink.written();
                     Ok(counts)
                 })?;
         self.running.push(Running {
@@ -982,6 +980,10 @@ impl Sink for SinkTopic {
     fn finish(&mut self) -> Result<()> {
         self.producer.flush(durable::FLUSH_TIMEOUT)
     }
+
+    fn written(&self) -> u64 {
+        self.producer.sent()
+    }
 }
 
 /// A table's view as its topic holds it now: each key's (and window's)
@@ -1076,6 +1078,10 @@ pub(crate) trait Sink {
     fn finish(&mut self) -> Result<()> {
         Ok(())
     }
+    /// Records written so far.
+    fn written(&self) -> u64 {
+        0
+    }
 }
 
 impl<F: FnMut(&Engine, &Record) -> Result<bool>> Sink for F {
@@ -1099,7 +1105,7 @@ fn drive(
     feed: &Feed,
     stops: &[Arc<AtomicBool>],
     dead_letter_topic: Option<&str>,
-    sink: &mut impl Sink,
+    sink: &mut dyn Sink,
 ) -> Result<Counts> {
     let probe = options.metadata_client()?;
     let mut dead_letters = DeadLetters::connect(options, &probe, dead_letter_topic)?;

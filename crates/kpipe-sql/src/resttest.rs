@@ -46,6 +46,21 @@ pub struct Input {
     pub timestamp: i64,
 }
 
+impl Input {
+    /// The record to write, its partition left to whoever writes it.
+    pub fn record(&self) -> Record {
+        Record {
+            topic: self.topic.clone(),
+            key: self.key.clone(),
+            value: self.value.clone(),
+            timestamp: self.timestamp,
+            window: None,
+            partition: 0,
+            offset: 0,
+        }
+    }
+}
+
 /// The partitions a topic gets when a test does not say (ksqlDB's harness's).
 const DEFAULT_PARTITIONS: i32 = 4;
 
@@ -410,16 +425,7 @@ impl RestApi for InProcess {
     }
 
     fn produce(&mut self, input: &Input) -> Result<()> {
-        let record = Record {
-            topic: input.topic.clone(),
-            key: input.key.clone(),
-            value: input.value.clone(),
-            timestamp: input.timestamp,
-            window: None,
-            partition: 0,
-            offset: 0,
-        };
-        self.write(record)
+        self.write(input.record())
     }
 
     fn catch_up(&mut self) -> Result<()> {

@@ -12,7 +12,7 @@ use kpipe_kafka::client::ClientOptions;
 use kpipe_kafka::groups::Groups;
 use kpipe_kafka::produce::Producer;
 use kpipe_server::ServerOptions;
-use kpipe_sql::engine::{Engine, Record};
+use kpipe_sql::engine::Engine;
 use kpipe_sql::parser::parse;
 use kpipe_sql::rest::Response;
 use kpipe_sql::resttest::{Input, RestApi};
@@ -185,15 +185,7 @@ impl RestApi for OverHttp {
     }
 
     fn produce(&mut self, input: &Input) -> Result<()> {
-        let record = Record {
-            topic: input.topic.clone(),
-            key: input.key.clone(),
-            value: input.value.clone(),
-            timestamp: input.timestamp,
-            window: None,
-            partition: 0,
-            offset: 0,
-        };
+        let record = input.record();
         let encoded = self.formats.encode_message(&record)?;
         if self.producer.is_none() {
             let mut options = self.kafka.clone();
