@@ -65,17 +65,6 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if !matches!(
-        cli.command,
-        Command::Broker(_) | Command::Server(_) | Command::Demo(_) | Command::Sql(_)
-    ) {
-        // `kpipe consume … | head` ends quietly, as Unix tools do, instead of
-        // failing to print. Commands serving sockets keep SIGPIPE ignored.
-        // SAFETY: no other thread runs yet to race with the handler change.
-        unsafe {
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-        }
-    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "info".into()),
