@@ -409,21 +409,19 @@ fn the_shell_runs_a_session_through_a_terminal() {
     let shown = shell_session(&broker, &[], &steps);
     let _ = generator.kill();
     let _ = generator.wait();
-    for expected in [
-        "Stream created",
-        "error: SELECT column 'NOPE' cannot be resolved.",
-        "Created query with ID CTAS_COUNTS_0",
-        "CTAS_COUNTS_0 ┆ RUNNING",
-        "|seen",
-        "Query terminated.",
-        "(0 rows)",
-        "exit=0",
-    ] {
-        assert!(
-            shown.contains(expected),
-            "missing {expected:?} in:\n{shown}"
-        );
-    }
+    assert_shows(
+        &shown,
+        &[
+            "Stream created",
+            "error: SELECT column 'NOPE' cannot be resolved.",
+            "Created query with ID CTAS_COUNTS_0",
+            "CTAS_COUNTS_0 ┆ RUNNING",
+            "|seen",
+            "Query terminated.",
+            "(0 rows)",
+            "exit=0",
+        ],
+    );
     assert!(
         !read_topic(&broker.bootstrap, "COUNTS").is_empty(),
         "the persistent query wrote through the broker"
@@ -489,21 +487,19 @@ fn the_shell_on_a_kpipe_server_runs_a_session_through_a_terminal() {
         "SHOW QUERIES;",
     ];
     let shown = shell_session(&broker, &["--server", &server.url], &steps);
-    for expected in [
-        &format!("kpipe sql on {}", server.url),
-        "Successfully changed local property 'auto.offset.reset' to 'earliest'.",
-        "Stream created",
-        "Created query with ID CTAS_TOTALS_0",
-        "error: SELECT column 'NOPE' cannot be resolved.\r\n",
-        "Query terminated.",
-        "(0 rows)",
-        "exit=0",
-    ] {
-        assert!(
-            shown.contains(expected),
-            "missing {expected:?} in:\n{shown}"
-        );
-    }
+    assert_shows(
+        &shown,
+        &[
+            &format!("kpipe sql on {}", server.url),
+            "Successfully changed local property 'auto.offset.reset' to 'earliest'.",
+            "Stream created",
+            "Created query with ID CTAS_TOTALS_0",
+            "error: SELECT column 'NOPE' cannot be resolved.\r\n",
+            "Query terminated.",
+            "(0 rows)",
+            "exit=0",
+        ],
+    );
     assert_eq!(
         shown.matches("CTAS_TOTALS_0 ┆ RUNNING").count(),
         2,
@@ -527,4 +523,14 @@ fn the_shell_on_a_kpipe_server_runs_a_session_through_a_terminal() {
             .any(|l| l.contains("PAYMENTS") && l.contains("payments")),
         "{streams}"
     );
+}
+
+/// Fails unless the shell's output shows every one of `expected`.
+fn assert_shows(shown: &str, expected: &[&str]) {
+    for expected in expected {
+        assert!(
+            shown.contains(expected),
+            "missing {expected:?} in:\n{shown}"
+        );
+    }
 }
