@@ -53,6 +53,9 @@ pub struct ServerOptions {
     pub commit_interval: Duration,
 }
 
+/// ksqlDB's default `ksql.service.id`.
+pub const SERVICE_ID: &str = "default_";
+
 /// ksqlDB's default `ksql.streams.commit.interval.ms`.
 pub const COMMIT_INTERVAL: Duration = Duration::from_secs(2);
 

@@ -51,10 +51,15 @@ pub(crate) const FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
 /// The changelog key of a checkpoint marker; entry keys start with their kind.
 const MARKER: &[u8] = b"m";
 
+/// A query's Kafka Streams application id under ksqlDB's `service_id`, also
+/// its consumer group.
+pub fn application_id(service_id: &str, query_id: &str) -> String {
+    format!("_confluent-ksql-{service_id}query_{query_id}")
+}
+
 impl Durability {
-    /// The query's Kafka Streams application id, also its consumer group.
     pub fn application_id(&self, query_id: &str) -> String {
-        format!("_confluent-ksql-{}query_{query_id}", self.service_id)
+        application_id(&self.service_id, query_id)
     }
 
     pub fn changelog(&self, query_id: &str) -> String {

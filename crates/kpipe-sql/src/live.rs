@@ -956,8 +956,12 @@ impl Sink for SinkTopic {
         // Placed by the key alone (a windowed key too, as Kafka Streams'
         // WindowedStreamPartitioner does, murmur2 otherwise), so a pull finds
         // every window of a key in the partition it asks, and the view
-        // agrees with the topic.
-        let key = engine.key_bytes(&self.to, &record.key)?;
+        // agrees with the topic. Only a windowed key is encoded again,
+        // without its window.
+        let key = match record.window {
+            None => encoded.key.clone(),
+            Some(_) => engine.key_bytes(&self.to, &record.key)?,
+        };
         let partition = key.as_ref().map(|k| partition_for(k, self.partitions));
         self.producer.send_at(
             &self.to,

@@ -21,24 +21,31 @@ pub(crate) const ROW: char = 'r';
 
 /// The entries changed since the last checkpoint, when tracked.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Changes(Option<FxHashSet<String>>);
+pub(crate) struct Changes {
+    changed: Option<FxHashSet<String>>,
+    /// Where a key is written to be looked up: a key marked again (every
+    /// record of a busy group) costs no allocation.
+    probe: String,
+}
 
 impl Changes {
     pub(crate) fn mark(&mut self, kind: char, id: &str) {
-        if let Some(changed) = &mut self.0 {
-            let mut key = String::with_capacity(id.len() + 1);
-            key.push(kind);
-            key.push_str(id);
-            changed.insert(key);
+        if let Some(changed) = &mut self.changed {
+            self.probe.clear();
+            self.probe.push(kind);
+            self.probe.push_str(id);
+            if !changed.contains(&self.probe) {
+                changed.insert(self.probe.clone());
+            }
         }
     }
 
     fn track(&mut self) {
-        self.0.get_or_insert_with(FxHashSet::default);
+        self.changed.get_or_insert_with(FxHashSet::default);
     }
 
     fn take(&mut self) -> Vec<String> {
-        self.0
+        self.changed
             .as_mut()
             .map(|changed| changed.drain().collect())
             .unwrap_or_default()

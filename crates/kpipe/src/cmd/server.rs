@@ -32,7 +32,7 @@ pub struct ServerArgs {
     /// The service id (ksql.service.id): /info reports it, and it names the
     /// queries' consumer groups (_confluent-ksql-ID query_QUERY) and
     /// changelog topics.
-    #[arg(long, default_value = "default_")]
+    #[arg(long, default_value = kpipe_server::SERVICE_ID)]
     service_id: String,
     /// How often (ms) a persistent query checkpoints its state and offsets
     /// while input flows; it also checkpoints whenever it catches up.

@@ -507,7 +507,7 @@ impl Embedded {
         let options = ServerOptions {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             state,
-            service_id: "default_".into(),
+            service_id: kpipe_server::SERVICE_ID.into(),
             commit_interval: kpipe_server::COMMIT_INTERVAL,
         };
         let stop = Arc::new(AtomicBool::new(false));

@@ -1,8 +1,5 @@
 //! The REST tests over real HTTP: each run gets a broker and a `kpipe server` of its own in this process.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -11,15 +8,15 @@ use kpipe_kafka::admin::{Admin, IfExists, TopicSpec};
 use kpipe_kafka::client::ClientOptions;
 use kpipe_kafka::groups::Groups;
 use kpipe_kafka::produce::Producer;
-use kpipe_server::ServerOptions;
+use kpipe_sql::durable::application_id;
 use kpipe_sql::engine::Engine;
 use kpipe_sql::parser::parse;
 use kpipe_sql::rest::Response;
 use kpipe_sql::resttest::{Input, RestApi};
 use serde_json::{json, Map, Value};
 
-/// ksqlDB's default service id, which names each query's consumer group.
-const SERVICE_ID: &str = "default_";
+use crate::cmd::shell::Embedded;
+
 /// How long the persistent queries get to commit every input.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(30);
 /// The longest a request may take: a pull query answers at once.
@@ -30,8 +27,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct OverHttp {
     runtime: tokio::runtime::Runtime,
     broker: Option<Broker>,
-    server: Option<JoinHandle<Result<()>>>,
-    stop: Arc<AtomicBool>,
+    server: Option<Embedded>,
     url: String,
     http: reqwest::Client,
     kafka: ClientOptions,
@@ -52,45 +48,18 @@ impl OverHttp {
         let config = BrokerConfig::new("127.0.0.1:0".parse()?, dirs.path().join("kafka"));
         let broker = runtime.block_on(Broker::start(config))?;
         let kafka = ClientOptions::new(broker.bootstrap());
-        let stop = Arc::new(AtomicBool::new(false));
-        let (bound, address) = std::sync::mpsc::channel();
-        let server = {
-            let options = ServerOptions {
-                listen: "127.0.0.1:0".parse()?,
-                state: dirs.path().join("state"),
-                service_id: SERVICE_ID.to_string(),
-                commit_interval: kpipe_server::COMMIT_INTERVAL,
-            };
-            let (kafka, stop) = (kafka.clone(), stop.clone());
-            std::thread::spawn(move || {
-                kpipe_server::run(kafka, options, stop, |address| {
-                    let _ = bound.send(address);
-                })
-            })
-        };
-        let mut started = OverHttp {
+        let server = Embedded::start(kafka.clone(), Some(dirs.path().join("state")))?;
+        Ok(OverHttp {
             runtime,
             broker: Some(broker),
+            url: server.url.clone(),
             server: Some(server),
-            stop,
-            url: String::new(),
             http: reqwest::Client::new(),
             kafka,
             producer: None,
             formats: Engine::default(),
             _dirs: dirs,
-        };
-        match address.recv() {
-            Ok(address) => started.url = format!("http://{address}"),
-            Err(_) => {
-                let failed = started.server.take().map(JoinHandle::join);
-                return Err(match failed {
-                    Some(Ok(Err(e))) => e.context("the server did not start"),
-                    _ => anyhow!("the server stopped before listening"),
-                });
-            }
-        }
-        Ok(started)
+        })
     }
 
     fn post(&self, path: &str, body: Value) -> Response {
@@ -222,7 +191,7 @@ impl RestApi for OverHttp {
                 .formats
                 .query_topics(&id)
                 .with_context(|| format!("the server runs {id}, which the runner did not start"))?;
-            let group = format!("_confluent-ksql-{SERVICE_ID}query_{id}");
+            let group = application_id(kpipe_server::SERVICE_ID, &id);
             loop {
                 let behind: Vec<String> = groups
                     .topic_lag(&group, &source)?
@@ -254,12 +223,9 @@ impl RestApi for OverHttp {
 
 impl Drop for OverHttp {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
         if let Some(server) = self.server.take() {
-            match server.join() {
-                Ok(Err(e)) => tracing::warn!("the test's server failed: {e:#}"),
-                Err(_) => tracing::warn!("the test's server crashed"),
-                Ok(Ok(())) => {}
+            if let Err(e) = server.stop() {
+                tracing::warn!("the test's server failed: {e:#}");
             }
         }
         if let Some(broker) = self.broker.take() {
