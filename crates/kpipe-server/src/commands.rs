@@ -1,16 +1,21 @@
-//! The command log: every statement that changed what the server runs, in
-//! order, so that a restarted server (even after kill -9) runs the same
-//! sources and queries. ksqlDB keeps this in a command topic; one server per
-//! state directory keeps it in a file there.
-//!
-//! A command is acknowledged only once its line is on disk (`fsync`). A line
-//! torn by a crash was never acknowledged and is dropped when the log is read.
+//! The command topic: every statement that changed what a service runs, in
+//! order, where ksqlDB keeps it (`_confluent-ksql-<service>_command_topic`).
+//! A server reads it at start, so a restarted one (even after kill -9) runs
+//! the same sources and queries, and follows it, so every server of a
+//! service runs what any of them accepted. A command is acknowledged only
+//! once the broker has it.
 
-use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
+use kpipe_kafka::admin::{Admin, IfExists, TopicSpec};
+use kpipe_kafka::client::{ClientOptions, QuietContext, CONNECT_TIMEOUT};
+use kpipe_kafka::produce::Producer;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message as _;
+use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
 /// One stored statement, with what it needs to run again the same way.
@@ -20,61 +25,124 @@ pub struct Command {
     /// The request's `streamsProperties` it ran with.
     #[serde(default)]
     pub properties: Vec<(String, String)>,
-    /// Where a persistent query began reading, per partition: a restart
-    /// reads from there again and so recomputes the same state.
+    /// Where a persistent query began reading, per partition: every server
+    /// starts its share of the query from there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<Vec<i64>>,
+    /// The server that ran it first (it does not run it twice).
+    #[serde(default)]
+    pub server: String,
 }
 
-pub struct CommandLog {
-    path: PathBuf,
-    file: File,
-    /// How many commands the log holds (the next one's sequence number).
+/// How long reading the topic to its end may take.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct CommandTopic {
+    topic: String,
+    admin: Admin,
+    runtime: tokio::runtime::Runtime,
+    producer: Producer,
+    consumer: BaseConsumer<QuietContext>,
+    /// The next offset to read.
+    next: i64,
+    /// How many commands the topic holds as far as read or written (the
+    /// next one's sequence number).
     count: u64,
+    /// This server's id, in the commands it writes.
+    server: String,
 }
 
-impl CommandLog {
-    /// Opens (or creates) the log in `dir` and returns the commands in it.
-    pub fn open(dir: &Path) -> Result<(CommandLog, Vec<Command>)> {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create the state directory {}", dir.display()))?;
-        let path = dir.join("commands.jsonl");
-        let mut commands = Vec::new();
-        let mut intact = 0u64;
-        if let Ok(file) = File::open(&path) {
-            let mut reader = BufReader::new(file);
-            let mut line = String::new();
-            while reader.read_line(&mut line)? > 0 {
-                if !line.ends_with('\n') {
-                    break;
-                }
-                match serde_json::from_str(&line) {
-                    Ok(command) => commands.push(command),
-                    Err(_) => break,
-                }
-                intact += line.len() as u64;
-                line.clear();
-            }
-        }
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .with_context(|| format!("cannot open {}", path.display()))?;
-        // Cut a torn tail so the next command starts on a line of its own.
-        file.set_len(intact)?;
-        let count = commands.len() as u64;
-        Ok((CommandLog { path, file, count }, commands))
+impl CommandTopic {
+    /// Opens (or creates) the service's command topic and returns the
+    /// commands in it.
+    pub fn open(
+        options: &ClientOptions,
+        service_id: &str,
+        server: &str,
+    ) -> Result<(CommandTopic, Vec<Command>)> {
+        let topic = format!("_confluent-ksql-{service_id}_command_topic");
+        let admin = Admin::connect(options)?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let consumer = options
+            .config_with_defaults(&[
+                ("group.id", "kpipe-command-runner"),
+                ("enable.auto.commit", "false"),
+                ("enable.partition.eof", "true"),
+                ("auto.offset.reset", "earliest"),
+            ])
+            .create_with_context(QuietContext::default())
+            .map_err(|e| options.config_error(e))?;
+        let mut log = CommandTopic {
+            topic,
+            admin,
+            runtime,
+            // librdkafka's default acks=all: a command is on every replica.
+            producer: Producer::connect(options)?,
+            consumer,
+            next: 0,
+            count: 0,
+            server: server.to_string(),
+        };
+        log.create()?;
+        let commands = log.catch_up()?.into_values().collect();
+        Ok((log, commands))
     }
 
-    /// Appends a command durably; returns its sequence number.
-    pub fn append(&mut self, command: &Command) -> Result<u64> {
-        let mut line = serde_json::to_string(command)?;
-        line.push('\n');
-        self.file
-            .write_all(line.as_bytes())
-            .and_then(|()| self.file.sync_data())
-            .with_context(|| format!("cannot write {}", self.path.display()))?;
+    fn create(&mut self) -> Result<()> {
+        let spec = TopicSpec {
+            name: self.topic.clone(),
+            partitions: 1,
+            replication: 1,
+            configs: BTreeMap::from([("retention.ms".into(), "-1".into())]),
+        };
+        self.runtime
+            .block_on(self.admin.create(&spec, IfExists::Keep))?;
+        let mut assignment = TopicPartitionList::new();
+        assignment.add_partition_offset(&self.topic, 0, Offset::Offset(self.next))?;
+        self.consumer.assign(&assignment)?;
+        Ok(())
+    }
+
+    /// Reads the topic to its end as of now: the commands other servers
+    /// wrote since the last call, by offset.
+    pub fn catch_up(&mut self) -> Result<BTreeMap<i64, Command>> {
+        let (_, end) = self
+            .consumer
+            .fetch_watermarks(&self.topic, 0, CONNECT_TIMEOUT)?;
+        let mut commands = BTreeMap::new();
+        let deadline = Instant::now() + CATCH_UP_TIMEOUT;
+        while self.next < end {
+            if Instant::now() > deadline {
+                bail!("cannot read {} up to offset {end}", self.topic);
+            }
+            let m = match self.consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(m)) => m,
+                Some(Err(KafkaError::PartitionEOF(_))) | None => continue,
+                Some(Err(e)) => bail!("reading {}: {e}", self.topic),
+            };
+            self.next = m.offset() + 1;
+            let command: Command = serde_json::from_slice(m.payload().unwrap_or_default())
+                .with_context(|| format!("command {} of {} is not one", m.offset(), self.topic))?;
+            // This server's own were counted when it wrote them.
+            if command.server != self.server {
+                self.count += 1;
+                commands.insert(m.offset(), command);
+            }
+        }
+        Ok(commands)
+    }
+
+    /// Appends a command, once the broker has it; returns its sequence
+    /// number.
+    pub fn append(&mut self, mut command: Command) -> Result<u64> {
+        command.server = self.server.clone();
+        let line = serde_json::to_vec(&command)?;
+        self.producer.send(&self.topic, None, &line, None)?;
+        self.producer
+            .flush(CATCH_UP_TIMEOUT)
+            .with_context(|| format!("cannot write {}", self.topic))?;
         self.count += 1;
         Ok(self.count - 1)
     }
@@ -86,54 +154,10 @@ impl CommandLog {
 
     /// Forgets every command (the cluster was terminated).
     pub fn clear(&mut self) -> Result<()> {
-        self.file.set_len(0)?;
-        self.file.sync_data()?;
+        self.runtime.block_on(self.admin.delete(&self.topic))?;
+        self.next = 0;
         self.count = 0;
-        Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn command(sql: &str) -> Command {
-        Command {
-            sql: sql.into(),
-            properties: vec![("auto.offset.reset".into(), "earliest".into())],
-            started_at: Some(vec![0, 5]),
-        }
-    }
-
-    #[test]
-    fn commands_survive_a_reopen_and_a_torn_tail_is_dropped() {
-        let dir = std::env::temp_dir().join(format!("kpipe-commands-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let (mut log, none) = CommandLog::open(&dir).unwrap();
-        assert!(none.is_empty());
-        assert_eq!(log.append(&command("CREATE STREAM A;")).unwrap(), 0);
-        assert_eq!(log.append(&command("CREATE STREAM B;")).unwrap(), 1);
-        drop(log);
-        // A crash in the middle of writing a third line.
-        let mut file = OpenOptions::new()
-            .append(true)
-            .open(dir.join("commands.jsonl"))
-            .unwrap();
-        file.write_all(br#"{"sql":"CREATE STR"#).unwrap();
-        drop(file);
-        let (mut log, commands) = CommandLog::open(&dir).unwrap();
-        assert_eq!(
-            commands,
-            [command("CREATE STREAM A;"), command("CREATE STREAM B;")]
-        );
-        assert_eq!(log.append(&command("CREATE STREAM C;")).unwrap(), 2);
-        drop(log);
-        let (mut log, commands) = CommandLog::open(&dir).unwrap();
-        assert_eq!(commands.len(), 3);
-        log.clear().unwrap();
-        assert_eq!(log.next_sequence(), 0);
-        drop(log);
-        assert!(CommandLog::open(&dir).unwrap().1.is_empty());
-        std::fs::remove_dir_all(&dir).unwrap();
+        self.create()
+            .map_err(|e| anyhow!("cannot create {} again: {e:#}", self.topic))
     }
 }

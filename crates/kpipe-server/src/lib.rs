@@ -1,6 +1,7 @@
 //! `kpipe server`: ksqlDB's REST API over HTTP in front of one `kpipe-sql`
-//! session, with its statements kept in a command log so that sources and
-//! persistent queries survive a restart.
+//! session, with its statements kept in the service's command topic so that
+//! sources and persistent queries survive a restart and every server of the
+//! service runs them (each its share of every query's partitions).
 //!
 //! Endpoints: `POST /ksql` (statements → entities), `POST /query` (ksqlDB's
 //! v1 JSON array), `POST /query-stream` (delimited lines, or a JSON array for
@@ -36,13 +37,15 @@ use kpipe_sql::rest;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use crate::commands::{Command, CommandLog};
+use crate::commands::{Command, CommandTopic};
 use crate::response::{Collected, Framing, Streamed};
 
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
     pub listen: SocketAddr,
-    /// Where the command log lives.
+    /// The server's own directory: locked while it runs, so two servers
+    /// never share one. Statements live in the command topic, and query
+    /// state in changelog topics, as ksqlDB keeps them.
     pub state: PathBuf,
     /// ksqlDB's `ksql.service.id`, reported by /info; it names the
     /// queries' consumer groups and changelog topics.
@@ -71,7 +74,7 @@ struct Request {
 
 struct App {
     session: Mutex<Session>,
-    log: Mutex<CommandLog>,
+    log: Mutex<CommandTopic>,
     service_id: String,
     /// Running push queries' stop flags, by query id, for /close-query.
     pushes: Mutex<HashMap<String, Arc<AtomicBool>>>,
@@ -94,7 +97,15 @@ pub fn run(
     stop: Arc<AtomicBool>,
     ready: impl FnOnce(SocketAddr),
 ) -> Result<()> {
-    let (log, commands) = CommandLog::open(&options.state)?;
+    let _lock = lock(&options.state)?;
+    let server = format!(
+        "{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |t| t.as_nanos())
+    );
+    let (log, commands) = CommandTopic::open(&kafka, &options.service_id, &server)?;
     let settings = Settings {
         durable: Some(Durability {
             service_id: options.service_id.clone(),
@@ -103,7 +114,7 @@ pub fn run(
         ..Settings::default()
     };
     let mut session = Session::connect(kafka, settings, stop.clone())?;
-    replay(&mut session, &commands);
+    replay(&mut session, commands);
     let app = Arc::new(App {
         session: Mutex::new(session),
         log: Mutex::new(log),
@@ -111,6 +122,12 @@ pub fn run(
         pushes: Mutex::default(),
         pulls: AtomicU64::new(0),
     });
+    let follower = std::thread::Builder::new()
+        .name("command-runner".into())
+        .spawn({
+            let (app, stop) = (app.clone(), stop.clone());
+            move || follow_commands(&app, &stop)
+        })?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -126,6 +143,9 @@ pub fn run(
             .context("the HTTP server failed")
     })?;
     drop(runtime);
+    follower
+        .join()
+        .map_err(|_| anyhow!("the command runner crashed"))?;
     // Push queries end with the stop flag; their threads hand the app back.
     let mut app = app;
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -155,9 +175,25 @@ async fn raised(stop: Arc<AtomicBool>) {
     }
 }
 
-/// Runs the stored commands again: the same sources, and the same persistent
-/// queries reading from where they first began.
-fn replay(session: &mut Session, commands: &[Command]) {
+/// Locks the server's directory for as long as the lock lives.
+fn lock(dir: &std::path::Path) -> Result<std::fs::File> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create the state directory {}", dir.display()))?;
+    let path = dir.join("server.lock");
+    let file =
+        std::fs::File::create(&path).with_context(|| format!("cannot open {}", path.display()))?;
+    file.try_lock().map_err(|_| {
+        anyhow!(
+            "another kpipe server runs with --state {}; give each server a directory of its own",
+            dir.display()
+        )
+    })?;
+    Ok(file)
+}
+
+/// Runs stored commands: the same sources, and the same persistent queries
+/// reading from where they first began.
+fn replay(session: &mut Session, commands: impl IntoIterator<Item = Command>) {
     for command in commands {
         let replayed = parse_with_text(&command.sql).and_then(|statements| {
             statements.iter().try_for_each(|(statement, _)| {
@@ -176,6 +212,39 @@ fn replay(session: &mut Session, commands: &[Command]) {
             );
         }
     }
+}
+
+/// How often a server looks for commands other servers of its service
+/// accepted.
+const FOLLOW_EVERY: Duration = Duration::from_millis(200);
+
+/// Runs the commands other servers write, until `stop`.
+fn follow_commands(app: &App, stop: &AtomicBool) {
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(FOLLOW_EVERY);
+        if let Err(e) = catch_up(app) {
+            tracing::warn!("reading the command topic: {e:#}");
+        }
+    }
+}
+
+/// Runs what other servers accepted since this one last looked.
+fn catch_up(app: &App) -> Result<()> {
+    let mut session = app.session()?;
+    let mut log = app
+        .log
+        .lock()
+        .map_err(|_| anyhow!("the log failed earlier"))?;
+    caught_up(&mut session, &mut log)
+}
+
+fn caught_up(session: &mut Session, log: &mut CommandTopic) -> Result<()> {
+    let commands = log.catch_up()?;
+    if !commands.is_empty() {
+        tracing::info!(commands = commands.len(), "running other servers' commands");
+        replay(session, commands.into_values());
+    }
+    Ok(())
 }
 
 fn router(app: Arc<App>) -> Router {
@@ -300,6 +369,11 @@ fn run_statements(app: &App, request: &Request) -> rest::Response {
         (Ok(session), Ok(log)) => (session, log),
         _ => return server_error(&anyhow!("the session failed earlier")),
     };
+    // Statements run in the command topic's order on every server, so the
+    // ones other servers wrote come first (query ids follow that order).
+    if let Err(e) = caught_up(&mut session, &mut log) {
+        return server_error(&e);
+    }
     let mut entities = Vec::new();
     for (statement, text) in &statements {
         if matches!(statement, Statement::Query(_)) {
@@ -319,8 +393,9 @@ fn run_statements(app: &App, request: &Request) -> rest::Response {
                 sql: text.clone(),
                 properties: properties.clone(),
                 started_at,
+                server: String::new(),
             };
-            if let Err(e) = log.append(&command) {
+            if let Err(e) = log.append(command) {
                 return server_error(&e);
             }
         }

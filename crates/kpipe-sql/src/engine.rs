@@ -824,6 +824,46 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// The partition of a repartition topic with `partitions` partitions
+    /// that a source record goes to: its group's, so that one task holds each
+    /// group (None: the WHERE clause or a null group drops it, as the query
+    /// would). A table source's updates all go to one partition (see
+    /// [`Engine::repartition_count`]).
+    pub fn repartition(&self, record: &Record, partitions: i32) -> Result<Option<i32>> {
+        let query = self
+            .queries
+            .first()
+            .ok_or_else(|| anyhow!("an engine without a query"))?;
+        let from = &self.sources[&query.from];
+        if from.kind == SourceKind::Table {
+            return Ok(Some(0));
+        }
+        let Some(row) = decode(from, record)? else {
+            return Ok(None);
+        };
+        if let Some(filter) = &query.select.filter {
+            if eval(filter, &row, &[])? != Value::Bool(true) {
+                return Ok(None);
+            }
+        }
+        let Some(group) = grouping(&query.select, &row)? else {
+            return Ok(None);
+        };
+        Ok(Some(
+            (fnv1a(group.to_string().as_bytes()) % partitions.max(1) as u64) as i32,
+        ))
+    }
+}
+
+/// A hash that never changes between versions: a repartition topic outlives
+/// the binary that wrote it, and a group must stay in one partition.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
+        (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 /// A stream record through a query: projected, or folded into its group's
 /// aggregates (per window, or into its session).
 fn stream_update(

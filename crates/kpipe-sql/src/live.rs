@@ -16,7 +16,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::RecvTimeoutError;
+use std::sync::mpsc::{RecvTimeoutError, SyncSender};
 use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -27,16 +27,16 @@ use kpipe_kafka::client::{ClientOptions, QuietContext, CONNECT_TIMEOUT};
 use kpipe_kafka::produce::Producer;
 use kpipe_kafka::sink::{DeadLetters, Origin};
 use rdkafka::consumer::base_consumer::PartitionQueue;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message as _};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::Value;
 
 use crate::catalog::SourceInfo;
-use crate::durable::{self, Durability, DurableSink};
+use crate::durable::{self, Durability, DurableSink, Member, Repartitioner, Stage};
 use crate::engine::{Engine, Executed, Record};
-use crate::merge::{merge, Bounds, Head, Partitions, Polled};
+use crate::merge::{merge, Bounds, Carried, Head, Partitions, Polled};
 use crate::parser::{parse, ColumnDef, Listing, Select, SourceKind, SqlType, Statement};
 use crate::pull::{partition_for, PullSettings, View};
 use crate::rest;
@@ -98,8 +98,10 @@ struct Running {
     sink: String,
     /// A durable query's view of its table sink, for pull queries.
     view: Option<Arc<RwLock<View>>>,
-    /// Raised once the query has restored its state (and filled its view).
-    ready: Arc<AtomicBool>,
+    /// Raised once the query has first restored its tasks' state.
+    restored: Arc<AtomicBool>,
+    /// Raised once the view holds its topic as it was at the start.
+    view_ready: Arc<AtomicBool>,
 }
 
 pub struct Session {
@@ -464,8 +466,9 @@ impl Session {
 
     /// Runs persistent query `id` on its own thread until the session stops,
     /// it is terminated, or (with `until_end`) it catches up. A durable
-    /// session's query restores its state first when it resumes (see
-    /// `durable`) and keeps a view of a table sink for pull queries.
+    /// session's query runs as a member of its consumer group, restoring
+    /// its tasks' state as they are assigned (see `durable`), and keeps a
+    /// view of a table sink for pull queries.
     fn start(&mut self, id: &str, from: String, to: String) -> Result<()> {
         let engine = self.engine.only(id).expect("the query exists");
         let probe = self.options.metadata_client()?;
@@ -477,18 +480,29 @@ impl Session {
         self.started_at = Some(offsets.clone());
         let sink_partitions = self.options.require_topic(&probe, &to)? as i32;
         let durability = self.settings.durable.clone();
+        let repartition = durability.as_ref().and_then(|d| {
+            let count = engine.repartition_count(offsets.len() as i32)?;
+            Some((d.repartition(id), count))
+        });
         if let Some(durability) = &durability {
+            let tasks = repartition.as_ref().map_or(offsets.len() as i32, |r| r.1);
+            let mut internal = Vec::new();
             if engine.is_stateful() {
-                let changelog = durability.changelog(id);
-                if !resuming && self.admin.exists(&changelog)? {
+                internal.push((durability.changelog(id), tasks, "compact"));
+            }
+            if let Some((topic, count)) = &repartition {
+                internal.push((topic.clone(), *count, "delete"));
+            }
+            for (name, partitions, cleanup) in internal {
+                if !resuming && self.admin.exists(&name)? {
                     // A new query of a reused id must not restore an old one's state.
-                    self.runtime.block_on(self.admin.delete(&changelog))?;
+                    self.runtime.block_on(self.admin.delete(&name))?;
                 }
                 let spec = TopicSpec {
-                    name: changelog,
-                    partitions: offsets.len() as i32,
+                    name,
+                    partitions,
                     replication: 1,
-                    configs: BTreeMap::from([("cleanup.policy".into(), "compact".into())]),
+                    configs: BTreeMap::from([("cleanup.policy".into(), cleanup.into())]),
                 };
                 self.runtime
                     .block_on(self.admin.create(&spec, IfExists::Keep))?;
@@ -512,72 +526,81 @@ impl Session {
         let dead_letters = self.settings.dead_letters.clone();
         let query_stop = Arc::new(AtomicBool::new(false));
         let stops = [self.stop.clone(), query_stop.clone()];
-        let ready = Arc::new(AtomicBool::new(false));
+        let restored = Arc::new(AtomicBool::new(durability.is_none()));
+        let view_ready = Arc::new(AtomicBool::new(view.is_none()));
         let bounded = self.settings.until_end;
         let idle = self.settings.idle;
         let sink = to.clone();
-        let (query, thread_view, thread_ready) = (id.to_string(), view.clone(), ready.clone());
+        let query = id.to_string();
+        let (thread_view, thread_restored, thread_view_ready) =
+            (view.clone(), restored.clone(), view_ready.clone());
         let handle =
             std::thread::Builder::new()
                 .name(id.to_string())
                 .spawn(move || -> Result<Counts> {
-                    // A restarted query's view starts as its topic is; it is
-                    // read while the state is restored, both being long.
-                    let (restored, filled) = std::thread::scope(|scope| {
-                        let filling = thread_view
-                            .as_ref()
-                            .map(|_| scope.spawn(|| read_view(&options, &engine, &to)));
-                        let restored = match &durability {
-                            Some(d) => {
-                                durable::restore(&options, d, &engine, &query, &offsets, resuming)
-                            }
-                            None => Ok(durable::Restored {
-                                tasks: vec![engine.clone()],
-                                resume: offsets.clone(),
-                            }),
-                        };
-                        let filled = filling.map(|filling| {
-                            filling
-                                .join()
-                                .map_err(|_| anyhow!("reading the view of {to} crashed"))?
+                    let ended = AtomicBool::new(false);
+                    let keep_going = || !ended.load(Ordering::Relaxed) && !stopped(&stops);
+                    std::thread::scope(|scope| {
+                        let following = thread_view.as_ref().map(|view| {
+                            scope.spawn(|| {
+                                follow(&options, &engine, &to, view, &thread_view_ready, keep_going)
+                            })
                         });
-                        (restored, filled.transpose())
-                    });
-                    let restored = restored?;
-                    if let (Some(view), Some(filled)) = (&thread_view, filled?) {
-                        *view
-                            .write()
-                            .map_err(|_| anyhow!("the view of {to} was poisoned"))? = filled;
-                    }
-                    thread_ready.store(true, Ordering::Release);
-                    let feed = Feed {
-                        topic: from,
-                        start: Offset::Beginning,
-                        from: Some(restored.resume),
-                        bounded,
-                        idle,
-                    };
-                    let topic = SinkTopic {
-                        producer: Producer::connect(&options)?,
-                        to,
-                        partitions: sink_partitions,
-                        view: thread_view,
-                    };
-                    let mut sink: Box<dyn Sink> = match &durability {
-                        Some(d) => Box::new(DurableSink::new(&options, d, &engine, &query, topic)?),
-                        None => Box::new(topic),
-                    };
-                    let dead_letters = dead_letters.as_deref();
-                    let mut counts = drive(
-                        &options,
-                        restored.tasks,
-                        &feed,
-                        &stops,
-                        dead_letters,
-                        sink.as_mut(),
-                    )?;
-                    counts.written = sink.written();
-                    Ok(counts)
+                        let topic = SinkTopic {
+                            producer: Producer::connect(&options)?,
+                            to: to.clone(),
+                            partitions: sink_partitions,
+                        };
+                        let dead_letters = dead_letters.as_deref();
+                        let counts = match &durability {
+                            Some(durability) => {
+                                let run = DurableRun {
+                                    options: &options,
+                                    durability,
+                                    engine: &engine,
+                                    id: &query,
+                                    source: &from,
+                                    started_at: &offsets,
+                                    idle,
+                                    dead_letters,
+                                    keep_going: &keep_going,
+                                };
+                                run.stages(topic, repartition, &thread_restored)
+                            }
+                            None => {
+                                let feed = Feed {
+                                    topic: from.clone(),
+                                    start: Offset::Beginning,
+                                    from: Some(offsets.clone()),
+                                    bounded,
+                                    idle,
+                                };
+                                let read = |fed, quit: &AtomicBool| {
+                                    read_merged(&options, &engine, &feed, &stops, quit, fed)
+                                };
+                                let mut topic = topic;
+                                let counts = drive(
+                                    &options,
+                                    Tasks::One(engine.clone()),
+                                    &from,
+                                    read,
+                                    dead_letters,
+                                    &mut topic,
+                                );
+                                counts.map(|counts| Counts {
+                                    written: topic.written(),
+                                    ..counts
+                                })
+                            }
+                        };
+                        ended.store(true, Ordering::Relaxed);
+                        if let Some(following) = following {
+                            following
+                                .join()
+                                .map_err(|_| anyhow!("the view of {to} crashed"))??;
+                        }
+                        counts
+                    })
                 })?;
         self.running.push(Running {
             id: id.to_string(),
@@ -585,27 +608,29 @@ impl Session {
             handle,
             sink,
             view,
-            ready,
+            restored,
+            view_ready,
         });
         Ok(())
     }
 
-    /// Whether a query is still restoring its state (a server answers its
-    /// health check with 503 meanwhile).
+    /// Whether a query is still restoring its state or filling its view (a
+    /// server answers its health check with 503 meanwhile).
     pub fn restoring(&self) -> bool {
-        self.running
-            .iter()
-            .any(|r| !r.ready.load(Ordering::Acquire) && !r.handle.is_finished())
+        self.running.iter().any(|r| {
+            let ready = r.restored.load(Ordering::Acquire) && r.view_ready.load(Ordering::Acquire);
+            !ready && !r.handle.is_finished()
+        })
     }
 
-    /// The view a running query keeps of `topic`, once it is restored.
+    /// The view a running query keeps of `topic`, once it is filled.
     fn view_of(&self, topic: &str) -> Option<Arc<RwLock<View>>> {
         self.running
             .iter()
             .filter(|r| {
                 r.sink == topic && !r.stop.load(Ordering::Relaxed) && !r.handle.is_finished()
             })
-            .filter(|r| r.ready.load(Ordering::Acquire))
+            .filter(|r| r.view_ready.load(Ordering::Acquire))
             .find_map(|r| r.view.clone())
     }
 
@@ -660,14 +685,18 @@ impl Session {
         self.cancel.store(false, Ordering::Relaxed);
         let stops = [self.stop.clone(), self.cancel.clone()];
         let quit = AtomicBool::new(false);
-        let (batches, received) = std::sync::mpsc::sync_channel::<Vec<Head>>(4);
+        let (fed, received) = std::sync::mpsc::sync_channel::<Fed>(4);
         let mut records = Vec::new();
         std::thread::scope(|scope| -> Result<()> {
-            let reader = scope
-                .spawn(|| read_merged(&self.options, &self.engine, &feed, &stops, &quit, batches));
-            for head in received.iter().flatten() {
+            let reader =
+                scope.spawn(|| read_merged(&self.options, &self.engine, &feed, &stops, &quit, fed));
+            let batches = received.iter().filter_map(|fed| match fed {
+                Fed::Batch(batch) => Some(batch),
+                _ => None,
+            });
+            for head in batches.flatten() {
                 match head {
-                    Head::Record(record) => records.push(record),
+                    Head::Record(record) | Head::Carried(record, _) => records.push(record),
                     Head::Bad {
                         error,
                         partition,
@@ -928,11 +957,14 @@ impl Push {
                 }
                 Ok(rows < self.limit)
             };
+            let (options, engine, feed) = (&self.options, &self.engine, &self.feed);
+            let read =
+                |fed, quit: &AtomicBool| read_merged(options, engine, feed, &stops, quit, fed);
             drive(
-                &self.options,
-                vec![self.engine],
-                &self.feed,
-                &stops,
+                options,
+                Tasks::One(engine.clone()),
+                &feed.topic,
+                read,
                 self.dead_letters.as_deref(),
                 &mut sink,
             )?;
@@ -942,12 +974,11 @@ impl Push {
     }
 }
 
-/// A persistent query's sink topic, and the view pull queries read of it.
+/// A persistent query's sink topic.
 pub(crate) struct SinkTopic {
     pub(crate) producer: Producer,
     pub(crate) to: String,
     pub(crate) partitions: i32,
-    pub(crate) view: Option<Arc<RwLock<View>>>,
 }
 
 impl Sink for SinkTopic {
@@ -955,9 +986,8 @@ impl Sink for SinkTopic {
         let encoded = engine.encode_message(record)?;
         // Placed by the key alone (a windowed key too, as Kafka Streams'
         // WindowedStreamPartitioner does, murmur2 otherwise), so a pull finds
-        // every window of a key in the partition it asks, and the view
-        // agrees with the topic. Only a windowed key is encoded again,
-        // without its window.
+        // every window of a key in the partition it asks. Only a windowed
+        // key is encoded again, without its window.
         let key = match record.window {
             None => encoded.key.clone(),
             Some(_) => engine.key_bytes(&self.to, &record.key)?,
@@ -971,18 +1001,15 @@ impl Sink for SinkTopic {
             None,
             Some(record.timestamp),
         )?;
-        if let (Some(view), Some(key), Some(partition)) = (&self.view, key, partition) {
-            let mut placed = record.clone();
-            placed.partition = partition;
-            view.write()
-                .map_err(|_| anyhow!("the view of {} was poisoned", self.to))?
-                .apply(key, placed);
-        }
         Ok(true)
     }
 
-    fn finish(&mut self) -> Result<()> {
+    fn flush(&mut self) -> Result<()> {
         self.producer.flush(durable::FLUSH_TIMEOUT)
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        self.flush()
     }
 
     fn written(&self) -> u64 {
@@ -995,18 +1022,79 @@ impl Sink for SinkTopic {
 fn read_view(options: &ClientOptions, engine: &Engine, topic: &str) -> Result<View> {
     let probe = options.metadata_client()?;
     let partitions = options.require_topic(&probe, topic)? as i32;
-    let mut view = View::new(partitions);
-    for partition in 0..partitions {
-        durable::read_partition(options, topic, partition, |m| {
-            if let Head::Record(record) = read(engine, topic, m) {
-                if let Some(key) = engine.key_bytes(topic, &record.key)? {
-                    view.apply(key, record);
-                }
-            }
-            Ok(())
-        })?;
+    let view = RwLock::new(View::new(partitions));
+    let caught_up = AtomicBool::new(false);
+    follow(options, engine, topic, &view, &caught_up, || {
+        !caught_up.load(Ordering::Acquire)
+    })?;
+    view.into_inner()
+        .map_err(|_| anyhow!("the view of {topic} was poisoned"))
+}
+
+/// Keeps `view` as table `topic` is: reads it from its start, raises
+/// `caught_up` at its end offsets as of then, and follows it while
+/// `keep_going`. A view follows the topic rather than its own query's
+/// output, so every server of a service answers pulls on every key,
+/// whichever holds the key's task.
+fn follow(
+    options: &ClientOptions,
+    engine: &Engine,
+    topic: &str,
+    view: &RwLock<View>,
+    caught_up: &AtomicBool,
+    keep_going: impl Fn() -> bool,
+) -> Result<()> {
+    let consumer: BaseConsumer<QuietContext> = options
+        .config_with_defaults(&[
+            ("group.id", "kpipe-view"),
+            ("enable.auto.commit", "false"),
+            ("enable.partition.eof", "true"),
+            ("fetch.wait.max.ms", "50"),
+        ])
+        .create_with_context(QuietContext::default())
+        .map_err(|e| options.config_error(e))?;
+    let partitions = options.require_topic(&consumer, topic)? as i32;
+    let mut behind = BTreeMap::new();
+    let mut assignment = TopicPartitionList::new();
+    for p in 0..partitions {
+        let (low, high) = consumer.fetch_watermarks(topic, p, CONNECT_TIMEOUT)?;
+        if high > low {
+            behind.insert(p, high);
+        }
+        assignment.add_partition_offset(topic, p, Offset::Beginning)?;
     }
-    Ok(view)
+    consumer.assign(&assignment)?;
+    caught_up.store(behind.is_empty(), Ordering::Release);
+    while keep_going() {
+        let reached = match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                if let Head::Record(mut record) = read(engine, topic, &m) {
+                    if let Some(key) = engine.key_bytes(topic, &record.key)? {
+                        record.partition = m.partition();
+                        view.write()
+                            .map_err(|_| anyhow!("the view of {topic} was poisoned"))?
+                            .apply(key, record);
+                    }
+                }
+                behind
+                    .get(&m.partition())
+                    .is_some_and(|&end| m.offset() + 1 >= end)
+                    .then_some(m.partition())
+            }
+            Some(Err(KafkaError::PartitionEOF(p))) => Some(p),
+            Some(Err(e)) => {
+                tracing::warn!("reading {topic}: {e}");
+                None
+            }
+            None => None,
+        };
+        if let Some(p) = reached {
+            if behind.remove(&p).is_some() && behind.is_empty() {
+                caught_up.store(true, Ordering::Release);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// ksqlDB's refusal of a CREATE over a topic that does not exist, without
@@ -1069,13 +1157,37 @@ fn read(engine: &Engine, topic: &str, m: &BorrowedMessage<'_>) -> Head {
 pub(crate) trait Sink {
     /// Takes one record the query wrote; false stops the query.
     fn emit(&mut self, engine: &Engine, record: &Record) -> Result<bool>;
+    /// Whether the sink takes the input as read instead of the query's
+    /// output (a repartitioning stage): then `forward` gets each record.
+    fn forwards(&self) -> bool {
+        false
+    }
+    fn forward(&mut self, _engine: &Engine, _record: &Record, _carried: &Carried) -> Result<()> {
+        bail!("this sink takes a query's output, not its input")
+    }
     /// How often to checkpoint while input flows (None: never).
     fn every(&self) -> Option<Duration> {
         None
     }
+    /// Whether task `task` has yet to count a repartitioned record from
+    /// `origin` (source partition, offset).
+    fn admit(&mut self, _task: i32, _origin: (i32, i64)) -> bool {
+        true
+    }
     /// Makes the query's output and state so far durable; `next` holds, per
     /// input partition read since the last checkpoint, its next offset.
-    fn checkpoint(&mut self, _tasks: &mut [Engine], _next: &BTreeMap<i32, i64>) -> Result<()> {
+    fn checkpoint(&mut self, _tasks: &mut Tasks, _next: &BTreeMap<i32, i64>) -> Result<()> {
+        Ok(())
+    }
+    /// The group gave these partitions: set up their tasks and say where
+    /// each partition's input resumes.
+    fn assigned(&mut self, _partitions: &[i32], _tasks: &mut Tasks) -> Result<Vec<i64>> {
+        bail!("only a durable query is a group member")
+    }
+    /// The group took every partition back (after a checkpoint).
+    fn revoked(&mut self, _tasks: &mut Tasks) {}
+    /// Sends what is queued and waits for the broker's acknowledgement.
+    fn flush(&mut self) -> Result<()> {
         Ok(())
     }
     /// The query stopped: send what is still queued.
@@ -1094,29 +1206,57 @@ impl<F: FnMut(&Engine, &Record) -> Result<bool>> Sink for F {
     }
 }
 
+/// What a query's reader hands its processing thread.
+pub(crate) enum Fed {
+    Batch(Vec<Head>),
+    /// The group assigned partitions: their tasks must be ready, and the
+    /// reply says where each one's input resumes.
+    Assigned {
+        partitions: Vec<i32>,
+        reply: SyncSender<Result<Vec<i64>>>,
+    },
+    /// The group revokes the partitions: checkpoint, then reply.
+    Revoked {
+        reply: SyncSender<Result<()>>,
+    },
+}
+
+/// A query's engines.
+pub(crate) enum Tasks {
+    /// One engine reads every partition (a session's query).
+    One(Engine),
+    /// An engine per partition held (a server's query, see `durable`).
+    ByPartition(BTreeMap<i32, Engine>),
+}
+
+impl Tasks {
+    fn get_mut(&mut self, partition: i32) -> Option<&mut Engine> {
+        match self {
+            Tasks::One(engine) => Some(engine),
+            Tasks::ByPartition(tasks) => tasks.get_mut(&partition),
+        }
+    }
+}
+
 /// How long input may pause before a query checkpoints what it has: a
 /// caught-up query's offsets show so soon after its last record.
 const IDLE_CHECKPOINT: Duration = Duration::from_millis(100);
 
-/// Feeds a query's tasks from the broker and hands every record they write
-/// to `sink`. One task serves every partition, or each partition has its own
-/// (a durable stateful query, whose state is kept per partition). A reader
-/// thread polls, merges the partitions by timestamp and decodes; this thread
-/// runs the query, so reading and processing overlap.
+/// Feeds a query's tasks from `read` (a reader thread that polls, merges
+/// partitions by timestamp and decodes) and hands every record they write to
+/// `sink`; this thread runs the query, so reading and processing overlap.
+/// Records of partitions without a task (revoked meanwhile) are left to
+/// their next owner.
 fn drive(
     options: &ClientOptions,
-    mut tasks: Vec<Engine>,
-    feed: &Feed,
-    stops: &[Arc<AtomicBool>],
+    mut tasks: Tasks,
+    topic: &str,
+    read: impl FnOnce(SyncSender<Fed>, &AtomicBool) -> Result<()> + Send,
     dead_letter_topic: Option<&str>,
     sink: &mut dyn Sink,
 ) -> Result<Counts> {
     let probe = options.metadata_client()?;
     let mut dead_letters = DeadLetters::connect(options, &probe, dead_letter_topic)?;
-    let decoder = tasks
-        .first()
-        .ok_or_else(|| anyhow!("a query without a task"))?
-        .clone();
     let quit = AtomicBool::new(false);
     let mut counts = Counts::default();
     let every = sink.every();
@@ -1124,23 +1264,22 @@ fn drive(
     let mut next: BTreeMap<i32, i64> = BTreeMap::new();
     let mut checkpointed = Instant::now();
     let processed = std::thread::scope(|scope| -> Result<()> {
-        let (batches, received) = std::sync::mpsc::sync_channel::<Vec<Head>>(4);
+        let (fed, received) = std::sync::mpsc::sync_channel::<Fed>(4);
+        let quit = &quit;
         let reader = std::thread::Builder::new()
             .name("sql-reader".into())
-            .spawn_scoped(scope, || {
-                read_merged(options, &decoder, feed, stops, &quit, batches)
-            })?;
+            .spawn_scoped(scope, move || read(fed, quit))?;
         let ran = (|| -> Result<()> {
             loop {
-                let batch = match every {
+                let fed = match every {
                     None => match received.recv() {
-                        Ok(batch) => batch,
+                        Ok(fed) => fed,
                         Err(_) => return Ok(()),
                     },
                     Some(every) => {
                         let due = every.saturating_sub(checkpointed.elapsed());
                         match received.recv_timeout(due.min(IDLE_CHECKPOINT)) {
-                            Ok(batch) => batch,
+                            Ok(fed) => fed,
                             Err(RecvTimeoutError::Timeout) => {
                                 if !next.is_empty() {
                                     sink.checkpoint(&mut tasks, &next)?;
@@ -1153,10 +1292,34 @@ fn drive(
                         }
                     }
                 };
+                let batch = match fed {
+                    Fed::Batch(batch) => batch,
+                    Fed::Assigned { partitions, reply } => {
+                        let resumed = sink.assigned(&partitions, &mut tasks);
+                        let failed = resumed.as_ref().err().map(|e| anyhow!("{e:#}"));
+                        let _ = reply.send(resumed);
+                        match failed {
+                            Some(e) => return Err(e),
+                            None => continue,
+                        }
+                    }
+                    Fed::Revoked { reply } => {
+                        let saved = sink.checkpoint(&mut tasks, &next);
+                        next.clear();
+                        checkpointed = Instant::now();
+                        sink.revoked(&mut tasks);
+                        let failed = saved.as_ref().err().map(|e| anyhow!("{e:#}"));
+                        let _ = reply.send(saved);
+                        match failed {
+                            Some(e) => return Err(e),
+                            None => continue,
+                        }
+                    }
+                };
                 for head in batch {
-                    counts.read += 1;
-                    let record = match head {
-                        Head::Record(record) => record,
+                    let (record, carried) = match head {
+                        Head::Record(record) => (record, None),
+                        Head::Carried(record, carried) => (record, Some(carried)),
                         Head::Bad {
                             error,
                             key,
@@ -1164,10 +1327,14 @@ fn drive(
                             partition,
                             offset,
                         } => {
+                            if tasks.get_mut(partition).is_none() {
+                                continue;
+                            }
+                            counts.read += 1;
                             counts.skipped += 1;
                             next.insert(partition, offset + 1);
                             let origin = Origin {
-                                topic: &feed.topic,
+                                topic,
                                 partition,
                                 offset,
                                 key: key.as_deref(),
@@ -1178,14 +1345,22 @@ fn drive(
                             continue;
                         }
                     };
-                    next.insert(record.partition, record.offset + 1);
-                    let task = match tasks.len() {
-                        1 => &mut tasks[0],
-                        _ => tasks
-                            .get_mut(record.partition as usize)
-                            .ok_or_else(|| anyhow!("partition {} has no task", record.partition))?,
+                    let Some(task) = tasks.get_mut(record.partition) else {
+                        continue;
                     };
-                    let produced = match task.process(&record) {
+                    counts.read += 1;
+                    next.insert(record.partition, record.offset + 1);
+                    let origin = carried.as_ref().and_then(|c| c.origin);
+                    if origin.is_some_and(|origin| !sink.admit(record.partition, origin)) {
+                        continue;
+                    }
+                    let outcome = match &carried {
+                        Some(carried) if sink.forwards() => {
+                            sink.forward(task, &record, carried).map(|()| Vec::new())
+                        }
+                        _ => task.process(&record),
+                    };
+                    let produced = match outcome {
                         Ok(produced) => produced,
                         Err(e) => {
                             counts.skipped += 1;
@@ -1214,7 +1389,7 @@ fn drive(
         drop(received);
         let read = reader
             .join()
-            .map_err(|_| anyhow!("the reader of {} crashed", feed.topic))?;
+            .map_err(|_| anyhow!("the reader of {topic} crashed"))?;
         ran.and(read)
     });
     processed?;
@@ -1226,6 +1401,142 @@ fn drive(
     Ok(counts)
 }
 
+fn stopped(stops: &[Arc<AtomicBool>]) -> bool {
+    stops.iter().any(|s| s.load(Ordering::Relaxed))
+}
+
+/// A durable query running as a member of its group.
+struct DurableRun<'a> {
+    options: &'a ClientOptions,
+    durability: &'a Durability,
+    engine: &'a Engine,
+    id: &'a str,
+    source: &'a str,
+    started_at: &'a [i64],
+    idle: Duration,
+    dead_letters: Option<&'a str>,
+    keep_going: &'a (dyn Fn() -> bool + Sync),
+}
+
+impl DurableRun<'_> {
+    /// Runs the query's stages: one, or a repartitioning one before the one
+    /// that runs the query, through `repartition` (topic, partitions).
+    /// `restored` is raised once the query's tasks are first restored.
+    fn stages(
+        &self,
+        out: SinkTopic,
+        repartition: Option<(String, i32)>,
+        restored: &Arc<AtomicBool>,
+    ) -> Result<Counts> {
+        let Some((through, partitions)) = repartition else {
+            let stateful = self.engine.is_stateful();
+            let started_at = self.started_at.to_vec();
+            return self.stage(
+                self.source,
+                Carry::Nothing,
+                Box::new(out),
+                stateful,
+                started_at,
+                restored,
+            );
+        };
+        // Either stage ending ends the other.
+        let halt = AtomicBool::new(false);
+        let halted = |counts: Result<Counts>| {
+            halt.store(true, Ordering::Relaxed);
+            counts
+        };
+        let halting = DurableRun {
+            keep_going: &|| !halt.load(Ordering::Relaxed) && (self.keep_going)(),
+            ..*self
+        };
+        std::thread::scope(|scope| {
+            let forwarding = std::thread::Builder::new()
+                .name(format!("{}-repartition", self.id))
+                .spawn_scoped(scope, || {
+                    let out = Repartitioner {
+                        producer: Producer::connect(self.options)?,
+                        topic: through.clone(),
+                        partitions,
+                    };
+                    let started_at = self.started_at.to_vec();
+                    let unused = Arc::new(AtomicBool::new(false));
+                    halted(halting.stage(
+                        self.source,
+                        Carry::Bytes,
+                        Box::new(out),
+                        false,
+                        started_at,
+                        &unused,
+                    ))
+                })?;
+            let second = halted(halting.stage(
+                &through,
+                Carry::Origin,
+                Box::new(out),
+                true,
+                vec![0; partitions as usize],
+                restored,
+            ));
+            let forwarded = forwarding
+                .join()
+                .map_err(|_| anyhow!("the repartitioning of {} crashed", self.source))?;
+            let (forwarded, second) = (forwarded?, second?);
+            Ok(Counts {
+                read: forwarded.read,
+                written: second.written,
+                skipped: forwarded.skipped + second.skipped,
+            })
+        })
+    }
+
+    /// One stage: tasks over `input`'s partitions held by this member.
+    fn stage(
+        &self,
+        input: &str,
+        carry: Carry,
+        out: Box<dyn Sink + Send>,
+        stateful: bool,
+        started_at: Vec<i64>,
+        restored: &Arc<AtomicBool>,
+    ) -> Result<Counts> {
+        let member = durable::member(self.options, self.durability, self.id)?;
+        let stage = Stage {
+            out,
+            member: member.clone(),
+            input: input.to_string(),
+            stateful,
+            started_at,
+            restored: restored.clone(),
+        };
+        let mut sink =
+            DurableSink::new(self.options, self.durability, self.engine, self.id, stage)?;
+        let reading = Reading {
+            topic: input,
+            decode_as: self.source,
+            decoder: self.engine,
+            carry,
+        };
+        let read = |fed, quit: &AtomicBool| {
+            let keep_going = || !quit.load(Ordering::Relaxed) && (self.keep_going)();
+            read_group(&member, &reading, self.idle, keep_going, fed)
+        };
+        let tasks = Tasks::ByPartition(BTreeMap::new());
+        let counts = drive(
+            self.options,
+            tasks,
+            input,
+            read,
+            self.dead_letters,
+            &mut sink,
+        )?;
+        Ok(Counts {
+            written: sink.written(),
+            ..counts
+        })
+    }
+}
+
 /// Reads `feed` in timestamp order across partitions, decoded, in batches,
 /// until the bound, a stop, `quit`, or the receiver goes away.
 fn read_merged(
@@ -1234,7 +1545,7 @@ fn read_merged(
     feed: &Feed,
     stops: &[Arc<AtomicBool>],
     quit: &AtomicBool,
-    batches: std::sync::mpsc::SyncSender<Vec<Head>>,
+    fed: SyncSender<Fed>,
 ) -> Result<()> {
     let probe = options.metadata_client()?;
     let partitions = options.require_topic(&probe, &feed.topic)? as i32;
@@ -1268,28 +1579,14 @@ fn read_merged(
         assignment.add_partition_offset(&feed.topic, p, start)?;
     }
     consumer.assign(&assignment)?;
-    let queues = (0..partitions)
-        .map(|p| {
-            consumer
-                .split_partition_queue(&feed.topic, p)
-                .ok_or_else(|| anyhow!("cannot read partition {p} of {}", feed.topic))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    // Messages fetched before the split sit in the consumer's own queue; they
-    // come first in their partitions.
-    let mut early: Vec<VecDeque<Head>> = (0..partitions).map(|_| Default::default()).collect();
-    while let Some(polled) = consumer.poll(Duration::ZERO) {
-        if let Ok(m) = polled {
-            early[m.partition() as usize].push_back(read(decoder, &feed.topic, &m));
-        }
-    }
-    let mut partitions = BrokerPartitions {
-        consumer: &consumer,
-        queues,
-        early,
-        decoder,
+    let reading = Reading {
         topic: &feed.topic,
+        decode_as: &feed.topic,
+        decoder,
+        carry: Carry::Nothing,
     };
+    let mut partitions =
+        reading.split(&consumer, (0..partitions).collect(), &mut BTreeMap::new())?;
     let bounds = Bounds {
         ends,
         bounded: feed.bounded,
@@ -1299,22 +1596,141 @@ fn read_merged(
         bounds,
         feed.idle,
         || !quit.load(Ordering::Relaxed) && !stops.iter().any(|s| s.load(Ordering::Relaxed)),
-        |batch| batches.send(batch).is_ok(),
+        |batch| fed.send(Fed::Batch(batch)).is_ok(),
     );
     Ok(())
 }
 
-/// A topic's partitions on the broker: one librdkafka queue each.
-struct BrokerPartitions<'a> {
-    consumer: &'a BaseConsumer<QuietContext>,
-    queues: Vec<PartitionQueue<QuietContext>>,
-    /// Records fetched before the queues were split off; they come first.
-    early: Vec<VecDeque<Head>>,
-    decoder: &'a Engine,
-    topic: &'a str,
+/// Reads a durable query's input as a member of its group: the partitions
+/// held now, merged by timestamp, until a rebalance changes them, then the
+/// next ones (see `durable`).
+fn read_group(
+    member: &Arc<Member>,
+    reading: &Reading<'_>,
+    idle: Duration,
+    keep_going: impl Fn() -> bool,
+    fed: SyncSender<Fed>,
+) -> Result<()> {
+    member.context().hand_to(Some(fed.clone()));
+    member.subscribe(&[reading.topic])?;
+    // Messages polled off the consumer's own queue before their partition's
+    // queue was split off; they come first.
+    let mut early: BTreeMap<i32, VecDeque<Head>> = BTreeMap::new();
+    while keep_going() {
+        let (generation, held) = member.context().assignment();
+        if held.is_empty() {
+            if let Some(Ok(m)) = member.poll(Duration::from_millis(100)) {
+                early
+                    .entry(m.partition())
+                    .or_default()
+                    .push_back(reading.head(&m));
+            }
+            continue;
+        }
+        let mut partitions = reading.split(member, held, &mut early)?;
+        let ends = vec![i64::MAX; partitions.count()];
+        merge(
+            &mut partitions,
+            Bounds {
+                ends,
+                bounded: false,
+            },
+            idle,
+            || keep_going() && member.context().assignment().0 == generation,
+            |batch| fed.send(Fed::Batch(batch)).is_ok(),
+        );
+        early = std::mem::take(&mut partitions.stray);
+    }
+    member.context().hand_to(None);
+    member.unsubscribe();
+    Ok(())
 }
 
-impl Partitions for BrokerPartitions<'_> {
+/// What a reader reads and how it decodes.
+pub(crate) struct Reading<'a> {
+    /// The topic read.
+    topic: &'a str,
+    /// The source whose format its messages have (a repartition topic
+    /// holds its source's messages).
+    decode_as: &'a str,
+    decoder: &'a Engine,
+    carry: Carry,
+}
+
+/// What a record read for a repartitioned query carries besides itself.
+#[derive(Clone, Copy, PartialEq)]
+enum Carry {
+    Nothing,
+    /// Its bytes, for the first stage to forward.
+    Bytes,
+    /// Its origin in the source, for the second stage's tasks.
+    Origin,
+}
+
+impl Reading<'_> {
+    fn head(&self, m: &BorrowedMessage<'_>) -> Head {
+        let head = read(self.decoder, self.decode_as, m);
+        match (head, self.carry) {
+            (Head::Record(record), Carry::Bytes | Carry::Origin) => Head::Carried(
+                record,
+                Box::new(durable::carried(m, self.carry == Carry::Bytes)),
+            ),
+            (head, _) => head,
+        }
+    }
+
+    /// One queue per partition in `held`, split off `consumer`'s own.
+    fn split<'a, C: ConsumerContext>(
+        &'a self,
+        consumer: &'a Arc<BaseConsumer<C>>,
+        held: Vec<i32>,
+        early: &mut BTreeMap<i32, VecDeque<Head>>,
+    ) -> Result<BrokerPartitions<'a, C>> {
+        let queues = held
+            .iter()
+            .map(|&p| {
+                consumer
+                    .split_partition_queue(self.topic, p)
+                    .ok_or_else(|| anyhow!("cannot read partition {p} of {}", self.topic))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        while let Some(polled) = consumer.poll(Duration::ZERO) {
+            if let Ok(m) = polled {
+                early
+                    .entry(m.partition())
+                    .or_default()
+                    .push_back(self.head(&m));
+            }
+        }
+        let early = held
+            .iter()
+            .map(|p| early.remove(p).unwrap_or_default())
+            .collect();
+        Ok(BrokerPartitions {
+            consumer,
+            held,
+            queues,
+            early,
+            stray: BTreeMap::new(),
+            reading: self,
+        })
+    }
+}
+
+/// A topic's partitions on the broker: one librdkafka queue each.
+struct BrokerPartitions<'a, C: ConsumerContext + 'static> {
+    consumer: &'a BaseConsumer<C>,
+    /// The partition numbers, in the order of `queues`.
+    held: Vec<i32>,
+    queues: Vec<PartitionQueue<C>>,
+    /// Records fetched before the queues were split off; they come first.
+    early: Vec<VecDeque<Head>>,
+    /// Records of partitions not held here yet (assigned while merging).
+    stray: BTreeMap<i32, VecDeque<Head>>,
+    reading: &'a Reading<'a>,
+}
+
+impl<C: ConsumerContext> Partitions for BrokerPartitions<'_, C> {
     fn count(&self) -> usize {
         self.queues.len()
     }
@@ -1324,18 +1740,25 @@ impl Partitions for BrokerPartitions<'_> {
             return Polled::Head(head);
         }
         match self.queues[p].poll(timeout) {
-            Some(Ok(m)) => Polled::Head(read(self.decoder, self.topic, &m)),
+            Some(Ok(m)) => Polled::Head(self.reading.head(&m)),
             Some(Err(KafkaError::PartitionEOF(_))) => Polled::End,
             Some(Err(e)) => {
-                tracing::warn!("reading {} [{p}]: {e}", self.topic);
+                tracing::warn!("reading {} [{}]: {e}", self.reading.topic, self.held[p]);
                 Polled::Nothing
             }
             None => Polled::Nothing,
         }
     }
 
-    /// librdkafka's events (errors) arrive on the consumer's own queue.
+    /// librdkafka's events (errors, rebalances) arrive on the consumer's own
+    /// queue; so do the first messages of partitions assigned meanwhile.
     fn serve(&mut self) {
-        self.consumer.poll(Duration::ZERO);
+        if let Some(Ok(m)) = self.consumer.poll(Duration::ZERO) {
+            let head = self.reading.head(&m);
+            match self.held.iter().position(|&p| p == m.partition()) {
+                Some(at) => self.early[at].push_back(head),
+                None => self.stray.entry(m.partition()).or_default().push_back(head),
+            }
+        }
     }
 }

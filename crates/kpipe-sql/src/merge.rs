@@ -13,6 +13,8 @@ use crate::engine::Record;
 #[derive(Debug)]
 pub(crate) enum Head {
     Record(Record),
+    /// A record with what a repartitioned query's stages need besides it.
+    Carried(Record, Box<Carried>),
     /// A message that cannot be read, kept whole for the dead-letter topic.
     Bad {
         error: String,
@@ -27,17 +29,29 @@ impl Head {
     /// A record that cannot be read goes first: nothing waits on it.
     fn timestamp(&self) -> i64 {
         match self {
-            Head::Record(r) => r.timestamp,
+            Head::Record(r) | Head::Carried(r, _) => r.timestamp,
             Head::Bad { .. } => i64::MIN,
         }
     }
 
     fn offset(&self) -> i64 {
         match self {
-            Head::Record(r) => r.offset,
+            Head::Record(r) | Head::Carried(r, _) => r.offset,
             Head::Bad { offset, .. } => *offset,
         }
     }
+}
+
+/// What a record read for a repartitioned query carries (see `durable`).
+#[derive(Debug, Default)]
+pub(crate) struct Carried {
+    /// Its key and value as read: the repartitioning stage forwards them
+    /// unchanged.
+    pub(crate) key: Option<Vec<u8>>,
+    pub(crate) value: Option<Vec<u8>>,
+    /// A repartitioned record's source partition and offset, by which its
+    /// task skips one it has seen (a replay of the first stage).
+    pub(crate) origin: Option<(i32, i64)>,
 }
 
 /// What polling a partition brought.

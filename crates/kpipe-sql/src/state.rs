@@ -104,6 +104,22 @@ impl Engine {
         })
     }
 
+    /// How many partitions the query's repartition topic has, when its
+    /// state is not keyed as its input is partitioned (GROUP BY a value
+    /// column): as many as its source, each holding whole groups, as ksqlDB
+    /// repartitions; one for a table source, whose old rows must be at hand
+    /// when they change. None when the input serves as it is.
+    pub fn repartition_count(&self, source_partitions: i32) -> Option<i32> {
+        let query = self.queries.first()?;
+        if !self.is_stateful() || self.state_by_partition() || query.join.is_some() {
+            return None;
+        }
+        match self.sources.get(&query.from)?.kind {
+            SourceKind::Table => Some(1),
+            SourceKind::Stream => Some(source_partitions),
+        }
+    }
+
     /// Starts recording which entries change, for [`Engine::take_changes`].
     pub fn track_changes(&mut self) -> Result<()> {
         let query = self.sole_query()?;

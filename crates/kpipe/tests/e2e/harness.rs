@@ -355,12 +355,37 @@ impl BrokerProcess {
 
     /// The sum of a group's committed offsets, as `kpipe group describe` shows them.
     pub fn committed(&self, group: &str) -> i64 {
+        self.offsets(group).iter().map(|o| o.1).sum()
+    }
+
+    /// The offsets `group` committed on `topic`, summed.
+    pub fn committed_to(&self, group: &str, topic: &str) -> i64 {
+        let offsets = self.offsets(group);
+        offsets.iter().filter(|o| o.0 == topic).map(|o| o.1).sum()
+    }
+
+    /// Whether `group` committed every partition it reads up to its end.
+    pub fn caught_up(&self, group: &str) -> bool {
+        let offsets = self.offsets(group);
+        !offsets.is_empty() && offsets.iter().all(|o| o.1 == o.2)
+    }
+
+    /// (topic, committed, end offset) per partition, as `kpipe group
+    /// describe` lists them.
+    fn offsets(&self, group: &str) -> Vec<(String, i64, i64)> {
         let described = self.kpipe(&["group", "describe", group], "");
         described
             .stdout
             .lines()
-            .filter_map(|l| l.split('┆').nth(2)?.trim().parse::<i64>().ok())
-            .sum()
+            .filter_map(|l| {
+                let cells: Vec<&str> = l.split('┆').map(|c| c.trim_matches(['│', ' '])).collect();
+                Some((
+                    cells.first()?.to_string(),
+                    cells.get(2)?.parse().ok()?,
+                    cells.get(3)?.parse().ok()?,
+                ))
+            })
+            .collect()
     }
 
     /// Runs `kpipe ARGS` with `stdin` and a 60 s limit.

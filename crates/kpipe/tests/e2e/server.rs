@@ -219,9 +219,11 @@ fn rest_api_answers_statements_and_queries_and_a_query_survives_kill_9() {
     // input offset, and its state is in a changelog topic.
     let group = format!("_confluent-ksql-default_query_{query_id}");
     assert!(
-        eventually(Duration::from_secs(30), || broker.committed(&group) == 3000),
+        eventually(Duration::from_secs(30), || broker
+            .committed_to(&group, "payments")
+            == 3000),
         "the query's group committed {} of 3000 offsets",
-        broker.committed(&group)
+        broker.committed_to(&group, "payments")
     );
     let changelog = format!("{group}-Aggregate-Aggregate-Materialize-changelog");
     assert!(
@@ -246,9 +248,11 @@ fn rest_api_answers_statements_and_queries_and_a_query_survives_kill_9() {
         pulled_totals(&server)
     );
     assert!(
-        eventually(Duration::from_secs(30), || broker.committed(&group) == 9000),
+        eventually(Duration::from_secs(30), || broker
+            .committed_to(&group, "payments")
+            == 9000),
         "after the restart the group committed {} of 9000 offsets",
-        broker.committed(&group)
+        broker.committed_to(&group, "payments")
     );
     // One update per input, plus at most the 3000 processed again after the
     // kill: a restart that recomputed from the start would write 6000 more.
@@ -256,6 +260,79 @@ fn rest_api_answers_statements_and_queries_and_a_query_survives_kill_9() {
     assert!(
         (9000..=12_000).contains(&written),
         "TOTALS holds {written} updates for 9000 inputs"
+    );
+}
+
+/// The members `kpipe group describe` counts in `group`.
+fn members(broker: &BrokerProcess, group: &str) -> usize {
+    let described = broker.kpipe(&["group", "describe", group], "").stdout;
+    described
+        .split(" member(s)")
+        .next()
+        .and_then(|head| head.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Two servers of one service share a query through its consumer group: a
+/// statement sent to one runs on both, each runs tasks for part of the
+/// partitions (a GROUP BY on a value column, so both stages and the
+/// repartition topic are shared), either answers pulls on every key, and
+/// when one is killed the other takes its tasks over from their checkpoints.
+#[test]
+fn two_servers_share_a_query_and_one_takes_over_when_the_other_is_killed() {
+    let broker = BrokerProcess::start();
+    let (first_state, second_state) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let first = Server::start(&broker, first_state.path());
+    let second = Server::start(&broker, second_state.path());
+    let created = first.ksql(&format!("{PAYMENTS}\n{TOTALS}"));
+    let query_id = created[1]["commandStatus"]["queryId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        eventually(Duration::from_secs(30), || second.ksql("SHOW QUERIES;")[0]
+            .to_string()
+            .contains(&query_id)),
+        "the second server runs the query the first accepted"
+    );
+    let group = format!("_confluent-ksql-default_query_{query_id}");
+    // Each server has a member per stage.
+    assert!(
+        eventually(Duration::from_secs(30), || members(&broker, &group) == 4),
+        "the group has {} members",
+        members(&broker, &group)
+    );
+    let described = broker.kpipe(&["group", "describe", &group], "").stdout;
+    let repartition = format!("{group}-Aggregate-GroupBy-repartition");
+    assert!(described.contains(&repartition), "{described}");
+
+    gen_payments(&broker, "3000", "1");
+    let expected = batch_totals(&broker);
+    for server in [&first, &second] {
+        assert!(
+            eventually(Duration::from_secs(60), || pulled_totals(server)
+                == expected),
+            "{} pulls the totals of every key: {:?} vs {expected:?}",
+            server.url,
+            pulled_totals(server)
+        );
+    }
+
+    first.kill9();
+    gen_payments(&broker, "3000", "2");
+    let expected = batch_totals(&broker);
+    assert_eq!(expected.values().map(|t| t.0).sum::<i64>(), 6000);
+    assert!(
+        eventually(Duration::from_secs(60), || pulled_totals(&second)
+            == expected),
+        "the survivor took every task over: {:?} vs {expected:?}",
+        pulled_totals(&second)
+    );
+    assert!(
+        eventually(Duration::from_secs(30), || broker.caught_up(&group)
+            && members(&broker, &group) == 2),
+        "the survivor's members hold every partition and committed them"
     );
 }
 
@@ -317,9 +394,11 @@ fn a_windowed_query_killed_twice_and_restarted_during_a_million_events_loses_and
         // Interrupt once the query is that many quarters through.
         let at = events * quarter / 4;
         assert!(
-            eventually(Duration::from_secs(300), || broker.committed(&group) >= at),
+            eventually(Duration::from_secs(300), || broker
+                .committed_to(&group, "payments")
+                >= at),
             "the query reached {} of {events} before the {how}",
-            broker.committed(&group)
+            broker.committed_to(&group, "payments")
         );
         match how {
             "kill -9" => server.kill9(),
@@ -328,10 +407,12 @@ fn a_windowed_query_killed_twice_and_restarted_during_a_million_events_loses_and
         server = Server::start_with(&broker, state.path(), &fast_checkpoints);
     }
     assert!(
-        eventually(Duration::from_secs(300), || broker.committed(&group)
-            == events),
+        eventually(Duration::from_secs(300), || broker
+            .committed_to(&group, "payments")
+            == events
+            && broker.caught_up(&group)),
         "the query caught up: {} of {events}",
-        broker.committed(&group)
+        broker.committed_to(&group, "payments")
     );
     let expected = batch_windows(&broker);
     assert_eq!(expected.values().map(|w| w.0).sum::<i64>(), events);

@@ -8,7 +8,7 @@ use kpipe_kafka::admin::{Admin, IfExists, TopicSpec};
 use kpipe_kafka::client::ClientOptions;
 use kpipe_kafka::groups::Groups;
 use kpipe_kafka::produce::Producer;
-use kpipe_sql::durable::application_id;
+use kpipe_sql::durable::{application_id, repartition_topic};
 use kpipe_sql::engine::Engine;
 use kpipe_sql::parser::parse;
 use kpipe_sql::rest::Response;
@@ -192,25 +192,32 @@ impl RestApi for OverHttp {
                 .query_topics(&id)
                 .with_context(|| format!("the server runs {id}, which the runner did not start"))?;
             let group = application_id(kpipe_server::SERVICE_ID, &id);
+            // A repartitioned query's second stage reads what its first wrote.
+            let repartitioned = self
+                .formats
+                .only(&id)
+                .and_then(|engine| engine.repartition_count(1))
+                .map(|_| repartition_topic(kpipe_server::SERVICE_ID, &id));
+            let topics: Vec<String> = std::iter::once(source).chain(repartitioned).collect();
             loop {
-                let behind: Vec<String> = groups
-                    .topic_lag(&group, &source)?
-                    .iter()
-                    .filter(|p| p.committed.unwrap_or(0) < p.end)
-                    .map(|p| {
-                        let committed = p.committed.map_or("nothing".into(), |c| c.to_string());
-                        format!(
-                            "partition {} committed {committed} of {}",
-                            p.partition, p.end
-                        )
-                    })
-                    .collect();
+                let mut behind = Vec::new();
+                for topic in &topics {
+                    for p in groups.topic_lag(&group, topic)? {
+                        if p.committed.unwrap_or(0) < p.end {
+                            let committed = p.committed.map_or("nothing".into(), |c| c.to_string());
+                            behind.push(format!(
+                                "{topic} [{}] committed {committed} of {}",
+                                p.partition, p.end
+                            ));
+                        }
+                    }
+                }
                 if behind.is_empty() {
                     break;
                 }
                 if Instant::now() > deadline {
                     bail!(
-                        "{id} did not catch up with {source} within {CATCH_UP_TIMEOUT:?}: group {group}: {}",
+                        "{id} did not catch up within {CATCH_UP_TIMEOUT:?}: group {group}: {}",
                         behind.join(", ")
                     );
                 }
