@@ -152,6 +152,11 @@ impl CommandTopic {
         self.count
     }
 
+    /// Deletes the topic, and with it every command.
+    pub fn delete(self) -> Result<()> {
+        self.runtime.block_on(self.admin.delete(&self.topic))
+    }
+
     /// Forgets every command (the cluster was terminated).
     pub fn clear(&mut self) -> Result<()> {
         self.runtime.block_on(self.admin.delete(&self.topic))?;

@@ -48,8 +48,11 @@ pub struct ServerOptions {
     /// state in changelog topics, as ksqlDB keeps them.
     pub state: PathBuf,
     /// ksqlDB's `ksql.service.id`, reported by /info; it names the
-    /// queries' consumer groups and changelog topics.
+    /// command topic and the queries' consumer groups and changelog topics.
     pub service_id: String,
+    /// Forget the statements when the server stops (a shell's own server,
+    /// whose queries last as long as the shell).
+    pub transient: bool,
     /// How often a persistent query checkpoints while input flows
     /// (`ksql.streams.commit.interval.ms`); a query that runs dry
     /// checkpoints at once.
@@ -166,6 +169,13 @@ pub fn run(
         .into_inner()
         .map_err(|_| anyhow!("the session failed earlier"))?;
     session.finish()?;
+    if options.transient {
+        let log = app
+            .log
+            .into_inner()
+            .map_err(|_| anyhow!("the log failed earlier"))?;
+        log.delete()?;
+    }
     Ok(())
 }
 

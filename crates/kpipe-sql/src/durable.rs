@@ -572,13 +572,18 @@ impl Sink for DurableSink {
             self.positions.insert(p, at);
             offsets.push(at);
         }
-        tracing::info!(
-            input = self.input,
-            ?partitions,
-            ?offsets,
-            restored,
-            "took partitions"
-        );
+        // A first start restores nothing and is not news.
+        if restored > 0 {
+            tracing::info!(
+                input = self.input,
+                ?partitions,
+                ?offsets,
+                restored,
+                "took partitions and restored their state"
+            );
+        } else {
+            tracing::debug!(input = self.input, ?partitions, ?offsets, "took partitions");
+        }
         self.restored.store(true, Ordering::Release);
         Ok(offsets)
     }

@@ -1641,8 +1641,9 @@ fn read_group(
         );
         early = std::mem::take(&mut partitions.stray);
     }
+    // The member stays in the group until it is dropped, after the last
+    // checkpoint has committed its offsets.
     member.context().hand_to(None);
-    member.unsubscribe();
     Ok(())
 }
 

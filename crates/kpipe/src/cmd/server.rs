@@ -11,10 +11,13 @@ use super::KafkaArgs;
 
 /// Serve ksqlDB's REST API: statements on POST /ksql, queries on POST /query
 /// and /query-stream, GET /info and /healthcheck. Sources and persistent
-/// queries are stored in --state and run again after a restart or a kill -9.
-/// A query's state (aggregates, windows, a table's rows) goes to a changelog
-/// topic with checkpoints of its input offsets, so a restarted query restores
-/// it and resumes after its last checkpoint: no input lost or counted twice.
+/// queries are stored in the service's command topic and run again after a
+/// restart or a kill -9. A query's state (aggregates, windows, a table's
+/// rows) goes to a changelog topic with checkpoints of its input offsets, so
+/// a restarted query restores it and resumes after its last checkpoint: no
+/// input lost or counted twice. Servers with the same --service-id share
+/// the work: each runs every query's tasks for the partitions the query's
+/// consumer group gives it, and takes over a dead one's.
 ///
 ///   kpipe broker --data ./kpipe-data &
 ///   kpipe server --listen 127.0.0.1:8088 --state ./ksql-state &
@@ -26,7 +29,8 @@ pub struct ServerArgs {
     /// Address to listen on (port 0 picks a free one; the first line printed says which).
     #[arg(long, default_value = "127.0.0.1:8088")]
     listen: SocketAddr,
-    /// Directory for the command log.
+    /// The server's own directory, locked while it runs (two servers of a
+    /// service each need one).
     #[arg(long, default_value = "./kpipe-ksql-state")]
     state: PathBuf,
     /// The service id (ksql.service.id): /info reports it, and it names the
@@ -47,6 +51,7 @@ pub fn run(args: ServerArgs, kafka: &KafkaArgs) -> anyhow::Result<()> {
         state: args.state,
         service_id: args.service_id,
         commit_interval: Duration::from_millis(args.commit_interval),
+        transient: false,
     };
     kpipe_server::run(kafka.options(), options, stop, |address| {
         // Tests and scripts read this line to learn the port when --listen ends in :0.

@@ -494,9 +494,17 @@ pub struct Embedded {
 }
 
 impl Embedded {
-    /// Starts a server on a free port of 127.0.0.1, keeping its command log
-    /// in `state` (or in a directory that goes when the shell does).
+    /// Starts a server on a free port of 127.0.0.1: the default service's,
+    /// with `state` its directory, or else a service of its own that goes
+    /// when the shell does.
     pub fn start(kafka: ClientOptions, state: Option<PathBuf>) -> Result<Embedded> {
+        // Without a state directory the queries last as long as the shell:
+        // a service of its own, forgotten when it stops.
+        let transient = state.is_none();
+        let service_id = match transient {
+            true => format!("kpipe_shell_{}_", std::process::id()),
+            false => kpipe_server::SERVICE_ID.into(),
+        };
         let (state, scratch) = match state {
             Some(dir) => (dir, None),
             None => {
@@ -507,8 +515,9 @@ impl Embedded {
         let options = ServerOptions {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             state,
-            service_id: kpipe_server::SERVICE_ID.into(),
+            service_id,
             commit_interval: kpipe_server::COMMIT_INTERVAL,
+            transient,
         };
         let stop = Arc::new(AtomicBool::new(false));
         let (bound, address) = std::sync::mpsc::channel();

@@ -37,7 +37,7 @@ mod test_rest;
 /// With neither -e nor --file, a shell like the ksql CLI, a client of a
 /// `kpipe server` (--server URL or KPIPE_SERVER), or of one it starts
 /// in-process on 127.0.0.1 when none is given (over -b's Kafka; its
-/// sources and queries kept in --state, else gone when the shell leaves).
+/// sources and queries kept with --state, else gone when the shell leaves).
 /// Statements end with ';' (lines accumulate until then); history is in
 /// ~/.kpipe_sql_history. Listings print as tables, pull queries as a
 /// table, push queries a row per line as rows arrive, until their LIMIT
@@ -90,8 +90,10 @@ pub struct SqlArgs {
         conflicts_with = "state"
     )]
     server: Option<String>,
-    /// The in-process server's state directory (its sources and queries, run
-    /// again by the next shell given it); none keeps them for this shell only.
+    /// Run the in-process server as the cluster's default service, with this
+    /// directory of its own: its sources and queries stay in the service's
+    /// command topic, run again by the next shell or `kpipe server` of that
+    /// service. Without it they last for this shell only.
     #[arg(long, value_name = "DIR", conflicts_with_all = ["execute", "file"])]
     state: Option<PathBuf>,
 }

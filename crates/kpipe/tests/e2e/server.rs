@@ -297,15 +297,21 @@ fn two_servers_share_a_query_and_one_takes_over_when_the_other_is_killed() {
         "the second server runs the query the first accepted"
     );
     let group = format!("_confluent-ksql-default_query_{query_id}");
-    // Each server has a member per stage.
+    // Each server has a member per stage, and both stages' partitions are
+    // assigned.
+    let repartition = format!("{group}-Aggregate-GroupBy-repartition[");
+    let describe = || broker.kpipe(&["group", "describe", &group], "").stdout;
     assert!(
-        eventually(Duration::from_secs(30), || members(&broker, &group) == 4),
-        "the group has {} members",
-        members(&broker, &group)
+        eventually(Duration::from_secs(30), || {
+            let described = describe();
+            members(&broker, &group) == 4
+                && described.contains("state Stable")
+                && described.contains(&repartition)
+                && described.contains("payments[")
+        }),
+        "both servers' stages share the partitions: {}",
+        describe()
     );
-    let described = broker.kpipe(&["group", "describe", &group], "").stdout;
-    let repartition = format!("{group}-Aggregate-GroupBy-repartition");
-    assert!(described.contains(&repartition), "{described}");
 
     gen_payments(&broker, "3000", "1");
     let expected = batch_totals(&broker);
