@@ -105,6 +105,14 @@ impl CommandTopic {
         Ok(())
     }
 
+    /// Whether the topic holds commands not read yet.
+    pub fn behind(&self) -> Result<bool> {
+        let (_, end) = self
+            .consumer
+            .fetch_watermarks(&self.topic, 0, CONNECT_TIMEOUT)?;
+        Ok(end > self.next)
+    }
+
     /// Reads the topic to its end as of now: the commands other servers
     /// wrote since the last call, by offset.
     pub fn catch_up(&mut self) -> Result<BTreeMap<i64, Command>> {
