@@ -594,10 +594,10 @@ impl Session {
                             }
                         };
                         ended.store(true, Ordering::Relaxed);
-                    if let Err(e) = &counts {
-                        // A server runs on: say so now, not when it stops.
-                        tracing::error!(query, "the query stopped: {e:#}");
-                    }
+                        if let Err(e) = &counts {
+                            // A server runs on: say so now, not when it stops.
+                            tracing::error!(query, "the query stopped: {e:#}");
+                        }
                         if let Some(following) = following {
                             following
                                 .join()

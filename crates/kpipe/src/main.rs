@@ -64,6 +64,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    end_quietly_when_stdout_closes();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -93,4 +94,25 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A reader that leaves early (`kpipe consume … | head`) closes stdout, and
+/// printing then panics inside std; end quietly instead, with the status a
+/// process killed by SIGPIPE has, as `cat` would. SIGPIPE itself stays
+/// ignored: the ClickHouse sink must see a dead server's socket as an error,
+/// not die of it.
+fn end_quietly_when_stdout_closes() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        report(info);
+    }));
 }

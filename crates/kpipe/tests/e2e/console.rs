@@ -141,3 +141,29 @@ fn ctrl_c_commits_exactly_what_was_printed() {
     );
     assert_eq!(broker.committed("interrupted"), printed as i64);
 }
+
+/// `kpipe topic describe wide | head -1`: the reader leaves and closes the
+/// pipe while kpipe still prints (a table bigger than the pipe's buffer);
+/// kpipe ends as `cat` would, with SIGPIPE's status and no panic on stderr.
+#[test]
+fn a_reader_that_leaves_early_ends_kpipe_quietly() {
+    let broker = BrokerProcess::start();
+    broker
+        .kpipe(&["topic", "create", "wide", "--partitions", "2000"], "")
+        .out();
+    let mut reader = broker
+        .command(&["topic", "describe", "wide"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(reader.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "topic wide (2000 partitions)");
+    drop(stdout);
+    let ended = reader.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&ended.stderr);
+    assert_eq!(ended.status.code(), Some(141), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
