@@ -11,8 +11,11 @@
 //!
 //! A reader thread merges the source's partitions by timestamp (`merge`, as a
 //! Kafka Streams task does) and decodes while the query's thread processes.
-//! Nothing is committed: a query starts
-//! from `auto.offset.reset` on each run; durable queries are `kpipe server`'s.
+//! A session's query reads every partition with one engine and commits
+//! nothing: it starts from `auto.offset.reset` on each run. A durable
+//! session's (`kpipe server`'s) queries are consumer-group members with a
+//! task per partition held, checkpointed and restored (see `durable`), and a
+//! table sink's view follows its topic for pull queries.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
