@@ -118,6 +118,25 @@ impl ClientOptions {
             .map_err(|e| self.config_error(e))
     }
 
+    /// A consumer that reads the partitions it assigns itself, to their end
+    /// (it reports partition EOF) and without committing; `group` only names
+    /// it to the broker. `extra` defaults come on top.
+    pub fn partition_reader(
+        &self,
+        group: &str,
+        extra: &[(&str, &str)],
+    ) -> Result<BaseConsumer<QuietContext>> {
+        let mut defaults = vec![
+            ("group.id", group),
+            ("enable.auto.commit", "false"),
+            ("enable.partition.eof", "true"),
+        ];
+        defaults.extend_from_slice(extra);
+        self.config_with_defaults(&defaults)
+            .create_with_context(QuietContext::default())
+            .map_err(|e| self.config_error(e))
+    }
+
     /// Turns a librdkafka configuration error into one sentence.
     pub fn config_error(&self, e: KafkaError) -> anyhow::Error {
         anyhow!(

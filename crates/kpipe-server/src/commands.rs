@@ -66,14 +66,7 @@ impl CommandTopic {
             .enable_all()
             .build()?;
         let consumer = options
-            .config_with_defaults(&[
-                ("group.id", "kpipe-command-runner"),
-                ("enable.auto.commit", "false"),
-                ("enable.partition.eof", "true"),
-                ("auto.offset.reset", "earliest"),
-            ])
-            .create_with_context(QuietContext::default())
-            .map_err(|e| options.config_error(e))?;
+            .partition_reader("kpipe-command-runner", &[("auto.offset.reset", "earliest")])?;
         let mut log = CommandTopic {
             topic,
             admin,

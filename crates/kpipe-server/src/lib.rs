@@ -255,10 +255,10 @@ fn catch_up(app: &App) -> Result<()> {
         .log
         .lock()
         .map_err(|_| anyhow!("the log failed earlier"))?;
-    caught_up(&mut session, &mut log)
+    run_new_commands(&mut session, &mut log)
 }
 
-fn caught_up(session: &mut Session, log: &mut CommandTopic) -> Result<()> {
+fn run_new_commands(session: &mut Session, log: &mut CommandTopic) -> Result<()> {
     let commands = log.catch_up()?;
     if !commands.is_empty() {
         tracing::info!(commands = commands.len(), "running other servers' commands");
@@ -391,7 +391,7 @@ fn run_statements(app: &App, request: &Request) -> rest::Response {
     };
     // Statements run in the command topic's order on every server, so the
     // ones other servers wrote come first (query ids follow that order).
-    if let Err(e) = caught_up(&mut session, &mut log) {
+    if let Err(e) = run_new_commands(&mut session, &mut log) {
         return server_error(&e);
     }
     let mut entities = Vec::new();

@@ -323,14 +323,7 @@ pub(crate) fn read_partition(
     partition: i32,
     mut f: impl FnMut(&BorrowedMessage<'_>) -> Result<()>,
 ) -> Result<()> {
-    let consumer: BaseConsumer<QuietContext> = options
-        .config_with_defaults(&[
-            ("group.id", "kpipe-restore"),
-            ("enable.auto.commit", "false"),
-            ("enable.partition.eof", "true"),
-        ])
-        .create_with_context(QuietContext::default())
-        .map_err(|e| options.config_error(e))?;
+    let consumer = options.partition_reader("kpipe-restore", &[])?;
     let (low, high) = consumer.fetch_watermarks(topic, partition, CONNECT_TIMEOUT)?;
     if high <= low {
         return Ok(());

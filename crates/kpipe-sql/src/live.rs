@@ -1051,15 +1051,7 @@ fn follow(
     caught_up: &AtomicBool,
     keep_going: impl Fn() -> bool,
 ) -> Result<()> {
-    let consumer: BaseConsumer<QuietContext> = options
-        .config_with_defaults(&[
-            ("group.id", "kpipe-view"),
-            ("enable.auto.commit", "false"),
-            ("enable.partition.eof", "true"),
-            ("fetch.wait.max.ms", "50"),
-        ])
-        .create_with_context(QuietContext::default())
-        .map_err(|e| options.config_error(e))?;
+    let consumer = options.partition_reader("kpipe-view", &[("fetch.wait.max.ms", "50")])?;
     let partitions = options.require_topic(&consumer, topic)? as i32;
     let mut behind = BTreeMap::new();
     let mut assignment = TopicPartitionList::new();
@@ -1245,6 +1237,14 @@ impl Tasks {
     }
 }
 
+/// Hands a rebalance's outcome to the member waiting for it; a failure stops
+/// the query too.
+fn answer<T>(reply: SyncSender<Result<T>>, outcome: Result<T>) -> Result<()> {
+    let failed = outcome.as_ref().err().map(|e| anyhow!("{e:#}"));
+    let _ = reply.send(outcome);
+    failed.map_or(Ok(()), Err)
+}
+
 /// How long input may pause before a query checkpoints what it has: a
 /// caught-up query's offsets show so soon after its last record.
 const IDLE_CHECKPOINT: Duration = Duration::from_millis(100);
@@ -1302,25 +1302,16 @@ fn drive(
                 let batch = match fed {
                     Fed::Batch(batch) => batch,
                     Fed::Assigned { partitions, reply } => {
-                        let resumed = sink.assigned(&partitions, &mut tasks);
-                        let failed = resumed.as_ref().err().map(|e| anyhow!("{e:#}"));
-                        let _ = reply.send(resumed);
-                        match failed {
-                            Some(e) => return Err(e),
-                            None => continue,
-                        }
+                        answer(reply, sink.assigned(&partitions, &mut tasks))?;
+                        continue;
                     }
                     Fed::Revoked { reply } => {
                         let saved = sink.checkpoint(&mut tasks, &next);
                         next.clear();
                         checkpointed = Instant::now();
                         sink.revoked(&mut tasks);
-                        let failed = saved.as_ref().err().map(|e| anyhow!("{e:#}"));
-                        let _ = reply.send(saved);
-                        match failed {
-                            Some(e) => return Err(e),
-                            None => continue,
-                        }
+                        answer(reply, saved)?;
+                        continue;
                     }
                 };
                 for head in batch {
@@ -1565,17 +1556,8 @@ fn read_merged(
         }
     }
     let anonymous_group = format!("kpipe-sql-{}", std::process::id());
-    let consumer: Arc<BaseConsumer<QuietContext>> = Arc::new(
-        options
-            .config_with_defaults(&[
-                ("group.id", anonymous_group.as_str()),
-                ("enable.auto.commit", "false"),
-                ("enable.partition.eof", "true"),
-                ("fetch.queue.backoff.ms", "10"),
-            ])
-            .create_with_context(QuietContext::default())
-            .map_err(|e| options.config_error(e))?,
-    );
+    let consumer =
+        Arc::new(options.partition_reader(&anonymous_group, &[("fetch.queue.backoff.ms", "10")])?);
     let mut assignment = TopicPartitionList::new();
     for p in 0..partitions {
         let start = feed
