@@ -3,9 +3,10 @@
 # Parquet on local disk with `kpipe sink lake --until-end`, and in the same run
 # the raw consume ceilings (kcat -C and `kpipe consume` to /dev/null) and the
 # seeds' approach (bench/seeds_python_sink.py: confluent-kafka + pandas
-# json_normalize + pyarrow, batches of 10k). Prints events/s, MB/s, peak RSS.
+# json_normalize + pyarrow, batches of 10k). Prints events/s, MB/s, CPU seconds
+# per million events and peak RSS; the fast readers are timed RUNS (3) times.
 # Targets: >= 70% of the raw ceiling, >= 20x the Python approach, RSS < 300 MB.
-# Usage: bench/lake.sh [EVENTS=2000000]   (needs the .venv of scripts/test.sh;
+# Usage: [RUNS=3] bench/lake.sh [EVENTS=2000000]   (needs the .venv of scripts/test.sh;
 # installs pandas and pyarrow into it for the Python approach)
 set -euo pipefail
 
@@ -18,36 +19,54 @@ B="127.0.0.1:$PORT"
 "$KPIPE" gen music --count "$N" --seed 1 -b "$B" 2>/dev/null
 MB="$(du -sm "$WORK/kpipe-data/topics/music_events" | cut -f1)"
 
+# Each fast reader runs RUNS times (the machine is a noisy 2-core VM): the row
+# shows the best wall time, the CPU seconds per million events of that run
+# (user + sys, from GNU time; the broker's own CPU is not counted) and the
+# highest peak RSS of all runs.
+RUNS="${RUNS:-3}"
 ROWS=()
-record() {  # record NAME T0 T1 [RSS_MB]
-    ROWS+=("$(awk -v name="$1" -v a="$2" -v b="$3" -v n="$N" -v mb="$MB" -v rss="${4:--}" 'BEGIN {
-        s = b - a; printf "%-26s %12.0f %8.1f %8s", name, n / s, mb / s, rss }')")
+BEST_RATE=0
+# measure NAME CMD...: runs CMD RUNS times (it must read all N events), records the best.
+measure() {
+    local name="$1"; shift
+    local best_s="" best_cpu="" peak=0 i t0 t1 s
+    for i in $(seq "$RUNS"); do
+        t0="$(now)"
+        /usr/bin/time -f "%U %S %M" -o "$WORK/time.out" "$@" || die "$name failed (run $i)"
+        t1="$(now)"
+        read -r user sys rss <"$WORK/time.out"
+        s="$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')"
+        if [ -z "$best_s" ] || awk -v s="$s" -v b="$best_s" 'BEGIN { exit !(s < b) }'; then
+            best_s="$s"; best_cpu="$(awk -v u="$user" -v y="$sys" 'BEGIN { print u + y }')"
+        fi
+        [ "$rss" -gt "$peak" ] && peak="$rss"
+    done
+    ROWS+=("$(awk -v name="$name" -v s="$best_s" -v c="$best_cpu" -v n="$N" -v mb="$MB" -v rss="$peak" 'BEGIN {
+        printf "%-26s %12.0f %8.1f %12.2f %8.0f", name, n / s, mb / s, c / n * 1e6, rss / 1024 }')")
+    BEST_RATE="$(awk -v s="$best_s" -v n="$N" 'BEGIN { printf "%.0f", n / s }')"
 }
-rate_of() { awk -v a="$1" -v b="$2" -v n="$N" 'BEGIN { printf "%.0f", n / (b - a) }'; }
+# Readers to /dev/null count what they read, so a short read fails the run.
+count_lines() { local got; got="$("$@" | wc -l)"; [ "$got" -eq "$N" ] || { echo "read $got of $N" >&2; return 1; }; }
+export -f count_lines
+export N
 
-t0="$(now)"; got="$(timeout 900 kcat -C -q -b "$B" -t music_events -o beginning -e -c "$N" | wc -l)"; t1="$(now)"
-[ "$got" -eq "$N" ] || die "kcat read $got of $N"
-record "kcat -C > /dev/null" "$t0" "$t1"; KCAT="$(rate_of "$t0" "$t1")"
+measure "kcat -C > /dev/null" bash -c 'count_lines timeout 900 "$@"' _ kcat -C -q -b "$B" -t music_events -o beginning -e -c "$N"
+KCAT="$BEST_RATE"
+measure "kpipe consume > /dev/null" bash -c 'count_lines timeout 900 "$@" 2>/dev/null' _ "$KPIPE" consume music_events -b "$B" --from-beginning --max "$N"
+CONSUME="$BEST_RATE"
 
-t0="$(now)"; got="$(timeout 900 "$KPIPE" consume music_events -b "$B" --from-beginning --max "$N" 2>/dev/null | wc -l)"; t1="$(now)"
-[ "$got" -eq "$N" ] || die "kpipe consume read $got of $N"
-record "kpipe consume > /dev/null" "$t0" "$t1"; CONSUME="$(rate_of "$t0" "$t1")"
-
-# The sink's peak RSS, read by GNU time.
-t0="$(now)"
-/usr/bin/time -f "%M" -o "$WORK/sink.rss" "$KPIPE" sink lake --topic music_events --to "$WORK/lake" -b "$B" \
-    --time-field event_timestamp.ts_ms --until-end 2>"$WORK/sink.log" || die "sink failed: $(cat "$WORK/sink.log")"
-t1="$(now)"
-record "kpipe sink lake" "$t0" "$t1" "$(awk '{ printf "%.0f", $1 / 1024 }' "$WORK/sink.rss")"; SINK="$(rate_of "$t0" "$t1")"
+# A fresh group and lake each run (the last is checked with `kpipe lake check`).
+export KPIPE B WORK
+measure "kpipe sink lake" bash -c 'rm -rf "$WORK/lake"; "$KPIPE" sink lake --topic music_events --to "$WORK/lake" -b "$B" --group "bench-$RANDOM$RANDOM" --time-field event_timestamp.ts_ms --until-end 2>"$WORK/sink.log" || { cat "$WORK/sink.log" >&2; exit 1; }'
+SINK="$BEST_RATE"
 "$KPIPE" lake check "$WORK/lake" -b "$B" >/dev/null || die "lake check failed"
 
-t0="$(now)"
-/usr/bin/time -f "%M" -o "$WORK/py.rss" timeout 3600 "$PY" "$REPO/bench/seeds_python_sink.py" "$B" music_events "$WORK/pylake" "$N" >/dev/null
-t1="$(now)"
-record "python json_normalize" "$t0" "$t1" "$(awk '{ printf "%.0f", $1 / 1024 }' "$WORK/py.rss")"; PYRATE="$(rate_of "$t0" "$t1")"
+export PY REPO
+RUNS=1 measure "python json_normalize" bash -c 'timeout 3600 "$PY" "$REPO/bench/seeds_python_sink.py" "$B" music_events "$WORK/pylake" "$N" >/dev/null'
+PYRATE="$BEST_RATE"
 
-echo "$N music events ($MB MB in the broker), 3 partitions, Parquet zstd on local disk"
-printf '%-26s %12s %8s %8s\n' reader events/s MB/s "RSS MB"
+echo "$N music events ($MB MB in the broker), 3 partitions, Parquet zstd on local disk; best of $RUNS runs (python: 1)"
+printf '%-26s %12s %8s %12s %8s\n' reader events/s MB/s "CPU s/M ev" "RSS MB"
 printf '%s\n' "${ROWS[@]}"
 awk -v s="$SINK" -v k="$KCAT" -v c="$CONSUME" -v p="$PYRATE" 'BEGIN {
     printf "sink / kcat ceiling: %.0f%%   sink / kpipe consume ceiling: %.0f%%   sink / python: %.1fx\n", 100*s/k, 100*s/c, s/p }'

@@ -190,7 +190,10 @@ pub fn run(
     };
     loop {
         let wait = if in_flight.is_some() { 10 } else { 100 };
-        let message = consumer.poll(Duration::from_millis(wait));
+        // A zero wait spares librdkafka a clock read per message while data flows.
+        let message = consumer
+            .poll(Duration::ZERO)
+            .or_else(|| consumer.poll(Duration::from_millis(wait)));
         let idle = message.is_none();
         let revoked: Vec<i32> = std::mem::take(
             &mut *consumer
