@@ -204,20 +204,19 @@ impl Workers {
     /// The next flush answer, waiting up to `timeout`.
     pub fn next_flushed(&self, timeout: std::time::Duration) -> Result<Option<Flushed>> {
         let flushed = self.flushed.lock().map_err(|_| anyhow!("poisoned"))?;
+        let stopped = || anyhow!("the lake workers stopped unexpectedly");
         // The polling thread asks with no wait after every message: try_recv reads no clock.
-        let answer = if timeout.is_zero() {
-            flushed
-                .try_recv()
-                .map_err(|e| e == mpsc::TryRecvError::Empty)
-        } else {
-            flushed
-                .recv_timeout(timeout)
-                .map_err(|e| e == mpsc::RecvTimeoutError::Timeout)
-        };
-        match answer {
+        if timeout.is_zero() {
+            return match flushed.try_recv() {
+                Ok(f) => Ok(Some(f)),
+                Err(mpsc::TryRecvError::Empty) => Ok(None),
+                Err(mpsc::TryRecvError::Disconnected) => Err(stopped()),
+            };
+        }
+        match flushed.recv_timeout(timeout) {
             Ok(f) => Ok(Some(f)),
-            Err(true) => Ok(None),
-            Err(false) => Err(anyhow!("the lake workers stopped unexpectedly")),
+            Err(mpsc::RecvTimeoutError::Timeout) => Ok(None),
+            Err(mpsc::RecvTimeoutError::Disconnected) => Err(stopped()),
         }
     }
 }
