@@ -795,24 +795,29 @@ impl Engine {
     pub fn process(&mut self, record: &Record) -> Result<Vec<Record>> {
         let mut out = Vec::new();
         for q in 0..self.queries.len() {
-            let query = &self.queries[q];
-            let left = &self.sources[&query.from];
-            let right = query.join.as_ref().map(|j| &self.sources[&j.right]);
+            // Sources are borrowed, not cloned: the reader thread decodes
+            // with the same shared sources, and touching their reference
+            // counts for every record made both threads fight over them.
+            let Engine {
+                sources, queries, ..
+            } = &mut *self;
+            let query = &mut queries[q];
+            let left = &sources[&query.from];
+            let right = query.join.as_ref().map(|j| &sources[&j.right]);
             let (side, from) = if left.topic == record.topic {
-                (JoinSide::Left, left.clone())
+                (JoinSide::Left, left)
             } else if let Some(right) = right.filter(|r| r.topic == record.topic) {
-                (JoinSide::Right, right.clone())
+                (JoinSide::Right, right)
             } else {
                 continue;
             };
-            let sink = self.sources[&query.sink].clone();
-            let query = &mut self.queries[q];
+            let sink = &sources[&query.sink];
             let produced = if query.join.is_some() {
-                join_records(query, &from, side, &sink, record)?
+                join_records(query, from, side, sink, record)?
             } else if from.kind == SourceKind::Table {
-                table_update(query, &from, &sink, record)?
+                table_update(query, from, sink, record)?
             } else {
-                stream_update(query, &from, &sink, record)?
+                stream_update(query, from, sink, record)?
             };
             for record in produced {
                 let cascaded = self.process(&record)?;
