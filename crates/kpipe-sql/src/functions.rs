@@ -62,6 +62,7 @@ pub(crate) const SCALARS: &[&str] = &[
     "EXTRACTJSONFIELD",
     "TIMESTAMPTOSTRING",
     "FORMAT_TIMESTAMP",
+    "PARSE_DATE",
     "GEO_DISTANCE",
 ];
 
@@ -121,6 +122,7 @@ pub(crate) fn return_type(name: &str, args: &[SqlType]) -> Result<SqlType> {
     Ok(match name {
         "LEN" | "SIGN" | "ARRAY_LENGTH" | "INSTR" => SqlType::Int,
         "FROM_UNIXTIME" => SqlType::Timestamp,
+        "PARSE_DATE" => SqlType::Date,
         "CONCAT" | "CONCAT_WS" | "INITCAP" | "LCASE" | "UCASE" | "TRIM" | "SUBSTRING"
         | "EXTRACTJSONFIELD" | "TIMESTAMPTOSTRING" | "FORMAT_TIMESTAMP" => SqlType::String,
         "ARRAY_MIN" | "ARRAY_MAX" => match arg(0) {
@@ -318,6 +320,13 @@ pub(crate) fn scalar(name: &str, args: &[Value]) -> Result<Value> {
                 &pattern,
                 zone.as_deref(),
             )?)
+        }
+        // Days since the epoch, null when the text holds no date in the pattern.
+        "PARSE_DATE" => {
+            let (Some(date), Some(pattern)) = (text(&arg(0)), text(&arg(1))) else {
+                return Ok(Value::Null);
+            };
+            crate::time::parse_date(&date, &pattern).map_or(Value::Null, Value::from)
         }
         "EXTRACTJSONFIELD" => {
             let (Some(json), Some(path)) = (text(&arg(0)), text(&arg(1))) else {

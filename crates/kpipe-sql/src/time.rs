@@ -84,6 +84,17 @@ fn strftime(pattern: &str) -> String {
     out
 }
 
+/// Days since the epoch of the date at the start of `text` in the Java
+/// pattern `pattern`, as ksqlDB's PARSE_DATE reads it (text after the date
+/// is ignored); None when it does not start with one.
+pub(crate) fn parse_date(text: &str, pattern: &str) -> Option<i64> {
+    let (date, _) = chrono::NaiveDate::parse_and_remainder(text, &strftime(pattern)).ok()?;
+    Some(
+        date.signed_duration_since(chrono::NaiveDate::default())
+            .num_days(),
+    )
+}
+
 /// Epoch milliseconds of ISO-8601 text that may stop after any field
 /// (`2020-02-23`, `2020-02-23T23:45`, `2020-02-23T23:45:12.000`), the missing
 /// ones at their least, with an optional zone offset (`Z`, `-0100`,
@@ -113,9 +124,15 @@ pub(crate) fn parse_partial_datetime(text: &str) -> Option<i64> {
             sign * (hours * 60 + minutes)
         }
     };
-    let mut fields = clock.split([':', '.']).filter(|f| !f.is_empty());
+    let (clock, fraction) = clock.split_once('.').unwrap_or((clock, ""));
+    let mut fields = clock.split(':').filter(|f| !f.is_empty());
     let mut next = || -> Option<i64> { fields.next().map_or(Some(0), |f| f.parse().ok()) };
-    let (hour, minute, second, millis) = (next()?, next()?, next()?, next()?);
+    let (hour, minute, second) = (next()?, next()?, next()?);
+    // A fraction of a second: `.9` is 900 ms; digits past milliseconds are cut.
+    if !fraction.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let millis: i64 = format!("{fraction:0<3}")[..3].parse().ok()?;
     let midnight = chrono::NaiveDate::from_ymd_opt(year, month, day)?
         .and_hms_opt(0, 0, 0)?
         .and_utc()
@@ -169,5 +186,19 @@ mod tests {
             Some(1_582_415_100_000)
         );
         assert_eq!(parse_partial_datetime("yesterday"), None);
+        // A fraction is of a second, whatever its length.
+        assert_eq!(
+            parse_partial_datetime("2020-02-23T23:45:12.9"),
+            Some(1_582_501_512_900)
+        );
+        assert_eq!(parse_partial_datetime("2020-02-23T23:45:12.9x"), None);
+    }
+
+    #[test]
+    fn dates_parse_in_java_patterns_ignoring_what_follows() {
+        assert_eq!(parse_date("2003-12-24", "yyyy-MM-dd"), Some(12_410));
+        assert_eq!(parse_date("2003-12-24-01-01", "yyyy-MM-dd"), Some(12_410));
+        assert_eq!(parse_date("24/12/2003", "dd/MM/yyyy"), Some(12_410));
+        assert_eq!(parse_date("2004", "yyyy-MM-dd"), None);
     }
 }

@@ -10,6 +10,9 @@ use crate::aggregate::{aggregate_type, is_aggregate};
 use crate::decimal::Decimal;
 use crate::functions::{double, return_type};
 use crate::parser::{BinaryOp, ColumnDef, Expr, SqlType};
+use crate::time::parse_partial_datetime;
+
+const MILLIS_PER_DAY: i64 = 86_400_000;
 
 impl fmt::Display for SqlType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -158,6 +161,13 @@ pub(crate) fn cast(value: &Value, ty: &SqlType) -> Value {
                 .map(|(k, v)| (k.clone(), cast(v, value_type)))
                 .collect(),
         ),
+        // ISO-8601 text, as ksqlDB casts it; a zone offset is honoured, UTC without one.
+        (SqlType::Timestamp, Value::String(s)) => {
+            parse_partial_datetime(s.trim()).map_or(Value::Null, Value::from)
+        }
+        (SqlType::Date, Value::String(s)) => parse_partial_datetime(s.trim())
+            .filter(|millis| millis % MILLIS_PER_DAY == 0)
+            .map_or(Value::Null, |millis| Value::from(millis / MILLIS_PER_DAY)),
         // A number with more whole digits than the DECIMAL holds is null.
         (SqlType::Decimal { precision, scale }, _) => decimal(value, *scale)
             .filter(|d| d.precision() <= *precision)
@@ -446,6 +456,26 @@ pub(crate) fn field<'a>(object: &'a Map<String, Value>, name: &str) -> Option<&'
 mod tests {
     use super::*;
     use crate::parser::parse;
+
+    #[test]
+    fn iso_text_casts_to_timestamps_and_dates() {
+        let text = |s: &str| Value::from(s);
+        let millis = Value::from(1_651_182_287_943_i64);
+        assert_eq!(
+            cast(&text("2022-04-28T21:44:47.943"), &SqlType::Timestamp),
+            millis
+        );
+        assert_eq!(
+            cast(&text("2022-04-28T21:44:47.943Z"), &SqlType::Timestamp),
+            millis
+        );
+        assert_eq!(
+            cast(&text("2022-04-28"), &SqlType::Date),
+            Value::from(19_110)
+        );
+        assert_eq!(cast(&text("noon"), &SqlType::Timestamp), Value::Null);
+        assert_eq!(cast(&text("2022-04-28T12:00"), &SqlType::Date), Value::Null);
+    }
 
     #[test]
     fn names_are_ksqldbs() {
