@@ -591,10 +591,6 @@ impl Sink for DurableSink {
         self.out.flush()
     }
 
-    fn finish(&mut self) -> Result<()> {
-        self.out.finish()
-    }
-
     fn written(&self) -> u64 {
         self.out.written()
     }
@@ -638,10 +634,6 @@ impl Sink for Repartitioner {
 
     fn flush(&mut self) -> Result<()> {
         self.producer.flush(FLUSH_TIMEOUT)
-    }
-
-    fn finish(&mut self) -> Result<()> {
-        self.flush()
     }
 
     fn written(&self) -> u64 {

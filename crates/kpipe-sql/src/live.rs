@@ -1015,10 +1015,6 @@ impl Sink for SinkTopic {
         self.producer.flush(durable::FLUSH_TIMEOUT)
     }
 
-    fn finish(&mut self) -> Result<()> {
-        self.flush()
-    }
-
     fn written(&self) -> u64 {
         self.producer.sent()
     }
@@ -1185,12 +1181,9 @@ pub(crate) trait Sink {
     }
     /// The group took every partition back (after a checkpoint).
     fn revoked(&mut self, _tasks: &mut Tasks) {}
-    /// Sends what is queued and waits for the broker's acknowledgement.
+    /// Sends what is queued and waits for the broker's acknowledgement (also
+    /// when the query stops).
     fn flush(&mut self) -> Result<()> {
-        Ok(())
-    }
-    /// The query stopped: send what is still queued.
-    fn finish(&mut self) -> Result<()> {
         Ok(())
     }
     /// Records written so far.
@@ -1394,7 +1387,7 @@ fn drive(
     if every.is_some() && !next.is_empty() {
         sink.checkpoint(&mut tasks, &next)?;
     }
-    sink.finish()?;
+    sink.flush()?;
     dead_letters.flush()?;
     Ok(counts)
 }
