@@ -820,8 +820,8 @@ fn first_record_at_or_after(data: &[u8], timestamp: i64, log_start: i64) -> Opti
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::batch::tests::encode;
     use kafka_protocol::records::Compression;
+    use kpipe_records::testing::encode;
 
     fn append(log: &mut PartitionLog, n: usize, ts: i64, config: &LogConfig) -> Appended {
         let bytes = encode(n, Compression::None, ts);

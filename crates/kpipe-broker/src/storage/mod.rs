@@ -1,6 +1,6 @@
 //! On-disk state: partition logs of record batches, and small atomic files.
 
-pub mod batch;
+pub use kpipe_records as batch;
 pub mod log;
 
 use std::fs::{self, File};
