@@ -56,9 +56,19 @@ measure "kpipe consume > /dev/null" bash -c 'count_lines timeout 900 "$@" 2>/dev
 CONSUME="$BEST_RATE"
 
 # A fresh group and lake each run (the last is checked with `kpipe lake check`).
+# The sink runs with its own fetcher (the default) and, for comparison, with
+# librdkafka fetching as `kpipe consume` does.
 export KPIPE B WORK
-measure "kpipe sink lake" bash -c 'rm -rf "$WORK/lake"; "$KPIPE" sink lake --topic music_events --to "$WORK/lake" -b "$B" --group "bench-$RANDOM$RANDOM" --time-field event_timestamp.ts_ms --until-end 2>"$WORK/sink.log" || { cat "$WORK/sink.log" >&2; exit 1; }'
+sink_lake() {
+    rm -rf "$WORK/lake"
+    "$KPIPE" sink lake --topic music_events --to "$WORK/lake" -b "$B" --group "bench-$RANDOM$RANDOM" \
+        --time-field event_timestamp.ts_ms --until-end "$@" 2>"$WORK/sink.log" || { cat "$WORK/sink.log" >&2; exit 1; }
+}
+export -f sink_lake
+measure "kpipe sink lake" bash -c 'sink_lake'
 SINK="$BEST_RATE"
+"$KPIPE" lake check "$WORK/lake" -b "$B" >/dev/null || die "lake check failed"
+measure "  ... --librdkafka-fetch" bash -c 'sink_lake --librdkafka-fetch'
 "$KPIPE" lake check "$WORK/lake" -b "$B" >/dev/null || die "lake check failed"
 
 export PY REPO

@@ -20,7 +20,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Result};
 use kpipe_kafka::client::{ClientOptions, QuietContext};
-use kpipe_kafka::sink::{commit_written, end_offsets, is_transient, reached, DeadLetters, Origin};
+use kpipe_kafka::sink::{
+    commit_written, end_offsets, header_pairs, is_transient, reached, DeadLetters, Origin,
+};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Message, OwnedHeaders};
@@ -481,7 +483,7 @@ impl Writer {
                         offset: batch.offsets[i],
                         key: original.key.as_deref(),
                         payload: &original.payload,
-                        headers: original.headers.as_ref(),
+                        headers: header_pairs(original.headers.as_ref()),
                     },
                     &format!("ClickHouse refused the row: {refused}"),
                 )?;
@@ -716,7 +718,7 @@ pub fn run(
                                     offset,
                                     key: m.key(),
                                     payload,
-                                    headers: m.headers().map(|h| h.detach()).as_ref(),
+                                    headers: header_pairs(m.headers()),
                                 },
                                 &error,
                             )?;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -99,7 +99,14 @@ pub struct Origin<'a> {
     pub offset: i64,
     pub key: Option<&'a [u8]>,
     pub payload: &'a [u8],
-    pub headers: Option<&'a OwnedHeaders>,
+    pub headers: Vec<kpipe_records::Header<'a>>,
+}
+
+/// A librdkafka message's headers, as [`Origin`] takes them.
+pub fn header_pairs<H: Headers>(headers: Option<&H>) -> Vec<kpipe_records::Header<'_>> {
+    headers.map_or_else(Vec::new, |hs| {
+        hs.iter().map(|h| (h.key.as_bytes(), h.value)).collect()
+    })
 }
 
 /// Messages a sink cannot write go to the dead-letter topic unchanged, with the
@@ -140,7 +147,13 @@ impl DeadLetters {
             );
             return Ok(());
         };
-        let mut headers = origin.headers.cloned().unwrap_or_default();
+        let mut headers = OwnedHeaders::new_with_capacity(origin.headers.len() + 4);
+        for (key, value) in &origin.headers {
+            headers = headers.insert(Header {
+                key: &String::from_utf8_lossy(key),
+                value: *value,
+            });
+        }
         let fields = [
             ("kpipe.error", error.to_string()),
             ("kpipe.topic", origin.topic.to_string()),

@@ -16,16 +16,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Result};
-use kpipe_kafka::client::{ClientOptions, QuietContext};
-use kpipe_kafka::sink::{commit_written, end_offsets, is_transient, reached, DeadLetters};
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
+use anyhow::{anyhow, Result};
+use kpipe_kafka::client::ClientOptions;
+use kpipe_kafka::feed::{Feed, MemberContext};
+use kpipe_kafka::sink::{commit_written, end_offsets, reached, DeadLetters};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 
 use crate::file::{Codec, PartitionBy, TimeSource};
 use crate::store::Lake;
-use crate::workers::{Chunk, Shared, Workers, Written};
+use crate::workers::{Shared, Workers, Written};
 
 #[derive(Debug, Clone)]
 pub struct SinkOptions {
@@ -41,6 +40,9 @@ pub struct SinkOptions {
     pub dlq_topic: Option<String>,
     /// Create the S3 bucket if it is missing.
     pub create_bucket: bool,
+    /// Fetch with kpipe's own fetcher where the connection allows (plaintext);
+    /// false leaves fetching to librdkafka.
+    pub own_fetch: bool,
 }
 
 /// Running totals, reported after each flush and at the end.
@@ -53,36 +55,8 @@ pub struct SinkReport {
     pub flushes: u64,
 }
 
-/// Remembers rebalance events for the main loop. Before a partition leaves, it
-/// waits until the workers have dropped its rows and finished any flush that
-/// holds them, so the partition's next owner never races a file of ours.
-struct SinkContext {
-    quiet: QuietContext,
-    workers: Arc<Workers>,
-    revoked: Mutex<Vec<i32>>,
-}
-
-kpipe_kafka::quiet_client_context!(SinkContext, quiet);
-
-impl ConsumerContext for SinkContext {
-    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(partitions) = rebalance {
-            let partitions: Vec<i32> = partitions
-                .elements()
-                .iter()
-                .map(|e| e.partition())
-                .collect();
-            self.workers.revoke(&partitions);
-            if let Ok(mut revoked) = self.revoked.lock() {
-                revoked.extend(partitions);
-            }
-        }
-    }
-}
-
-/// Messages polled since the last flush began.
+/// Messages read since the last flush began.
 struct Pending {
-    chunks: BTreeMap<i32, Chunk>,
     /// Next offset to commit per partition: rows and dead letters both advance it.
     offsets: BTreeMap<i32, i64>,
     rows: usize,
@@ -101,8 +75,9 @@ struct InFlight {
 /// Runs the sink until `stop` (then flushes and commits) or, with `until_end`,
 /// until the end offsets seen at start are in the lake.
 ///
-/// The polling thread hands messages to workers (see `workers`), which parse
-/// them and write files; while one flush is being written the next one fills.
+/// The reading thread hands blocks of messages to workers (see `workers`),
+/// which parse them and write files; while one flush is being written the next
+/// one fills.
 pub fn run(
     kafka: &ClientOptions,
     lake: &Lake,
@@ -137,32 +112,34 @@ pub fn run(
     // A worker per core at most: the polling thread and librdkafka need some too.
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let workers = Arc::new(Workers::start(partitions.min(cores), shared.clone())?);
-    let consumer: BaseConsumer<SinkContext> = kafka
-        .config_with_defaults(&[
-            ("group.id", options.group.as_str()),
-            ("enable.auto.commit", "false"),
-            ("enable.auto.offset.store", "false"),
-            ("auto.offset.reset", "earliest"),
-            ("enable.partition.eof", "false"),
-            ("fetch.message.max.bytes", "4194304"),
-            // librdkafka's default pauses a partition's fetching for 1 s whenever its
-            // local queue is full; a fast reader then idles (measured: 2.3x slower).
-            ("fetch.queue.backoff.ms", "10"),
-            // Prefetch less than librdkafka's 100k messages per partition: the
-            // workers queue enough, and the sink stays well under 300 MB.
-            ("queued.min.messages", "20000"),
-            ("queued.max.messages.kbytes", "65536"),
-        ])
-        .create_with_context(SinkContext {
-            quiet: QuietContext::default(),
-            workers: workers.clone(),
-            revoked: Mutex::default(),
-        })
+    let config = kafka.config_with_defaults(&[
+        ("group.id", options.group.as_str()),
+        ("enable.auto.commit", "false"),
+        ("enable.auto.offset.store", "false"),
+        ("auto.offset.reset", "earliest"),
+        ("enable.partition.eof", "false"),
+        ("fetch.message.max.bytes", "4194304"),
+        // librdkafka's default pauses a partition's fetching for 1 s whenever its
+        // local queue is full; a fast reader then idles (measured: 2.3x slower).
+        ("fetch.queue.backoff.ms", "10"),
+        // Prefetch less than librdkafka's 100k messages per partition: the
+        // workers queue enough, and the sink stays well under 300 MB.
+        ("queued.min.messages", "20000"),
+        ("queued.max.messages.kbytes", "65536"),
+    ]);
+    let mut feed = Feed::start(kafka, &config, &options.topic, options.own_fetch)?;
+    // Before a partition leaves, the workers drop its rows and finish any flush
+    // that holds them, so its next owner never races a file of ours.
+    let revoking = workers.clone();
+    let context = MemberContext::new(feed.control(), move |partitions| {
+        revoking.revoke(partitions)
+    });
+    let consumer: BaseConsumer<MemberContext> = config
+        .create_with_context(context)
         .map_err(|e| kafka.config_error(e))?;
     consumer.subscribe(&[&options.topic])?;
 
     let mut pending = Pending {
-        chunks: BTreeMap::new(),
         offsets: BTreeMap::new(),
         rows: 0,
         bytes: 0,
@@ -173,7 +150,6 @@ pub fn run(
     let mut in_flight: Option<InFlight> = None;
     let mut next_epoch = 0u64;
     let mut report = SinkReport::default();
-    let mut polls = 0u64;
     let commit = |flight: InFlight, report: &mut SinkReport| -> Result<()> {
         shared
             .dead_letters
@@ -189,21 +165,10 @@ pub fn run(
         Ok(())
     };
     loop {
-        let wait = if in_flight.is_some() { 10 } else { 100 };
-        // A zero wait spares librdkafka a clock read per message while data flows.
-        let message = consumer
-            .poll(Duration::ZERO)
-            .or_else(|| consumer.poll(Duration::from_millis(wait)));
-        let idle = message.is_none();
-        let revoked: Vec<i32> = std::mem::take(
-            &mut *consumer
-                .context()
-                .revoked
-                .lock()
-                .map_err(|_| anyhow!("poisoned"))?,
-        );
-        for p in revoked {
-            pending.chunks.remove(&p);
+        let wait = Duration::from_millis(if in_flight.is_some() { 10 } else { 100 });
+        let polled = feed.next(&consumer, wait)?;
+        let idle = polled.block.is_none();
+        for p in polled.revoked {
             pending.offsets.remove(&p);
             positions.remove(&p);
             if let Some(flight) = in_flight.as_mut() {
@@ -211,30 +176,26 @@ pub fn run(
             }
         }
         let mut finished_partition = false;
-        match message {
-            Some(Ok(m)) => {
-                if pending.offsets.is_empty() {
-                    pending.since = Instant::now();
-                }
-                let p = m.partition();
-                let chunk = pending.chunks.entry(p).or_insert_with(|| workers.chunk(p));
-                chunk.push(&m);
-                pending.rows += 1;
-                pending.bytes += m.payload_len();
-                pending.offsets.insert(p, m.offset() + 1);
-                positions.insert(p, m.offset() + 1);
-                finished_partition = targets.get(&p) == Some(&(m.offset() + 1));
-                if chunk.is_full() {
-                    if let Some(full) = pending.chunks.remove(&p) {
-                        workers.rows(full)?;
-                    }
-                }
+        let stopping = stop.load(Ordering::Relaxed);
+        let mut blocks: Vec<_> = polled.block.into_iter().collect();
+        if stopping || options.until_end && idle {
+            blocks.extend(feed.drain());
+        }
+        for block in blocks {
+            if pending.offsets.is_empty() {
+                pending.since = Instant::now();
             }
-            Some(Err(KafkaError::MessageConsumption(code))) if is_transient(code) => {
-                tracing::debug!("transient consumer error: {code}");
+            let p = block.partition;
+            let before = positions.insert(p, block.next_offset).unwrap_or(-1);
+            finished_partition |= targets
+                .get(&p)
+                .is_some_and(|t| before < *t && block.next_offset >= *t);
+            pending.offsets.insert(p, block.next_offset);
+            pending.rows += block.messages.len();
+            pending.bytes += block.payload_bytes();
+            if !block.messages.is_empty() {
+                workers.rows(block)?;
             }
-            Some(Err(e)) => bail!("consuming {} failed: {e}", options.topic),
-            None => {}
         }
         if in_flight.is_some() {
             if let Some(done) = collect(&workers, &mut in_flight, Duration::ZERO)? {
@@ -242,18 +203,13 @@ pub fn run(
                 progress(&report);
             }
         }
-        let stopping = stop.load(Ordering::Relaxed);
         // Asking the coordinator costs a round trip: only when idle or a partition just ended.
         let caught_up = options.until_end
             && (idle || finished_partition)
             && reached(&consumer, &positions, &targets)?;
-        polls += 1;
-        // Reading the clock for every message shows in profiles; every 1024th will do.
         let due = pending.rows >= options.flush_rows
             || pending.bytes >= options.flush_bytes
-            || (!pending.offsets.is_empty()
-                && (idle || polls.is_multiple_of(1024))
-                && pending.since.elapsed() >= options.flush_interval);
+            || (!pending.offsets.is_empty() && pending.since.elapsed() >= options.flush_interval);
         if (due || stopping || caught_up) && !pending.offsets.is_empty() {
             // One flush writes while the next fills, never two: exactly once needs at
             // most one uncommitted flush, because a restart resumes at the committed
@@ -264,9 +220,6 @@ pub fn run(
                     commit(done, &mut report)?;
                     progress(&report);
                 }
-            }
-            for chunk in std::mem::take(&mut pending.chunks).into_values() {
-                workers.rows(chunk)?;
             }
             workers.flush(next_epoch)?;
             in_flight = Some(InFlight {

@@ -1,78 +1,25 @@
 //! Parsing and file writing off the polling thread.
 //!
-//! The sink's main thread only polls Kafka and copies messages into chunks; a
-//! small pool of workers turns them into rows and, at a flush, into Parquet
-//! files in the lake. A partition always goes to the same worker, so its rows
+//! The sink's main thread only reads blocks of messages; a small pool of
+//! workers turns them into rows and, at a flush, into Parquet files in the
+//! lake. A partition always goes to the same worker, so its rows
 //! stay in offset order, and every job reaches a worker in the order the main
 //! thread sent it: a flush covers exactly the messages sent before it, and a
 //! revocation is acknowledged only after the worker has finished everything
 //! sent before it (including a flush that is still writing).
 
 use std::collections::BTreeMap;
-use std::ops::Range;
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use anyhow::{anyhow, Result};
 use futures_util::{StreamExt, TryStreamExt};
+use kpipe_kafka::feed::MessageBlock;
 use kpipe_kafka::sink::{DeadLetters, Origin};
-use rdkafka::message::{BorrowedMessage, Message, OwnedHeaders};
 
 use crate::file::{Codec, PartitionBuffer, PartitionBy, TimeSource};
 use crate::store::Lake;
-
-/// Messages handed to a worker at once (fewer hand-offs, same order).
-const CHUNK_MESSAGES: usize = 1000;
-const CHUNK_BYTES: usize = 512 << 10;
-
-/// Messages of one partition, copied out of librdkafka's buffers in one block.
-pub(crate) struct Chunk {
-    partition: i32,
-    bytes: Vec<u8>,
-    messages: Vec<Copied>,
-}
-
-struct Copied {
-    offset: i64,
-    timestamp: Option<i64>,
-    payload: Range<usize>,
-    key: Option<Range<usize>>,
-    headers: Option<OwnedHeaders>,
-}
-
-impl Chunk {
-    fn new(partition: i32) -> Chunk {
-        Chunk {
-            partition,
-            bytes: Vec::with_capacity(CHUNK_BYTES),
-            messages: Vec::with_capacity(CHUNK_MESSAGES),
-        }
-    }
-
-    /// Full: time to hand it to a worker.
-    pub fn is_full(&self) -> bool {
-        self.messages.len() >= CHUNK_MESSAGES || self.bytes.len() >= CHUNK_BYTES
-    }
-
-    pub fn push(&mut self, message: &BorrowedMessage<'_>) {
-        let payload = self.copy(message.payload().unwrap_or_default());
-        let key = message.key().map(|k| self.copy(k));
-        self.messages.push(Copied {
-            offset: message.offset(),
-            timestamp: message.timestamp().to_millis(),
-            payload,
-            key,
-            headers: message.headers().map(|h| h.detach()),
-        });
-    }
-
-    fn copy(&mut self, data: &[u8]) -> Range<usize> {
-        let start = self.bytes.len();
-        self.bytes.extend_from_slice(data);
-        start..self.bytes.len()
-    }
-}
 
 /// What every worker needs: where and how to write, and the dead-letter topic.
 pub(crate) struct Shared {
@@ -100,7 +47,7 @@ pub(crate) struct Flushed {
 }
 
 enum Job {
-    Rows(Chunk),
+    Rows(MessageBlock),
     Flush {
         epoch: u64,
     },
@@ -115,31 +62,25 @@ pub(crate) struct Workers {
     jobs: Vec<SyncSender<Job>>,
     threads: Vec<JoinHandle<()>>,
     flushed: Mutex<Receiver<Flushed>>,
-    /// Emptied chunks, back from the workers: their buffers are reused rather than
-    /// allocated (and page-faulted in) again for every chunk.
-    spare: Arc<Mutex<Vec<Chunk>>>,
 }
 
-/// Chunks a worker may have queued before the main thread waits for it.
-const QUEUED_CHUNKS: usize = 16;
-/// Emptied chunks kept for reuse: enough to refill a queue.
-const SPARE_CHUNKS: usize = QUEUED_CHUNKS;
+/// Blocks a worker may have queued before the main thread waits for it: each
+/// holds up to a partition's share of a fetch (`max.partition.fetch.bytes`).
+const QUEUED_BLOCKS: usize = 8;
 
 impl Workers {
     pub fn start(count: usize, shared: Arc<Shared>) -> Result<Workers> {
         let (flushed_tx, flushed) = mpsc::channel();
         let mut jobs = Vec::new();
         let mut threads = Vec::new();
-        let spare = Arc::new(Mutex::new(Vec::new()));
         for i in 0..count.max(1) {
-            let (tx, rx) = mpsc::sync_channel(QUEUED_CHUNKS);
+            let (tx, rx) = mpsc::sync_channel(QUEUED_BLOCKS);
             let shared = shared.clone();
             let flushed_tx = flushed_tx.clone();
-            let spare = spare.clone();
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("lake-worker-{i}"))
-                    .spawn(move || work(&rx, &flushed_tx, &shared, &spare))?,
+                    .spawn(move || work(&rx, &flushed_tx, &shared))?,
             );
             jobs.push(tx);
         }
@@ -147,19 +88,7 @@ impl Workers {
             jobs,
             threads,
             flushed: Mutex::new(flushed),
-            spare,
         })
-    }
-
-    /// An empty chunk for `partition`, reusing a spare one when there is one.
-    pub fn chunk(&self, partition: i32) -> Chunk {
-        match self.spare.lock().ok().and_then(|mut spare| spare.pop()) {
-            Some(mut chunk) => {
-                chunk.partition = partition;
-                chunk
-            }
-            None => Chunk::new(partition),
-        }
     }
 
     pub fn count(&self) -> usize {
@@ -172,9 +101,9 @@ impl Workers {
             .map_err(|_| anyhow!("a lake worker stopped unexpectedly"))
     }
 
-    /// Queues a chunk for parsing (waits while that worker is far behind).
-    pub fn rows(&self, chunk: Chunk) -> Result<()> {
-        self.send(chunk.partition as usize % self.count(), Job::Rows(chunk))
+    /// Queues a block for parsing (waits while that worker is far behind).
+    pub fn rows(&self, block: MessageBlock) -> Result<()> {
+        self.send(block.partition as usize % self.count(), Job::Rows(block))
     }
 
     /// Asks every worker to write what it has; each answers once with `epoch`.
@@ -230,12 +159,7 @@ impl Drop for Workers {
     }
 }
 
-fn work(
-    jobs: &Receiver<Job>,
-    flushed: &Sender<Flushed>,
-    shared: &Shared,
-    spare: &Mutex<Vec<Chunk>>,
-) {
+fn work(jobs: &Receiver<Job>, flushed: &Sender<Flushed>, shared: &Shared) {
     let mut buffers: BTreeMap<i32, PartitionBuffer> = BTreeMap::new();
     // Rows per partition at the last flush: the next buffer's size, give or take.
     let mut last_rows: BTreeMap<i32, usize> = BTreeMap::new();
@@ -244,15 +168,16 @@ fn work(
     let mut failure: Option<anyhow::Error> = None;
     for job in jobs {
         match job {
-            Job::Rows(chunk) => {
-                let buffer = buffers.entry(chunk.partition).or_insert_with(|| {
+            Job::Rows(block) => {
+                let buffer = buffers.entry(block.partition).or_insert_with(|| {
                     PartitionBuffer::with_capacity(
-                        last_rows.get(&chunk.partition).copied().unwrap_or_default(),
+                        last_rows.get(&block.partition).copied().unwrap_or_default(),
                     )
                 });
-                for m in &chunk.messages {
-                    let payload = &chunk.bytes[m.payload.clone()];
-                    if let Err(e) = buffer.push(payload, m.offset, m.timestamp, &shared.time) {
+                for m in &block.messages {
+                    let payload = block.payload(m);
+                    let timestamp = (m.timestamp >= 0).then_some(m.timestamp);
+                    if let Err(e) = buffer.push(payload, m.offset, timestamp, &shared.time) {
                         dead_lettered += 1;
                         let sent = shared
                             .dead_letters
@@ -261,25 +186,17 @@ fn work(
                             .and_then(|mut d| {
                                 let origin = Origin {
                                     topic: &shared.topic,
-                                    partition: chunk.partition,
+                                    partition: block.partition,
                                     offset: m.offset,
-                                    key: m.key.clone().map(|k| &chunk.bytes[k]),
+                                    key: block.key(m),
                                     payload,
-                                    headers: m.headers.as_ref(),
+                                    headers: block.headers(m),
                                 };
                                 d.send(&origin, &e.0)
                             });
                         if let Err(e) = sent {
                             failure.get_or_insert(e);
                         }
-                    }
-                }
-                if let Ok(mut spare) = spare.lock() {
-                    if spare.len() < SPARE_CHUNKS {
-                        let mut chunk = chunk;
-                        chunk.bytes.clear();
-                        chunk.messages.clear();
-                        spare.push(chunk);
                     }
                 }
             }

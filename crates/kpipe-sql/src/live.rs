@@ -1330,7 +1330,7 @@ fn drive(
                                 offset,
                                 key: key.as_deref(),
                                 payload: &payload,
-                                headers: None,
+                                headers: Vec::new(),
                             };
                             dead_letters.send(&origin, &error)?;
                             continue;

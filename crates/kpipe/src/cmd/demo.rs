@@ -92,6 +92,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         until_end: true,
         dlq_topic: None,
         create_bucket: false,
+        own_fetch: true,
     };
     let report = sink::run(&kafka, &lake, &options, &AtomicBool::new(false), |_| {})?;
     println!(

@@ -133,6 +133,10 @@ pub struct LakeSinkArgs {
     /// Create the S3 bucket when it does not exist.
     #[arg(long)]
     create_bucket: bool,
+    /// Let librdkafka fetch, as `kpipe consume` does, instead of kpipe's own
+    /// fetcher (about a third less CPU). With SSL or SASL librdkafka always fetches.
+    #[arg(long)]
+    librdkafka_fetch: bool,
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -220,6 +224,7 @@ fn run_lake(args: LakeSinkArgs, kafka: &KafkaArgs) -> Result<()> {
         until_end: args.until_end,
         dlq_topic: args.dlq_topic,
         create_bucket: args.create_bucket,
+        own_fetch: !args.librdkafka_fetch,
     };
     let stop = stop_flag();
     let bar = progress(None, "rows");

@@ -126,6 +126,16 @@ fn sink_to_a_directory_then_check_query_and_read_independently() {
 
 #[test]
 fn exactly_once_through_repeated_sigkills() {
+    exactly_once_through_sigkills(&[]);
+}
+
+#[test]
+fn exactly_once_through_repeated_sigkills_with_librdkafka_fetching() {
+    exactly_once_through_sigkills(&["--librdkafka-fetch"]);
+}
+
+/// Kills the sink four times mid-drain, with `fetch` flags choosing the fetch path.
+fn exactly_once_through_sigkills(fetch: &[&str]) {
     let broker = BrokerProcess::start();
     let dir = tempfile::tempdir().unwrap();
     let lake = dir.path().join("lake");
@@ -159,6 +169,7 @@ fn exactly_once_through_repeated_sigkills() {
             "-X",
             "heartbeat.interval.ms=300",
         ]);
+        args.extend(fetch);
         let mut sink = broker
             .command(&args)
             .stdout(Stdio::null())
@@ -185,6 +196,7 @@ fn exactly_once_through_repeated_sigkills() {
     let kills = 4;
     let mut args = sink_args("music_events", lake);
     args.push("--until-end");
+    args.extend(fetch);
     let finished = broker.kpipe(&args, "");
     assert!(finished.ok, "{}", finished.stderr);
 
@@ -203,6 +215,16 @@ fn exactly_once_through_repeated_sigkills() {
 
 #[test]
 fn bad_messages_go_to_the_dead_letter_topic_and_the_sink_goes_on() {
+    dead_letters(&[]);
+}
+
+#[test]
+fn dead_letters_keep_their_headers_with_librdkafka_fetching() {
+    dead_letters(&["--librdkafka-fetch"]);
+}
+
+/// Four bad messages among forty good ones, with `fetch` flags choosing the fetch path.
+fn dead_letters(fetch: &[&str]) {
     let broker = BrokerProcess::start();
     broker
         .kpipe(&["topic", "create", "events", "--partitions", "2"], "")
@@ -230,6 +252,7 @@ fn bad_messages_go_to_the_dead_letter_topic_and_the_sink_goes_on() {
     let lake = dir.path().to_str().unwrap();
     let mut args = sink_args("events", lake);
     args.extend(["--until-end", "--dlq-topic", "events_dlq"]);
+    args.extend(fetch);
     let sunk = broker.kpipe(&args, "");
     assert!(sunk.ok, "{}", sunk.stderr);
     assert!(

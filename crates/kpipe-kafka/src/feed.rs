@@ -1,0 +1,329 @@
+//! A consumer-group member's messages, in blocks: each block is one
+//! partition's run of messages in one buffer, with every message a set of
+//! byte ranges into it.
+//!
+//! On plaintext connections the blocks come from kpipe's own fetcher (see
+//! `fetch`) and point straight into the fetched responses. Otherwise, or when
+//! asked, librdkafka fetches and its messages are copied into blocks. Either
+//! way librdkafka runs the group: [`MemberContext`] turns its rebalance
+//! callbacks into the fetcher's assignments and the sink's revocations.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use bytes::Bytes;
+use kpipe_records::{Header, RecordSpan};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::{ClientConfig, Offset};
+
+use crate::client::{ClientOptions, QuietContext, CONNECT_TIMEOUT};
+use crate::fetch::{FetchControl, FetchSettings, Fetcher};
+use crate::sink::is_transient;
+
+/// Messages copied out of librdkafka into one block before it is handed on.
+const BLOCK_MESSAGES: usize = 1000;
+const BLOCK_BYTES: usize = 512 << 10;
+
+/// One partition's messages in one buffer.
+pub struct MessageBlock {
+    pub partition: i32,
+    pub bytes: Bytes,
+    pub messages: Vec<RecordSpan>,
+    /// The offset after this block: past its last message, and past any
+    /// records not handed out (transaction markers, aborted transactions).
+    pub next_offset: i64,
+    pub(crate) generation: u64,
+}
+
+impl MessageBlock {
+    pub(crate) fn new(partition: i32, bytes: Bytes, generation: u64) -> MessageBlock {
+        MessageBlock {
+            partition,
+            bytes,
+            messages: Vec::new(),
+            next_offset: -1,
+            generation,
+        }
+    }
+
+    /// Whether any batch was read into it (even one whose records were all left out).
+    pub(crate) fn is_touched(&self) -> bool {
+        self.next_offset >= 0
+    }
+
+    /// A message's value; a null value reads as empty.
+    pub fn payload(&self, message: &RecordSpan) -> &[u8] {
+        message.value.clone().map_or(&[], |r| &self.bytes[r])
+    }
+
+    pub fn key(&self, message: &RecordSpan) -> Option<&[u8]> {
+        message.key.clone().map(|r| &self.bytes[r])
+    }
+
+    pub fn headers(&self, message: &RecordSpan) -> Vec<Header<'_>> {
+        kpipe_records::headers(&self.bytes[message.headers.clone()]).unwrap_or_default()
+    }
+
+    /// Bytes of all values, for flushing by size.
+    pub fn payload_bytes(&self) -> usize {
+        self.messages
+            .iter()
+            .map(|m| m.value.as_ref().map_or(0, |r| r.len()))
+            .sum()
+    }
+}
+
+/// librdkafka's messages of one partition, being copied into a block.
+pub struct Copying {
+    bytes: Vec<u8>,
+    messages: Vec<RecordSpan>,
+    next_offset: i64,
+}
+
+impl Copying {
+    fn new() -> Copying {
+        Copying {
+            bytes: Vec::with_capacity(BLOCK_BYTES),
+            messages: Vec::with_capacity(BLOCK_MESSAGES),
+            next_offset: -1,
+        }
+    }
+
+    fn push(&mut self, m: &BorrowedMessage<'_>) {
+        let key = m.key().map(|k| self.copy(k));
+        let value = m.payload().map(|v| self.copy(v));
+        let start = self.bytes.len();
+        match m.headers() {
+            Some(headers) => kpipe_records::encode_headers(
+                &mut self.bytes,
+                headers
+                    .iter()
+                    .map(|h| (h.key.as_bytes(), h.value))
+                    .collect::<Vec<_>>()
+                    .into_iter(),
+            ),
+            None => kpipe_records::encode_headers(&mut self.bytes, std::iter::empty()),
+        }
+        self.messages.push(RecordSpan {
+            offset: m.offset(),
+            timestamp: m.timestamp().to_millis().unwrap_or(-1),
+            key,
+            value,
+            headers: start..self.bytes.len(),
+        });
+        self.next_offset = m.offset() + 1;
+    }
+
+    fn copy(&mut self, data: &[u8]) -> std::ops::Range<usize> {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(data);
+        start..self.bytes.len()
+    }
+
+    fn is_full(&self) -> bool {
+        self.messages.len() >= BLOCK_MESSAGES || self.bytes.len() >= BLOCK_BYTES
+    }
+
+    fn finish(self, partition: i32) -> MessageBlock {
+        MessageBlock {
+            partition,
+            bytes: Bytes::from(self.bytes),
+            messages: self.messages,
+            next_offset: self.next_offset,
+            generation: 0,
+        }
+    }
+}
+
+/// What one read gave: partitions revoked since the last read (their earlier
+/// blocks must be dropped first), then perhaps a block.
+pub struct Polled {
+    pub revoked: Vec<i32>,
+    pub block: Option<MessageBlock>,
+}
+
+/// Where a member's blocks come from.
+pub enum Feed {
+    Own(Fetcher),
+    Librdkafka(BTreeMap<i32, Copying>),
+}
+
+impl Feed {
+    /// kpipe's own fetcher when `own` is asked for and the connection is
+    /// plaintext; librdkafka's fetching otherwise.
+    pub fn start(
+        kafka: &ClientOptions,
+        config: &ClientConfig,
+        topic: &str,
+        own: bool,
+    ) -> Result<Feed> {
+        match FetchSettings::from_config(config, topic).filter(|_| own) {
+            Some(settings) => Ok(Feed::Own(Fetcher::start(kafka, settings)?)),
+            None => Ok(Feed::Librdkafka(BTreeMap::new())),
+        }
+    }
+
+    /// What the member's context needs to steer the own fetcher.
+    pub fn control(&self) -> Option<FetchControl> {
+        match self {
+            Feed::Own(fetcher) => Some(fetcher.control()),
+            Feed::Librdkafka(_) => None,
+        }
+    }
+
+    /// Serves the group's callbacks, then returns the next block, waiting up to `timeout`.
+    pub fn next(
+        &mut self,
+        consumer: &BaseConsumer<MemberContext>,
+        timeout: Duration,
+    ) -> Result<Polled> {
+        match self {
+            Feed::Own(fetcher) => {
+                // The partitions are paused: a message here was fetched before
+                // the pause took hold, and the own fetcher reads it anyway.
+                if let Some(Err(e)) = consumer.poll(Duration::ZERO) {
+                    check(e)?;
+                }
+                let revoked = consumer.context().take_revoked();
+                let block = fetcher.next(timeout)?;
+                Ok(Polled { revoked, block })
+            }
+            Feed::Librdkafka(copying) => loop {
+                // A zero wait spares librdkafka a clock read per message while data flows.
+                let message = consumer
+                    .poll(Duration::ZERO)
+                    .or_else(|| consumer.poll(timeout));
+                let revoked = consumer.context().take_revoked();
+                for p in &revoked {
+                    copying.remove(p);
+                }
+                let full = match message {
+                    Some(Ok(m)) => {
+                        let block = copying.entry(m.partition()).or_insert_with(Copying::new);
+                        block.push(&m);
+                        block.is_full().then_some(m.partition())
+                    }
+                    Some(Err(e)) => {
+                        check(e)?;
+                        None
+                    }
+                    // Idle: hand out what has gathered.
+                    None => {
+                        let block = copying.pop_first().map(|(p, c)| c.finish(p));
+                        return Ok(Polled { revoked, block });
+                    }
+                };
+                let block = full.and_then(|p| copying.remove(&p).map(|c| c.finish(p)));
+                if block.is_some() || !revoked.is_empty() {
+                    return Ok(Polled { revoked, block });
+                }
+            },
+        }
+    }
+
+    /// Blocks still gathering, at a stop.
+    pub fn drain(&mut self) -> Vec<MessageBlock> {
+        match self {
+            Feed::Own(_) => Vec::new(),
+            Feed::Librdkafka(copying) => std::mem::take(copying)
+                .into_iter()
+                .map(|(p, c)| c.finish(p))
+                .collect(),
+        }
+    }
+}
+
+/// Transient consumer errors are waited out; anything else stops the member.
+fn check(e: KafkaError) -> Result<()> {
+    match e {
+        KafkaError::MessageConsumption(code) if is_transient(code) => {
+            tracing::debug!("transient consumer error: {code}");
+            Ok(())
+        }
+        e => bail!("consuming failed: {e}"),
+    }
+}
+
+/// What a member does with partitions before they leave.
+type OnRevoke = dyn Fn(&[i32]) + Send + Sync;
+
+/// The context of a group member reading through a [`Feed`]: before a
+/// partition leaves, `on_revoke` runs (a sink drops or finishes what it holds
+/// of it) and the own fetcher stops reading it; a partition that arrives is
+/// paused in librdkafka and fetched by the own fetcher from the group's
+/// committed offset.
+pub struct MemberContext {
+    quiet: QuietContext,
+    fetch: Option<FetchControl>,
+    on_revoke: Box<OnRevoke>,
+    revoked: Mutex<Vec<i32>>,
+}
+
+crate::quiet_client_context!(MemberContext, quiet);
+
+impl MemberContext {
+    pub fn new(
+        fetch: Option<FetchControl>,
+        on_revoke: impl Fn(&[i32]) + Send + Sync + 'static,
+    ) -> Self {
+        MemberContext {
+            quiet: QuietContext::default(),
+            fetch,
+            on_revoke: Box::new(on_revoke),
+            revoked: Mutex::default(),
+        }
+    }
+
+    fn take_revoked(&self) -> Vec<i32> {
+        std::mem::take(&mut *self.revoked.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+impl ConsumerContext for MemberContext {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(partitions) = rebalance {
+            let partitions: Vec<i32> = partitions
+                .elements()
+                .iter()
+                .map(|e| e.partition())
+                .collect();
+            if let Some(fetch) = &self.fetch {
+                fetch.revoke(&partitions);
+            }
+            (self.on_revoke)(&partitions);
+            self.revoked
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(partitions);
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let (Rebalance::Assign(partitions), Some(fetch)) = (rebalance, &self.fetch) else {
+            return;
+        };
+        if let Err(e) = consumer.pause(partitions) {
+            fetch.fail(format!("cannot pause librdkafka's own fetching: {e}"));
+            return;
+        }
+        match consumer.committed_offsets((*partitions).clone(), CONNECT_TIMEOUT) {
+            Ok(committed) => {
+                let starts: Vec<(i32, Option<i64>)> = committed
+                    .elements()
+                    .iter()
+                    .map(|e| match e.offset() {
+                        Offset::Offset(o) => (e.partition(), Some(o)),
+                        _ => (e.partition(), None),
+                    })
+                    .collect();
+                fetch.assign(&starts);
+            }
+            // Starting anywhere else could skip data: stop instead, and a restart resumes.
+            Err(e) => fetch.fail(format!("cannot read the group's committed offsets: {e}")),
+        }
+    }
+}
