@@ -261,7 +261,7 @@ struct Asked {
 impl Round {
     fn run(&mut self, tx: &SyncSender<Result<MessageBlock, String>>) -> Result<()> {
         while !self.shared.stopped.load(Ordering::Relaxed) {
-            let Some(wanted) = self.wanted()? else {
+            let Some(wanted) = self.wanted() else {
                 continue;
             };
             let ok = self.fetch(&wanted, tx)?;
@@ -274,7 +274,7 @@ impl Round {
 
     /// The assigned partitions and their offsets, once there are any; resolves
     /// partitions waiting for `auto.offset.reset` first.
-    fn wanted(&mut self) -> Result<Option<Vec<Asked>>> {
+    fn wanted(&mut self) -> Option<Vec<Asked>> {
         let unresolved: Vec<(i32, u64)> = {
             let state = self.shared.state();
             if state.partitions.is_empty() {
@@ -282,7 +282,7 @@ impl Round {
                     .shared
                     .changed
                     .wait_timeout(state, Duration::from_millis(100));
-                return Ok(None);
+                return None;
             }
             let unresolved: Vec<_> = state
                 .partitions
@@ -291,7 +291,7 @@ impl Round {
                 .map(|(p, f)| (*p, f.generation))
                 .collect();
             if unresolved.is_empty() {
-                return Ok(Some(
+                return Some(
                     state
                         .partitions
                         .iter()
@@ -301,15 +301,21 @@ impl Round {
                             generation: f.generation,
                         })
                         .collect(),
-                ));
+                );
             }
             unresolved
         };
         for (partition, generation) in unresolved {
-            let (low, high) = self
-                .probe
-                .fetch_watermarks(&self.settings.topic, partition, CONNECT_TIMEOUT)
-                .with_context(|| format!("cannot read partition {partition}'s offsets"))?;
+            // An unreachable cluster is waited out, as librdkafka does.
+            let watermarks =
+                self.probe
+                    .fetch_watermarks(&self.settings.topic, partition, CONNECT_TIMEOUT);
+            let Ok((low, high)) = watermarks.inspect_err(|e| {
+                tracing::debug!(partition, "cannot read the partition's offsets: {e}")
+            }) else {
+                std::thread::sleep(RETRY_BACKOFF);
+                return None;
+            };
             let start = if self.settings.reset_to_earliest {
                 low
             } else {
@@ -317,7 +323,7 @@ impl Round {
             };
             self.advance(partition, generation, start);
         }
-        Ok(None)
+        None
     }
 
     /// Moves a partition's next offset, unless it was reassigned meanwhile.

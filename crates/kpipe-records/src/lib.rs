@@ -272,10 +272,7 @@ pub fn headers(encoded: &[u8]) -> Result<Vec<Header<'_>>, BatchError> {
 }
 
 /// Appends headers in the record format's encoding, as [`headers`] reads them.
-pub fn encode_headers<'h>(
-    out: &mut Vec<u8>,
-    headers: impl ExactSizeIterator<Item = Header<'h>>,
-) {
+pub fn encode_headers<'h>(out: &mut Vec<u8>, headers: impl ExactSizeIterator<Item = Header<'h>>) {
     put_varint(out, headers.len() as i64);
     for (key, value) in headers {
         put_varint(out, key.len() as i64);

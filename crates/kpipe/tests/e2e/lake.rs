@@ -214,6 +214,49 @@ fn exactly_once_through_sigkills(fetch: &[&str]) {
 }
 
 #[test]
+fn the_sink_rides_out_a_broker_crash_without_losing_or_repeating_rows() {
+    let mut broker = BrokerProcess::start();
+    broker
+        .kpipe(&["gen", "music", "--count", "60000", "--seed", "3"], "")
+        .out();
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().to_str().unwrap();
+    let mut args = sink_args("music_events", lake);
+    args.extend(["--flush-rows", "2000", "--flush-interval", "100ms"]);
+    let sink = broker
+        .command(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let group = "kpipe-lake-music_events";
+    assert!(
+        eventually(Duration::from_secs(60), || broker.committed(group)
+            >= 10_000),
+        "the sink made no progress"
+    );
+    broker.kill9();
+    broker.restart();
+    let drained = eventually(Duration::from_secs(90), || {
+        broker.committed(group) == 60_000
+    });
+    Command::new("kill")
+        .args(["-TERM", &sink.id().to_string()])
+        .status()
+        .unwrap();
+    let output = sink.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        drained,
+        "the sink did not finish after the broker came back: {stderr}"
+    );
+    assert!(output.status.success(), "{stderr}");
+    let checked = broker.kpipe(&["lake", "check", lake], "");
+    assert!(checked.ok, "{}\n{}", checked.stdout, checked.stderr);
+    assert_eq!(duckdb_counts(lake, "music_events"), (60_000, 60_000));
+}
+
+#[test]
 fn bad_messages_go_to_the_dead_letter_topic_and_the_sink_goes_on() {
     dead_letters(&[]);
 }
