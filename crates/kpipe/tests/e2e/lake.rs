@@ -214,6 +214,55 @@ fn exactly_once_through_sigkills(fetch: &[&str]) {
 }
 
 #[test]
+fn compressed_batches_of_every_codec_reach_the_lake() {
+    let broker = BrokerProcess::start();
+    broker
+        .kpipe(&["topic", "create", "events", "--partitions", "2"], "")
+        .out();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let codecs = ["none", "gzip", "snappy", "lz4", "zstd"];
+    for (c, codec) in codecs.iter().enumerate() {
+        let input: String = (0..200)
+            .map(|i| {
+                format!(
+                    r#"{{"id":{},"codec":"{codec}","event_timestamp":{{"ts_ms":{now}}}}}"#,
+                    c * 200 + i
+                ) + "\n"
+            })
+            .collect();
+        let compression = format!("compression.type={codec}");
+        broker
+            .kpipe(&["produce", "events", "-X", &compression], &input)
+            .out();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().to_str().unwrap();
+    let mut args = sink_args("events", lake);
+    args.push("--until-end");
+    let sunk = broker.kpipe(&args, "");
+    assert!(sunk.ok, "{}", sunk.stderr);
+    let checked = broker.kpipe(&["lake", "check", lake, "--topic", "events"], "");
+    assert!(checked.ok, "{}\n{}", checked.stdout, checked.stderr);
+    assert_eq!(duckdb_counts(lake, "events"), (1000, 1000));
+    let per_codec = query(
+        &broker,
+        lake,
+        "SELECT codec, count(DISTINCT id) AS n FROM events GROUP BY codec ORDER BY codec",
+    );
+    for codec in codecs {
+        assert!(
+            per_codec
+                .lines()
+                .any(|l| l.contains(codec) && l.contains("200")),
+            "{codec}: {per_codec}"
+        );
+    }
+}
+
+#[test]
 fn the_sink_rides_out_a_broker_crash_without_losing_or_repeating_rows() {
     let mut broker = BrokerProcess::start();
     broker
