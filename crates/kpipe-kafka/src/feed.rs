@@ -36,6 +36,9 @@ pub struct MessageBlock {
     /// The offset after this block: past its last message, and past any
     /// records not handed out (transaction markers, aborted transactions).
     pub next_offset: i64,
+    /// The partition is read to its end for now (own fetcher only): a block
+    /// with no messages may come just to say so.
+    pub at_end: bool,
     pub(crate) generation: u64,
 }
 
@@ -46,6 +49,7 @@ impl MessageBlock {
             bytes,
             messages: Vec::new(),
             next_offset: -1,
+            at_end: false,
             generation,
         }
     }
@@ -134,6 +138,7 @@ impl Copying {
             bytes: Bytes::from(self.bytes),
             messages: self.messages,
             next_offset: self.next_offset,
+            at_end: false,
             generation: 0,
         }
     }

@@ -187,6 +187,7 @@ impl Fetcher {
             leaders: HashMap::new(),
             addresses: HashMap::new(),
             correlation: 0,
+            ended: HashMap::new(),
         };
         std::thread::Builder::new()
             .name("kpipe-fetch".into())
@@ -248,6 +249,8 @@ struct Round {
     leaders: HashMap<i32, i32>,
     addresses: HashMap<i32, String>,
     correlation: i32,
+    /// Partitions last said to be read to their end, by assignment generation.
+    ended: HashMap<i32, u64>,
 }
 
 /// A partition of one request, as it stood when the request was sent.
@@ -432,7 +435,22 @@ impl Round {
                 asked.partition
             ),
         }
+        // What a reader can read now: up to the last stable offset when it
+        // skips open transactions.
+        let end = if self.settings.read_committed && data.last_stable_offset >= 0 {
+            data.last_stable_offset
+        } else {
+            data.high_watermark
+        };
         let Some(records) = data.records.filter(|r| !r.is_empty()) else {
+            // Read to the end: said once per assignment, until records come again.
+            if asked.offset >= end && self.ended.get(&asked.partition) != Some(&asked.generation) {
+                self.ended.insert(asked.partition, asked.generation);
+                let mut block = MessageBlock::new(asked.partition, Bytes::new(), asked.generation);
+                block.next_offset = asked.offset;
+                block.at_end = true;
+                let _ = tx.send(Ok(block));
+            }
             return Ok(true);
         };
         let aborted = if self.settings.read_committed {
@@ -440,13 +458,19 @@ impl Round {
         } else {
             Vec::new()
         };
-        let blocks = read_blocks(&records, &asked, aborted).with_context(|| {
+        let mut blocks = read_blocks(&records, &asked, aborted).with_context(|| {
             format!(
                 "{} partition {} at offset {}",
                 self.settings.topic, asked.partition, asked.offset
             )
         })?;
-        if let Some(last) = blocks.last() {
+        if let Some(last) = blocks.last_mut() {
+            last.at_end = last.next_offset >= end;
+            if last.at_end {
+                self.ended.insert(asked.partition, asked.generation);
+            } else {
+                self.ended.remove(&asked.partition);
+            }
             self.advance(asked.partition, asked.generation, last.next_offset);
         }
         for block in blocks {

@@ -27,6 +27,8 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use kpipe_kafka::admin::{Admin, IfExists, TopicSpec, TopicSummary};
 use kpipe_kafka::client::{ClientOptions, QuietContext, CONNECT_TIMEOUT};
+use kpipe_kafka::feed::MessageBlock;
+use kpipe_kafka::fetch::{FetchSettings, Fetcher};
 use kpipe_kafka::produce::Producer;
 use kpipe_kafka::sink::{DeadLetters, Origin};
 use rdkafka::consumer::base_consumer::PartitionQueue;
@@ -1128,22 +1130,28 @@ struct Feed {
 }
 
 fn read(engine: &Engine, topic: &str, m: &BorrowedMessage<'_>) -> Head {
-    let message = Message {
-        topic,
-        key: m.key(),
-        value: m.payload(),
-        timestamp: m.timestamp().to_millis().unwrap_or(0),
-        partition: m.partition(),
-        offset: m.offset(),
-    };
-    match engine.decode_message(&message) {
+    decode(
+        engine,
+        &Message {
+            topic,
+            key: m.key(),
+            value: m.payload(),
+            timestamp: m.timestamp().to_millis().unwrap_or(0),
+            partition: m.partition(),
+            offset: m.offset(),
+        },
+    )
+}
+
+fn decode(engine: &Engine, message: &Message<'_>) -> Head {
+    match engine.decode_message(message) {
         Ok(record) => Head::Record(record),
         Err(e) => Head::Bad {
             error: format!("{e:#}"),
-            key: m.key().map(<[u8]>::to_vec),
-            payload: m.payload().unwrap_or_default().to_vec(),
-            partition: m.partition(),
-            offset: m.offset(),
+            key: message.key.map(<[u8]>::to_vec),
+            payload: message.value.unwrap_or_default().to_vec(),
+            partition: message.partition,
+            offset: message.offset,
         },
     }
 }
@@ -1548,6 +1556,53 @@ fn read_merged(
                 .1;
         }
     }
+    let reading = Reading {
+        topic: &feed.topic,
+        decode_as: &feed.topic,
+        decoder,
+        carry: Carry::Nothing,
+    };
+    let bounds = Bounds {
+        ends,
+        bounded: feed.bounded,
+    };
+    let keep_going =
+        || !quit.load(Ordering::Relaxed) && !stops.iter().any(|s| s.load(Ordering::Relaxed));
+    let deliver = |batch| fed.send(Fed::Batch(batch)).is_ok();
+    let mut config = options.config();
+    let reset = if matches!(feed.start, Offset::End) {
+        "latest"
+    } else {
+        "earliest"
+    };
+    config.set("auto.offset.reset", reset);
+    if let Some(settings) = FetchSettings::from_config(&config, &feed.topic) {
+        let fetcher = Fetcher::start(options, settings)?;
+        let starts: Vec<(i32, Option<i64>)> = (0..partitions)
+            .map(|p| {
+                let from = feed.from.as_ref().and_then(|f| f.get(p as usize)).copied();
+                (p, from)
+            })
+            .collect();
+        fetcher.control().assign(&starts);
+        let failed = AtomicBool::new(false);
+        let mut fetched = FetchedPartitions {
+            fetcher,
+            queued: (0..partitions).map(|_| VecDeque::new()).collect(),
+            next: vec![0; partitions as usize],
+            reading: &reading,
+            failed: &failed,
+            failure: None,
+        };
+        merge(
+            &mut fetched,
+            bounds,
+            feed.idle,
+            || keep_going() && !failed.load(Ordering::Relaxed),
+            deliver,
+        );
+        return fetched.failure.map_or(Ok(()), Err);
+    }
     let anonymous_group = format!("kpipe-sql-{}", std::process::id());
     let consumer =
         Arc::new(options.partition_reader(&anonymous_group, &[("fetch.queue.backoff.ms", "10")])?);
@@ -1561,26 +1616,74 @@ fn read_merged(
         assignment.add_partition_offset(&feed.topic, p, start)?;
     }
     consumer.assign(&assignment)?;
-    let reading = Reading {
-        topic: &feed.topic,
-        decode_as: &feed.topic,
-        decoder,
-        carry: Carry::Nothing,
-    };
     let mut partitions =
         reading.split(&consumer, (0..partitions).collect(), &mut BTreeMap::new())?;
-    let bounds = Bounds {
-        ends,
-        bounded: feed.bounded,
-    };
-    merge(
-        &mut partitions,
-        bounds,
-        feed.idle,
-        || !quit.load(Ordering::Relaxed) && !stops.iter().any(|s| s.load(Ordering::Relaxed)),
-        |batch| fed.send(Fed::Batch(batch)).is_ok(),
-    );
+    merge(&mut partitions, bounds, feed.idle, keep_going, deliver);
     Ok(())
+}
+
+/// A topic's partitions read by kpipe's own fetcher (plaintext connections):
+/// blocks of every partition queue here until the merge asks for them, and
+/// their messages are decoded one by one as it does.
+struct FetchedPartitions<'a> {
+    fetcher: Fetcher,
+    queued: Vec<VecDeque<MessageBlock>>,
+    /// The next message of each partition's first queued block.
+    next: Vec<usize>,
+    reading: &'a Reading<'a>,
+    /// Set when the fetcher failed, which stops the merge.
+    failed: &'a AtomicBool,
+    failure: Option<anyhow::Error>,
+}
+
+impl Partitions for FetchedPartitions<'_> {
+    fn count(&self) -> usize {
+        self.queued.len()
+    }
+
+    fn poll(&mut self, p: usize, timeout: Duration) -> Polled {
+        loop {
+            if let Some(block) = self.queued[p].front() {
+                if let Some(span) = block.messages.get(self.next[p]) {
+                    self.next[p] += 1;
+                    let message = Message {
+                        topic: self.reading.decode_as,
+                        key: block.key(span),
+                        value: span.value.as_ref().map(|_| block.payload(span)),
+                        timestamp: span.timestamp.max(0),
+                        partition: block.partition,
+                        offset: span.offset,
+                    };
+                    return Polled::Head(decode(self.reading.decoder, &message));
+                }
+                let at_end = block.at_end;
+                self.queued[p].pop_front();
+                self.next[p] = 0;
+                if at_end && self.queued[p].is_empty() {
+                    return Polled::End;
+                }
+                continue;
+            }
+            // Any partition's block may come; it waits in its queue.
+            match self.fetcher.next(timeout) {
+                Ok(Some(block)) => {
+                    let q = block.partition as usize;
+                    if let Some(queue) = self.queued.get_mut(q) {
+                        queue.push_back(block);
+                    }
+                    if q != p {
+                        return Polled::Nothing;
+                    }
+                }
+                Ok(None) => return Polled::Nothing,
+                Err(e) => {
+                    self.failure.get_or_insert(e);
+                    self.failed.store(true, Ordering::Relaxed);
+                    return Polled::Nothing;
+                }
+            }
+        }
+    }
 }
 
 /// Reads a durable query's input as a member of its group: the partitions
