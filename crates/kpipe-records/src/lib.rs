@@ -364,21 +364,48 @@ pub mod testing {
         Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
     };
 
-    /// Encodes `n` records with values `v0..v{n-1}` as one v2 batch.
-    pub fn encode(n: usize, compression: Compression, timestamp: i64) -> Vec<u8> {
-        let records: Vec<Record> = (0..n)
-            .map(|i| Record {
+    /// One batch of test records: offsets `base..base + count`, each keyed
+    /// `k<offset>`, valued `v<offset>`, stamped `timestamp + offset` and
+    /// carrying the header `h=x`.
+    pub struct Spec {
+        pub base: i64,
+        pub count: i64,
+        pub timestamp: i64,
+        pub compression: Compression,
+        /// -1 for a producer without an id.
+        pub producer_id: i64,
+        pub transactional: bool,
+        pub control: bool,
+    }
+
+    impl Default for Spec {
+        fn default() -> Spec {
+            Spec {
+                base: 0,
+                count: 1,
+                timestamp: 0,
+                compression: Compression::None,
+                producer_id: -1,
                 transactional: false,
                 control: false,
+            }
+        }
+    }
+
+    pub fn encode_spec(spec: &Spec) -> Vec<u8> {
+        let records: Vec<Record> = (spec.base..spec.base + spec.count)
+            .map(|offset| Record {
+                transactional: spec.transactional,
+                control: spec.control,
                 partition_leader_epoch: 0,
-                producer_id: -1,
-                producer_epoch: -1,
+                producer_id: spec.producer_id,
+                producer_epoch: if spec.producer_id < 0 { -1 } else { 0 },
                 timestamp_type: TimestampType::Creation,
-                offset: i as i64,
-                sequence: i as i32,
-                timestamp: timestamp + i as i64,
-                key: Some(format!("k{i}").into()),
-                value: Some(format!("v{i}").into()),
+                offset,
+                sequence: offset as i32,
+                timestamp: spec.timestamp + offset,
+                key: Some(format!("k{offset}").into()),
+                value: Some(format!("v{offset}").into()),
                 headers: [(StrBytes::from_static_str("h"), Some("x".into()))]
                     .into_iter()
                     .collect(),
@@ -388,10 +415,20 @@ pub mod testing {
         let mut buf = BytesMut::new();
         let options = RecordEncodeOptions {
             version: 2,
-            compression,
+            compression: spec.compression,
         };
         RecordBatchEncoder::encode(&mut buf, &records, &options).unwrap();
         buf.to_vec()
+    }
+
+    /// Encodes `n` records with values `v0..v{n-1}` as one v2 batch.
+    pub fn encode(n: usize, compression: Compression, timestamp: i64) -> Vec<u8> {
+        encode_spec(&Spec {
+            count: n as i64,
+            timestamp,
+            compression,
+            ..Spec::default()
+        })
     }
 }
 

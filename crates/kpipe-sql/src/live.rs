@@ -10,7 +10,10 @@
 //! query is planned by `pull` (key lookups, window bounds, scans).
 //!
 //! A reader thread merges the source's partitions by timestamp (`merge`, as a
-//! Kafka Streams task does) and decodes while the query's thread processes.
+//! Kafka Streams task does) and decodes while the query's thread processes;
+//! a session's reader fetches with kpipe's own fetcher where the connection
+//! is plaintext (`kpipe_kafka::fetch`; bench/sql.sh: 8.0 → 6.1 CPU s for 5M
+//! events).
 //! A session's query reads every partition with one engine and commits
 //! nothing: it starts from `auto.offset.reset` on each run. A durable
 //! session's (`kpipe server`'s) queries are consumer-group members with a
