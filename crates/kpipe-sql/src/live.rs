@@ -1572,7 +1572,10 @@ fn read_merged(
     let keep_going =
         || !quit.load(Ordering::Relaxed) && !stops.iter().any(|s| s.load(Ordering::Relaxed));
     let deliver = |batch| fed.send(Fed::Batch(batch)).is_ok();
-    let mut config = options.config();
+    // Small fetches per partition: the merge holds every partition's fetched
+    // blocks until their timestamps come up, and bench/sql.sh's peak RSS fell
+    // from 303 to 83 MB (128 KB instead of 1 MB) at the same speed.
+    let mut config = options.config_with_defaults(&[("max.partition.fetch.bytes", "131072")]);
     let reset = if matches!(feed.start, Offset::End) {
         "latest"
     } else {
