@@ -351,7 +351,11 @@ impl Round {
             .iter()
             .any(|a| !self.leaders.contains_key(&a.partition))
         {
-            self.look_up_leaders()?;
+            // An unreachable cluster is waited out, as librdkafka does.
+            if let Err(e) = self.look_up_leaders() {
+                tracing::debug!("{e:#}");
+                return Ok(false);
+            }
         }
         let mut by_leader: BTreeMap<i32, Vec<Asked>> = BTreeMap::new();
         for asked in wanted {
@@ -387,6 +391,10 @@ impl Round {
                     continue;
                 }
             };
+            if let Some(e) = ResponseError::try_from_code(response.error_code) {
+                tracing::debug!(leader, "fetch refused: {e}");
+                healthy = false;
+            }
             for topic in response.responses {
                 for data in topic.partitions {
                     let Some(asked) = asked.iter().find(|a| a.partition == data.partition_index)

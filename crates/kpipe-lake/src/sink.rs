@@ -109,7 +109,7 @@ pub fn run(
         codec: options.codec,
         dead_letters: Mutex::new(dead_letters),
     });
-    // A worker per core at most: the polling thread and librdkafka need some too.
+    // A worker per core at most: the reading and fetching threads need some too.
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let workers = Arc::new(Workers::start(partitions.min(cores), shared.clone())?);
     let config = kafka.config_with_defaults(&[
@@ -178,7 +178,12 @@ pub fn run(
         let mut finished_partition = false;
         let stopping = stop.load(Ordering::Relaxed);
         let mut blocks: Vec<_> = polled.block.into_iter().collect();
-        if stopping || options.until_end && idle {
+        // Blocks librdkafka's messages are still being copied into join a
+        // flush that is about to be made, so a slow partition's few messages
+        // never wait for their block to fill.
+        let interval_due =
+            !pending.offsets.is_empty() && pending.since.elapsed() >= options.flush_interval;
+        if stopping || interval_due || options.until_end && idle {
             blocks.extend(feed.drain());
         }
         for block in blocks {
@@ -207,9 +212,9 @@ pub fn run(
         let caught_up = options.until_end
             && (idle || finished_partition)
             && reached(&consumer, &positions, &targets)?;
-        let due = pending.rows >= options.flush_rows
-            || pending.bytes >= options.flush_bytes
-            || (!pending.offsets.is_empty() && pending.since.elapsed() >= options.flush_interval);
+        let due = interval_due
+            || pending.rows >= options.flush_rows
+            || pending.bytes >= options.flush_bytes;
         if (due || stopping || caught_up) && !pending.offsets.is_empty() {
             // One flush writes while the next fills, never two: exactly once needs at
             // most one uncommitted flush, because a restart resumes at the committed
