@@ -17,12 +17,12 @@ use bytes::Bytes;
 use kpipe_records::{Header, RecordSpan};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{ClientConfig, Offset};
 
 use crate::client::{ClientOptions, QuietContext, CONNECT_TIMEOUT};
 use crate::fetch::{FetchControl, FetchSettings, Fetcher};
-use crate::sink::is_transient;
+use crate::sink::{header_pairs, is_transient};
 
 /// Messages copied out of librdkafka into one block before it is handed on.
 const BLOCK_MESSAGES: usize = 1000;
@@ -59,9 +59,14 @@ impl MessageBlock {
         self.next_offset >= 0
     }
 
+    /// A message's value, None for a null one.
+    pub fn value(&self, message: &RecordSpan) -> Option<&[u8]> {
+        message.value.clone().map(|r| &self.bytes[r])
+    }
+
     /// A message's value; a null value reads as empty.
     pub fn payload(&self, message: &RecordSpan) -> &[u8] {
-        message.value.clone().map_or(&[], |r| &self.bytes[r])
+        self.value(message).unwrap_or_default()
     }
 
     pub fn key(&self, message: &RecordSpan) -> Option<&[u8]> {
@@ -85,7 +90,6 @@ impl MessageBlock {
 pub struct Copying {
     bytes: Vec<u8>,
     messages: Vec<RecordSpan>,
-    next_offset: i64,
 }
 
 impl Copying {
@@ -93,7 +97,6 @@ impl Copying {
         Copying {
             bytes: Vec::with_capacity(BLOCK_BYTES),
             messages: Vec::with_capacity(BLOCK_MESSAGES),
-            next_offset: -1,
         }
     }
 
@@ -101,17 +104,7 @@ impl Copying {
         let key = m.key().map(|k| self.copy(k));
         let value = m.payload().map(|v| self.copy(v));
         let start = self.bytes.len();
-        match m.headers() {
-            Some(headers) => kpipe_records::encode_headers(
-                &mut self.bytes,
-                headers
-                    .iter()
-                    .map(|h| (h.key.as_bytes(), h.value))
-                    .collect::<Vec<_>>()
-                    .into_iter(),
-            ),
-            None => kpipe_records::encode_headers(&mut self.bytes, std::iter::empty()),
-        }
+        kpipe_records::encode_headers(&mut self.bytes, header_pairs(m.headers()).into_iter());
         self.messages.push(RecordSpan {
             offset: m.offset(),
             timestamp: m.timestamp().to_millis().unwrap_or(-1),
@@ -119,7 +112,6 @@ impl Copying {
             value,
             headers: start..self.bytes.len(),
         });
-        self.next_offset = m.offset() + 1;
     }
 
     fn copy(&mut self, data: &[u8]) -> std::ops::Range<usize> {
@@ -133,14 +125,10 @@ impl Copying {
     }
 
     fn finish(self, partition: i32) -> MessageBlock {
-        MessageBlock {
-            partition,
-            bytes: Bytes::from(self.bytes),
-            messages: self.messages,
-            next_offset: self.next_offset,
-            at_end: false,
-            generation: 0,
-        }
+        let mut block = MessageBlock::new(partition, Bytes::from(self.bytes), 0);
+        block.next_offset = self.messages.last().map_or(-1, |m| m.offset + 1);
+        block.messages = self.messages;
+        block
     }
 }
 
@@ -230,7 +218,7 @@ impl Feed {
         }
     }
 
-    /// Blocks still gathering, at a stop.
+    /// Blocks still gathering, for a flush or a stop.
     pub fn drain(&mut self) -> Vec<MessageBlock> {
         match self {
             Feed::Own(_) => Vec::new(),

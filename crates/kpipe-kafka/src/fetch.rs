@@ -207,18 +207,19 @@ impl Fetcher {
 
     /// The next block of a currently assigned partition, waiting up to `timeout`.
     pub fn next(&self, timeout: Duration) -> Result<Option<MessageBlock>> {
-        if let Some(failure) = self.shared.state().failure.take() {
+        let received = self.blocks.recv_timeout(timeout);
+        // One lock per block: the failure check and the generation check share it.
+        let mut state = self.shared.state();
+        if let Some(failure) = state.failure.take() {
             bail!("{failure}");
         }
-        let block = match self.blocks.recv_timeout(timeout) {
+        let block = match received {
             Ok(Ok(block)) => block,
             Ok(Err(e)) => bail!("fetching failed: {e}"),
             Err(RecvTimeoutError::Timeout) => return Ok(None),
             Err(RecvTimeoutError::Disconnected) => bail!("the fetch thread stopped"),
         };
-        let current = self
-            .shared
-            .state()
+        let current = state
             .partitions
             .get(&block.partition)
             .is_some_and(|f| f.generation == block.generation);
@@ -326,16 +327,17 @@ impl Round {
             } else {
                 high
             };
-            self.advance(partition, generation, start);
+            self.set_next(partition, generation, Some(start));
         }
         None
     }
 
-    /// Moves a partition's next offset, unless it was reassigned meanwhile.
-    fn advance(&self, partition: i32, generation: u64, next: i64) {
+    /// Moves a partition's next offset (None: to be reset), unless it was
+    /// reassigned meanwhile.
+    fn set_next(&self, partition: i32, generation: u64, next: Option<i64>) {
         if let Some(f) = self.shared.state().partitions.get_mut(&partition) {
             if f.generation == generation {
-                f.next = Some(next);
+                f.next = next;
             }
         }
     }
@@ -423,12 +425,7 @@ impl Round {
                     offset = asked.offset,
                     "offset out of range; starting again as auto.offset.reset says"
                 );
-                let mut state = self.shared.state();
-                if let Some(f) = state.partitions.get_mut(&asked.partition) {
-                    if f.generation == asked.generation {
-                        f.next = None;
-                    }
-                }
+                self.set_next(asked.partition, asked.generation, None);
                 return Ok(true);
             }
             Some(e) if e.is_retriable() => {
@@ -481,7 +478,7 @@ impl Round {
             } else {
                 self.ended.remove(&asked.partition);
             }
-            self.advance(asked.partition, asked.generation, last.next_offset);
+            self.set_next(asked.partition, asked.generation, Some(last.next_offset));
         }
         for block in blocks {
             if tx.send(Ok(block)).is_err() {

@@ -1655,7 +1655,7 @@ impl Partitions for FetchedPartitions<'_> {
                     let message = Message {
                         topic: self.reading.decode_as,
                         key: block.key(span),
-                        value: span.value.as_ref().map(|_| block.payload(span)),
+                        value: block.value(span),
                         timestamp: span.timestamp.max(0),
                         partition: block.partition,
                         offset: span.offset,
