@@ -1,7 +1,5 @@
 //! Expression evaluation over a row, with SQL's null rules.
 
-use std::collections::HashMap;
-
 use anyhow::{anyhow, bail, Result};
 use serde_json::{Map, Value};
 
@@ -10,9 +8,7 @@ use crate::functions::scalar;
 use crate::parser::{BinaryOp, Expr};
 use crate::types::cast;
 
-/// A row's columns by name. Rows are built per record, so the hasher is
-/// FxHash: SipHash's DoS resistance buys nothing for column names.
-pub(crate) type Row = HashMap<String, Value, rustc_hash::FxBuildHasher>;
+pub(crate) use crate::row::Row;
 
 /// SQL's three-valued logic: null in, null out (AND/OR excepted). Aggregate
 /// calls take their current values from `aggregates`.

@@ -4,12 +4,15 @@
 //! are comma-separated text; KAFKA holds one primitive column.
 
 use anyhow::{bail, Result};
+use serde::de::value::{MapAccessDeserializer, SeqAccessDeserializer};
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::engine::{Record, Source};
 use crate::eval::Row;
 use crate::parser::{ColumnDef, SqlType};
-use crate::types::{coerce, decimal, field, java_double};
+use crate::types::{coerce, coerce_owned, decimal, field, java_double};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Format {
@@ -82,23 +85,40 @@ pub(crate) fn decode_reusing(
         return Ok(None);
     }
     decode_key_into(source, &record.key, &mut row);
+    if value_into(source, &record.value, &mut row).is_none() {
+        return Ok(None);
+    }
+    let (partition, offset) = (record.partition, record.offset);
+    meta_into(
+        source,
+        &mut row,
+        record.timestamp,
+        partition,
+        offset,
+        record.window,
+    );
+    Ok(Some(row))
+}
+
+/// A (non-null) value's columns into `row`; None when it holds no row.
+pub(crate) fn value_into(source: &Source, value: &Value, row: &mut Row) -> Option<()> {
     let values: Vec<&ColumnDef> = source.columns.iter().filter(|c| !c.key).collect();
     match source.value_format {
-        Format::Json | Format::Avro => match (&record.value, values.as_slice()) {
+        Format::Json | Format::Avro => match (value, values.as_slice()) {
             (value, [only]) if !source.wrap_single_value => {
-                set(&mut row, &only.name, coerce(value, &only.ty));
+                row.set(&only.name, coerce(value, &only.ty));
             }
             (Value::Object(object), _) => {
                 for column in &values {
                     let value =
                         field(object, &column.name).map_or(Value::Null, |v| coerce(v, &column.ty));
-                    set(&mut row, &column.name, value);
+                    row.set(&column.name, value);
                 }
             }
-            _ => return Ok(None),
+            _ => return None,
         },
         Format::Delimited | Format::Kafka => {
-            let text = match &record.value {
+            let text = match value {
                 Value::String(s) => s.clone(),
                 other => other.to_string(),
             };
@@ -108,35 +128,37 @@ pub(crate) fn decode_reusing(
                 split_delimited(&text)
             };
             if fields.len() != values.len() {
-                return Ok(None);
+                return None;
             }
             for (column, text) in values.iter().zip(fields) {
-                set(&mut row, &column.name, delimited_field(text, &column.ty));
+                row.set(&column.name, delimited_field(text, &column.ty));
             }
         }
     }
-    set(&mut row, "ROWTIME", Value::from(record.timestamp));
-    set(&mut row, "ROWPARTITION", Value::from(record.partition));
-    set(&mut row, "ROWOFFSET", Value::from(record.offset));
-    match record.window.filter(|_| source.window.is_some()) {
+    Some(())
+}
+
+/// The pseudo columns: ROWTIME, ROWPARTITION, ROWOFFSET, and for a windowed
+/// source WINDOWSTART and WINDOWEND.
+pub(crate) fn meta_into(
+    source: &Source,
+    row: &mut Row,
+    timestamp: i64,
+    partition: i32,
+    offset: i64,
+    window: Option<(i64, i64)>,
+) {
+    row.set("ROWTIME", Value::from(timestamp));
+    row.set("ROWPARTITION", Value::from(partition));
+    row.set("ROWOFFSET", Value::from(offset));
+    match window.filter(|_| source.window.is_some()) {
         Some((start, end)) => {
-            set(&mut row, "WINDOWSTART", Value::from(start));
-            set(&mut row, "WINDOWEND", Value::from(end));
+            row.set("WINDOWSTART", Value::from(start));
+            row.set("WINDOWEND", Value::from(end));
         }
         None => {
             row.remove("WINDOWSTART");
             row.remove("WINDOWEND");
-        }
-    }
-    Ok(Some(row))
-}
-
-/// Sets a column, allocating its name only the first time.
-fn set(row: &mut Row, name: &str, value: Value) {
-    match row.get_mut(name) {
-        Some(slot) => *slot = value,
-        None => {
-            row.insert(name.to_string(), value);
         }
     }
 }
@@ -149,10 +171,8 @@ pub(crate) fn decode_key(source: &Source, key: &Value) -> Row {
     row
 }
 
-fn decode_key_into(source: &Source, key: &Value, row: &mut Row) {
+pub(crate) fn decode_key_into(source: &Source, key: &Value, row: &mut Row) {
     let columns: Vec<&ColumnDef> = source.columns.iter().filter(|c| c.key).collect();
-    // Room for every column and the pseudo columns, so decoding never rehashes.
-    row.reserve((source.columns.len() + 5).saturating_sub(row.len()));
     match (columns.as_slice(), source.key_format) {
         ([], _) => {}
         ([only], Format::Delimited) => {
@@ -162,10 +182,10 @@ fn decode_key_into(source: &Source, key: &Value, row: &mut Row) {
             } else {
                 delimited_field(text, &only.ty)
             };
-            set(row, &only.name, value);
+            row.set(&only.name, value);
         }
         ([only], _) => {
-            set(row, &only.name, coerce(key, &only.ty));
+            row.set(&only.name, coerce(key, &only.ty));
         }
         (many, Format::Delimited) => {
             let fields = key.as_str().map(split_delimited).unwrap_or_default();
@@ -173,7 +193,7 @@ fn decode_key_into(source: &Source, key: &Value, row: &mut Row) {
                 let value = fields.get(i).map_or(Value::Null, |text| {
                     delimited_field(text.clone(), &column.ty)
                 });
-                set(row, &column.name, value);
+                row.set(&column.name, value);
             }
         }
         (many, _) => {
@@ -184,7 +204,7 @@ fn decode_key_into(source: &Source, key: &Value, row: &mut Row) {
                     }
                     _ => Value::Null,
                 };
-                set(row, &column.name, value);
+                row.set(&column.name, value);
             }
         }
     }
@@ -289,6 +309,180 @@ pub(crate) fn delimited_line(values: &[(&ColumnDef, Value)]) -> String {
         });
     }
     line.join(",")
+}
+
+/// A JSON object's fields read straight into `row`'s value columns, as
+/// [`value_into`] reads them from a parsed object (the field named as the
+/// column, else the one named so but for case), without building the object.
+/// False when this shortcut does not apply: the value is no object, is not
+/// JSON, or names a column twice; [`value_into`] decides then.
+pub(crate) fn json_fields_into(source: &Source, bytes: &[u8], row: &mut Row) -> bool {
+    let values = source.columns.iter().filter(|c| !c.key);
+    let count = values.clone().count();
+    if (count == 1 && !source.wrap_single_value) || count > 64 {
+        return false;
+    }
+    let mut parser = serde_json::Deserializer::from_slice(bytes);
+    let fields = JsonFields { source, row };
+    let Ok(found) = parser.deserialize_map(fields) else {
+        return false;
+    };
+    for (i, column) in values.enumerate() {
+        if found & (1 << i) == 0 {
+            row.set(&column.name, Value::Null);
+        }
+    }
+    parser.end().is_ok()
+}
+
+struct JsonFields<'a> {
+    source: &'a Source,
+    row: &'a mut Row,
+}
+
+impl<'de> Visitor<'de> for JsonFields<'_> {
+    /// The value columns found, by bit.
+    type Value = u64;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<u64, A::Error> {
+        // Per value column (by its bit): a field named exactly as it, or but for case.
+        let (mut exact, mut folded) = (0u64, 0u64);
+        let columns = || self.source.columns.iter().filter(|c| !c.key);
+        while let Some(found) = map.next_key_seed(ColumnOf(self.source))? {
+            let Some((i, is_exact)) = found else {
+                map.next_value::<IgnoredAny>()?;
+                continue;
+            };
+            let bit = 1u64 << i;
+            let column = columns().nth(i).expect("a value column's index");
+            if is_exact {
+                exact |= bit;
+            } else if exact & bit != 0 {
+                map.next_value::<IgnoredAny>()?;
+                continue;
+            } else if folded & bit != 0 {
+                // Which of two spellings wins is the parsed object's key order.
+                return Err(serde::de::Error::custom("a column named twice"));
+            } else {
+                folded |= bit;
+            }
+            let slot = self.row.slot(&column.name);
+            map.next_value_seed(ValueInto(slot, &column.ty))?;
+        }
+        Ok(exact | folded)
+    }
+}
+
+/// A JSON value written over a column's value, as [`coerce`] converts it;
+/// text reuses the room of the text it replaces.
+struct ValueInto<'a>(&'a mut Value, &'a SqlType);
+
+impl ValueInto<'_> {
+    fn put(self, value: Value) {
+        *self.0 = coerce_owned(value, self.1);
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for ValueInto<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ValueInto<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<(), E> {
+        match (self.1, &mut *self.0) {
+            (SqlType::String | SqlType::Bytes, Value::String(room)) => {
+                room.clear();
+                room.push_str(text);
+            }
+            _ => self.put(Value::from(text)),
+        }
+        Ok(())
+    }
+
+    fn visit_bool<E>(self, b: bool) -> Result<(), E> {
+        self.put(Value::Bool(b));
+        Ok(())
+    }
+
+    fn visit_i64<E>(self, n: i64) -> Result<(), E> {
+        self.put(Value::from(n));
+        Ok(())
+    }
+
+    fn visit_u64<E>(self, n: u64) -> Result<(), E> {
+        self.put(Value::from(n));
+        Ok(())
+    }
+
+    fn visit_f64<E>(self, f: f64) -> Result<(), E> {
+        self.put(Value::from(f));
+        Ok(())
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        self.put(Value::Null);
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, items: A) -> Result<(), A::Error> {
+        self.put(Value::deserialize(SeqAccessDeserializer::new(items))?);
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, fields: A) -> Result<(), A::Error> {
+        self.put(Value::deserialize(MapAccessDeserializer::new(fields))?);
+        Ok(())
+    }
+}
+
+/// A field name as the value column it names: its index among the value
+/// columns and whether the name is exact (not only equal but for case).
+struct ColumnOf<'a>(&'a Source);
+
+impl<'de> DeserializeSeed<'de> for ColumnOf<'_> {
+    type Value = Option<(usize, bool)>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ColumnOf<'_> {
+    type Value = Option<(usize, bool)>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a field name")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<Self::Value, E> {
+        let mut folded = None;
+        for (i, column) in self.0.columns.iter().filter(|c| !c.key).enumerate() {
+            if column.name == name {
+                return Ok(Some((i, true)));
+            }
+            if column.name.eq_ignore_ascii_case(name) {
+                if folded.is_some() {
+                    return Err(E::custom("a field naming two columns but for case"));
+                }
+                folded = Some((i, false));
+            }
+        }
+        Ok(folded)
+    }
 }
 
 #[cfg(test)]

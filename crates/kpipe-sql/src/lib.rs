@@ -38,6 +38,7 @@ pub mod pull;
 pub mod qtt;
 pub mod rest;
 pub mod resttest;
+mod row;
 pub mod state;
 mod time;
 mod types;

@@ -22,7 +22,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{RecvTimeoutError, SyncSender};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -43,7 +43,8 @@ use serde_json::Value;
 
 use crate::catalog::SourceInfo;
 use crate::durable::{self, Durability, DurableSink, Member, Repartitioner, Stage};
-use crate::engine::{Engine, Executed, Record};
+use crate::engine::{Engine, Executed, Record, Source};
+use crate::eval::Row;
 use crate::merge::{merge, Bounds, Carried, Head, Partitions, Polled};
 use crate::parser::{parse, ColumnDef, Listing, Select, SourceKind, SqlType, Statement};
 use crate::pull::{partition_for, PullSettings, View};
@@ -583,8 +584,16 @@ impl Session {
                                     bounded,
                                     idle,
                                 };
-                                let read = |fed, quit: &AtomicBool| {
-                                    read_merged(&options, &engine, &feed, &stops, quit, fed)
+                                let read = |fed, quit: &AtomicBool, rows| {
+                                    read_merged(
+                                        &options,
+                                        &engine,
+                                        &feed,
+                                        &stops,
+                                        quit,
+                                        fed,
+                                        Some(rows),
+                                    )
                                 };
                                 let mut topic = topic;
                                 let counts = drive(
@@ -700,8 +709,9 @@ impl Session {
         let (fed, received) = std::sync::mpsc::sync_channel::<Fed>(4);
         let mut records = Vec::new();
         std::thread::scope(|scope| -> Result<()> {
-            let reader =
-                scope.spawn(|| read_merged(&self.options, &self.engine, &feed, &stops, &quit, fed));
+            let reader = scope.spawn(|| {
+                read_merged(&self.options, &self.engine, &feed, &stops, &quit, fed, None)
+            });
             let batches = received.iter().filter_map(|fed| match fed {
                 Fed::Batch(batch) => Some(batch),
                 _ => None,
@@ -709,6 +719,7 @@ impl Session {
             for head in batches.flatten() {
                 match head {
                     Head::Record(record) | Head::Carried(record, _) => records.push(record),
+                    Head::Decoded(_) => unreachable!("read without rows to decode into"),
                     Head::Bad {
                         error,
                         partition,
@@ -970,8 +981,9 @@ impl Push {
                 Ok(rows < self.limit)
             };
             let (options, engine, feed) = (&self.options, &self.engine, &self.feed);
-            let read =
-                |fed, quit: &AtomicBool| read_merged(options, engine, feed, &stops, quit, fed);
+            let read = |fed, quit: &AtomicBool, rows| {
+                read_merged(options, engine, feed, &stops, quit, fed, Some(rows))
+            };
             drive(
                 options,
                 Tasks::One(engine.clone()),
@@ -1262,7 +1274,7 @@ fn drive(
     options: &ClientOptions,
     mut tasks: Tasks,
     topic: &str,
-    read: impl FnOnce(SyncSender<Fed>, &AtomicBool) -> Result<()> + Send,
+    read: impl FnOnce(SyncSender<Fed>, &AtomicBool, Receiver<Vec<Row>>) -> Result<()> + Send,
     dead_letter_topic: Option<&str>,
     sink: &mut dyn Sink,
 ) -> Result<Counts> {
@@ -1276,10 +1288,13 @@ fn drive(
     let mut checkpointed = Instant::now();
     let processed = std::thread::scope(|scope| -> Result<()> {
         let (fed, received) = std::sync::mpsc::sync_channel::<Fed>(4);
+        // Rows the reader decoded, going back to it to be decoded into again.
+        let (give_back, rows_back) = std::sync::mpsc::channel::<Vec<Row>>();
+        let mut used_rows = Vec::new();
         let quit = &quit;
         let reader = std::thread::Builder::new()
             .name("sql-reader".into())
-            .spawn_scoped(scope, move || read(fed, quit))?;
+            .spawn_scoped(scope, move || read(fed, quit, rows_back))?;
         let ran = (|| -> Result<()> {
             loop {
                 let fed = match every {
@@ -1318,10 +1333,30 @@ fn drive(
                         continue;
                     }
                 };
+                if !used_rows.is_empty() {
+                    // A reader that does not decode ahead has gone: no matter.
+                    let _ = give_back.send(std::mem::take(&mut used_rows));
+                }
                 for head in batch {
                     let (record, carried) = match head {
                         Head::Record(record) => (record, None),
                         Head::Carried(record, carried) => (record, Some(carried)),
+                        Head::Decoded(decoded) => {
+                            let Some(task) = tasks.get_mut(decoded.partition) else {
+                                continue;
+                            };
+                            counts.read += 1;
+                            next.insert(decoded.partition, decoded.offset + 1);
+                            // Rows are decoded ahead only by read_merged, whose
+                            // records all come from `topic`.
+                            let outcome = task.process_row(topic, &decoded);
+                            let (partition, offset) = (decoded.partition, decoded.offset);
+                            used_rows.push(decoded.row);
+                            if !emit_all(sink, task, outcome, partition, offset, &mut counts)? {
+                                return Ok(());
+                            }
+                            continue;
+                        }
                         Head::Bad {
                             error,
                             key,
@@ -1362,22 +1397,9 @@ fn drive(
                         }
                         _ => task.process(&record),
                     };
-                    let produced = match outcome {
-                        Ok(produced) => produced,
-                        Err(e) => {
-                            counts.skipped += 1;
-                            tracing::warn!(
-                                partition = record.partition,
-                                offset = record.offset,
-                                "skipping a record the query cannot process: {e:#}"
-                            );
-                            continue;
-                        }
-                    };
-                    for record in &produced {
-                        if !sink.emit(task, record)? {
-                            return Ok(());
-                        }
+                    let (partition, offset) = (record.partition, record.offset);
+                    if !emit_all(sink, task, outcome, partition, offset, &mut counts)? {
+                        return Ok(());
                     }
                 }
                 if every.is_some_and(|every| checkpointed.elapsed() >= every) {
@@ -1401,6 +1423,37 @@ fn drive(
     sink.flush()?;
     dead_letters.flush()?;
     Ok(counts)
+}
+
+/// What processing a record produced, written to `sink`; a record the
+/// query cannot process is counted and skipped. False when the sink wants
+/// no more.
+fn emit_all(
+    sink: &mut dyn Sink,
+    task: &Engine,
+    outcome: Result<Vec<Record>>,
+    partition: i32,
+    offset: i64,
+    counts: &mut Counts,
+) -> Result<bool> {
+    let produced = match outcome {
+        Ok(produced) => produced,
+        Err(e) => {
+            counts.skipped += 1;
+            tracing::warn!(
+                partition,
+                offset,
+                "skipping a record the query cannot process: {e:#}"
+            );
+            return Ok(true);
+        }
+    };
+    for record in &produced {
+        if !sink.emit(task, record)? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 fn stopped(stops: &[Arc<AtomicBool>]) -> bool {
@@ -1519,7 +1572,8 @@ impl DurableRun<'_> {
             decoder: self.engine,
             carry,
         };
-        let read = |fed, quit: &AtomicBool| {
+        // The group's records are not decoded ahead: its stages carry bytes.
+        let read = |fed, quit: &AtomicBool, _rows| {
             let keep_going = || !quit.load(Ordering::Relaxed) && (self.keep_going)();
             read_group(&member, &reading, self.idle, keep_going, fed)
         };
@@ -1548,6 +1602,7 @@ fn read_merged(
     stops: &[Arc<AtomicBool>],
     quit: &AtomicBool,
     fed: SyncSender<Fed>,
+    rows_back: Option<Receiver<Vec<Row>>>,
 ) -> Result<()> {
     let probe = options.metadata_client()?;
     let partitions = options.require_topic(&probe, &feed.topic)? as i32;
@@ -1592,8 +1647,17 @@ fn read_merged(
             .collect();
         fetcher.control().assign(&starts);
         let failed = AtomicBool::new(false);
+        let rows = rows_back.and_then(|returned| {
+            Some(DecodedRows {
+                source: decoder.row_source(&feed.topic)?,
+                template: None,
+                spare: Vec::new(),
+                returned,
+            })
+        });
         let mut fetched = FetchedPartitions {
             fetcher,
+            rows,
             queued: (0..partitions).map(|_| VecDeque::new()).collect(),
             next: vec![0; partitions as usize],
             reading: &reading,
@@ -1637,6 +1701,8 @@ struct FetchedPartitions<'a> {
     /// The next message of each partition's first queued block.
     next: Vec<usize>,
     reading: &'a Reading<'a>,
+    /// Decoding into rows here, off the query's thread, when the query allows.
+    rows: Option<DecodedRows<'a>>,
     /// Set when the fetcher failed, which stops the merge.
     failed: &'a AtomicBool,
     failure: Option<anyhow::Error>,
@@ -1660,7 +1726,9 @@ impl Partitions for FetchedPartitions<'_> {
                         partition: block.partition,
                         offset: span.offset,
                     };
-                    return Polled::Head(decode(self.reading.decoder, &message));
+                    let decoder = self.reading.decoder;
+                    let decoded = self.rows.as_mut().and_then(|r| r.decode(decoder, &message));
+                    return Polled::Head(decoded.unwrap_or_else(|| decode(decoder, &message)));
                 }
                 let at_end = block.at_end;
                 self.queued[p].pop_front();
@@ -1689,6 +1757,37 @@ impl Partitions for FetchedPartitions<'_> {
                 }
             }
         }
+    }
+}
+
+/// Records decoded into their source's rows by the reader, so the query's
+/// thread, the busier one, only evaluates them. bench/sql.sh: ...
+struct DecodedRows<'a> {
+    source: &'a Source,
+    /// The first row decoded: new rows are its copies, so all share its names.
+    template: Option<Row>,
+    spare: Vec<Row>,
+    /// Rows the query is done with, their column names kept for reuse.
+    returned: Receiver<Vec<Row>>,
+}
+
+impl DecodedRows<'_> {
+    /// The message decoded into a row; None when it is no row (a tombstone,
+    /// say): the query takes it as a whole record.
+    fn decode(&mut self, decoder: &Engine, message: &Message<'_>) -> Option<Head> {
+        if self.spare.is_empty() {
+            self.spare.extend(self.returned.try_iter().flatten());
+        }
+        let row = self
+            .spare
+            .pop()
+            .or_else(|| self.template.clone())
+            .unwrap_or_default();
+        let decoded = decoder.decode_row(self.source, message, row)?;
+        if self.template.is_none() {
+            self.template = Some(decoded.row.clone());
+        }
+        Some(Head::Decoded(decoded))
     }
 }
 

@@ -7,12 +7,14 @@
 
 use std::time::{Duration, Instant};
 
-use crate::engine::Record;
+use crate::engine::{Record, RowRecord};
 
 /// A partition's next record, read ahead so partitions merge by timestamp.
 #[derive(Debug)]
 pub(crate) enum Head {
     Record(Record),
+    /// A record the reader decoded into its source's row.
+    Decoded(RowRecord),
     /// A record with what a repartitioned query's stages need besides it.
     Carried(Record, Box<Carried>),
     /// A message that cannot be read, kept whole for the dead-letter topic.
@@ -30,6 +32,7 @@ impl Head {
     fn timestamp(&self) -> i64 {
         match self {
             Head::Record(r) | Head::Carried(r, _) => r.timestamp,
+            Head::Decoded(r) => r.timestamp,
             Head::Bad { .. } => i64::MIN,
         }
     }
@@ -37,6 +40,7 @@ impl Head {
     fn offset(&self) -> i64 {
         match self {
             Head::Record(r) | Head::Carried(r, _) => r.offset,
+            Head::Decoded(r) => r.offset,
             Head::Bad { offset, .. } => *offset,
         }
     }

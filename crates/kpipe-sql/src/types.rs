@@ -53,6 +53,14 @@ impl SqlType {
     }
 }
 
+/// [`coerce`] of a value no longer needed: text stays where it is.
+pub(crate) fn coerce_owned(value: Value, ty: &SqlType) -> Value {
+    match (ty, value) {
+        (SqlType::String | SqlType::Bytes, text @ Value::String(_)) => text,
+        (_, value) => coerce(&value, ty),
+    }
+}
+
 /// A value read from a topic (JSON, or the text of a DELIMITED field) as a
 /// value of `ty`; what does not convert becomes null.
 pub(crate) fn coerce(value: &Value, ty: &SqlType) -> Value {

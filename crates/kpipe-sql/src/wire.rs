@@ -8,8 +8,9 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 
 use crate::avro::{self, SchemaRegistry};
-use crate::engine::{Engine, Record, Source};
-use crate::format::Format;
+use crate::engine::{Engine, Record, RowRecord, Source};
+use crate::eval::Row;
+use crate::format::{decode_key_into, json_fields_into, meta_into, value_into, Format};
 use crate::parser::{ColumnDef, SqlType};
 
 /// One Kafka message's parts, as the runtime hands them to the engine.
@@ -50,6 +51,37 @@ impl Engine {
             window,
             partition: message.partition,
             offset: message.offset,
+        })
+    }
+
+    /// A message of `source` (see [`Engine::row_source`]) decoded into `row`
+    /// straight from its bytes. None when it is no row (a tombstone, a
+    /// value that does not decode): the query then takes the whole record,
+    /// which [`Engine::decode_message`] reads or explains.
+    pub(crate) fn decode_row(
+        &self,
+        source: &Source,
+        message: &Message<'_>,
+        mut row: Row,
+    ) -> Option<RowRecord> {
+        let bytes = message.value?;
+        let (key, window) = match message.key {
+            None => (Value::Null, None),
+            Some(key) => decode_key(source, &self.registry, key).ok()?,
+        };
+        decode_key_into(source, &key, &mut row);
+        if !(source.value_format == Format::Json && json_fields_into(source, bytes, &mut row)) {
+            let value = decode_value(source, &self.registry, bytes).ok()?;
+            value_into(source, &value, &mut row)?;
+        }
+        let (timestamp, partition, offset) = (message.timestamp, message.partition, message.offset);
+        meta_into(source, &mut row, timestamp, partition, offset, window);
+        Some(RowRecord {
+            row,
+            timestamp,
+            window,
+            partition,
+            offset,
         })
     }
 
@@ -274,6 +306,65 @@ mod tests {
     use super::*;
 
     use crate::engine::engine_with as engine;
+
+    #[test]
+    fn rows_decoded_straight_from_json_match_rows_of_the_parsed_record() {
+        let scripts = [
+            "CREATE STREAM p (id INT KEY, name STRING, Amount INT, tags ARRAY<STRING>,
+                 inner STRUCT<x DOUBLE>, `Mixed` STRING, flag BOOLEAN)
+                 WITH (kafka_topic='p', value_format='JSON');",
+            "CREATE STREAM p (amount INT) WITH (kafka_topic='p', value_format='JSON', wrap_single_value=false);",
+        ];
+        let values: [&[u8]; 14] = [
+            br#"{"name":"Carol","amount":5,"tags":["a","b"],"inner":{"X":1.5},"flag":true}"#,
+            br#"{"NAME":"exact","name":"folded","AMOUNT":"12"}"#,
+            br#"{"name":"folded","NAME":"exact"}"#,
+            br#"{"Name":"one","nAme":"two"}"#,
+            br#"{"name":"dup","name":"last"}"#,
+            br#"{"Mixed":"exact","MIXED":"folded"}"#,
+            br#"{"mixed":"folded only","extra":{"deep":[1,{"a":null}]}}"#,
+            br#"{"name":"escaped key","amount":1e3,"flag":"true"}"#,
+            br#"{"amount":-7.9,"name":17,"inner":null}"#,
+            br#"{}"#,
+            br#"[1,2]"#,
+            br#"42"#,
+            br#"{"name":"trailing"} x"#,
+            br#"{"name":"#,
+        ];
+        for script in scripts {
+            let engine = engine(&format!("{script} CREATE STREAM o AS SELECT * FROM p;"));
+            let source = engine
+                .row_source("p")
+                .expect("a plain stream query reads p");
+            for value in values {
+                let message = Message {
+                    topic: "p",
+                    key: Some(&7i32.to_be_bytes()),
+                    value: Some(value),
+                    timestamp: 12_345,
+                    partition: 2,
+                    offset: 40,
+                };
+                let parsed = engine
+                    .decode_message(&message)
+                    .ok()
+                    .and_then(|record| crate::format::decode(source, &record).ok().flatten());
+                let mut warm = engine
+                    .decode_row(source, &message, Row::default())
+                    .map(|r| r.row)
+                    .unwrap_or_default();
+                let names: Vec<String> = warm.iter().map(|(name, _)| name.clone()).collect();
+                for name in names {
+                    warm.set(&name, Value::from("left over"));
+                }
+                let decoded = engine.decode_row(source, &message, Row::default());
+                let reused = engine.decode_row(source, &message, warm);
+                let text = String::from_utf8_lossy(value);
+                assert_eq!(decoded.map(|r| r.row), parsed, "{script} {text}");
+                assert_eq!(reused.map(|r| r.row), parsed, "reused row: {script} {text}");
+            }
+        }
+    }
 
     #[test]
     fn a_topic_read_in_two_formats_is_decoded_as_its_query_reads_it() {
