@@ -128,6 +128,8 @@ pub(crate) struct Aggregation {
     pub(crate) pending: FxHashMap<String, Pending>,
     /// Where each record's group-and-window id is written.
     id_buffer: String,
+    /// The last window's part of the id: consecutive records mostly share it.
+    window_suffix: Option<(Option<(i64, i64)>, String)>,
     /// Session windows: per group, its sessions `(start, end, values)`.
     pub(crate) sessions: HashMap<String, Vec<(i64, i64, Vec<Value>)>>,
     settings: AggregateSettings,
@@ -1031,7 +1033,11 @@ fn stream_row(
     // allocated only when a window opens.
     let mut id = std::mem::take(&mut aggregation.id_buffer);
     for window in windows_of(select.window, timestamp, aggregation.stream_time) {
-        write_group_id(&mut id, &group, window);
+        let suffix = match &mut aggregation.window_suffix {
+            Some((last, text)) if *last == window => text,
+            cached => &mut cached.insert((window, window_suffix(window))).1,
+        };
+        write_group_id(&mut id, &group, suffix);
         let first = !aggregation.groups.contains_key(id.as_str());
         if first {
             let values = aggregation.calls.iter().map(initial).collect();
@@ -1090,40 +1096,18 @@ fn stream_row(
 }
 
 /// A group-and-window id, `{group}@{window:?}` (a state key, so its text
-/// stays as it was), written without the formatting machinery: for each
-/// record, that cost more than the aggregating (bench/sql.sh's profile).
-fn write_group_id(id: &mut String, group: &Value, window: Option<(i64, i64)>) {
+/// stays as it was), written without the formatting machinery, which cost
+/// more than the aggregating (bench/sql.sh's profile): the group as JSON,
+/// then the window's part, made once per window by [`window_suffix`].
+fn write_group_id(id: &mut String, group: &Value, suffix: &str) {
     id.clear();
     // serde_json writes valid UTF-8 in whole pieces, and a String takes any.
     let _ = serde_json::to_writer(TextWriter(id), group);
-    match window {
-        None => id.push_str("@None"),
-        Some((start, end)) => {
-            id.push_str("@Some((");
-            push_integer(id, start);
-            id.push_str(", ");
-            push_integer(id, end);
-            id.push_str("))");
-        }
-    }
+    id.push_str(suffix);
 }
 
-fn push_integer(out: &mut String, n: i64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    let mut rest = n.unsigned_abs();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
-    }
-    if n < 0 {
-        out.push('-');
-    }
-    out.extend(digits[at..].iter().map(|&d| d as char));
+fn window_suffix(window: Option<(i64, i64)>) -> String {
+    format!("@{window:?}")
 }
 
 /// A String as an io::Write for serde_json.
@@ -1788,7 +1772,7 @@ mod tests {
             Some((i64::MIN, 1)),
         ] {
             let mut id = "stale".to_string();
-            write_group_id(&mut id, &group, window);
+            write_group_id(&mut id, &group, &window_suffix(window));
             assert_eq!(id, format!("{group}@{window:?}"));
         }
     }

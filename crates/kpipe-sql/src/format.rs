@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 use crate::engine::{Record, Source};
 use crate::eval::Row;
 use crate::parser::{ColumnDef, SqlType};
+use crate::row::same;
 use crate::types::{coerce, coerce_owned, decimal, field, java_double};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,6 +157,8 @@ pub(crate) fn meta_into(
             row.set("WINDOWSTART", Value::from(start));
             row.set("WINDOWEND", Value::from(end));
         }
+        // Rows of an unwindowed source never had them.
+        None if source.window.is_none() => {}
         None => {
             row.remove("WINDOWSTART");
             row.remove("WINDOWEND");
@@ -471,7 +474,7 @@ impl<'de> Visitor<'de> for ColumnOf<'_> {
     fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<Self::Value, E> {
         let mut folded = None;
         for (i, column) in self.0.columns.iter().filter(|c| !c.key).enumerate() {
-            if column.name == name {
+            if same(&column.name, name) {
                 return Ok(Some((i, true)));
             }
             if column.name.eq_ignore_ascii_case(name) {

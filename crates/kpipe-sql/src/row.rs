@@ -111,7 +111,7 @@ impl Clone for Names {
 /// Whether two column names are the same. Names are short, and calling out
 /// to memcmp for them cost more than the comparing.
 #[inline]
-fn same(a: &str, b: &str) -> bool {
+pub(crate) fn same(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(x, y)| x == y)
 }
 
