@@ -1,7 +1,8 @@
 //! kpipe-sql: streaming SQL in ksqlDB's dialect. A hand-written lexer and
 //! parser (`parser`), an engine that runs statements over topics (`engine`),
 //! the live session that runs it against Kafka (`live`, reading through the
-//! timestamp merge of `merge`, writing with `wire`), and the runner for
+//! timestamp merge of `merge` and decoding plain streams' JSON straight into
+//! `row`s on the reader's thread, writing with `wire`), and the runner for
 //! ksqlDB's query-validation tests (`qtt`), which feeds the same engine
 //! in-memory topics.
 //!
