@@ -935,7 +935,6 @@ fn stream_update(
     sink: &Source,
     record: &Record,
 ) -> Result<Vec<Record>> {
-    let window = record.window.filter(|_| from.window.is_some());
     let spare = query.spare_row.take().unwrap_or_default();
     let Some(row) = decode_reusing(from, record, spare)? else {
         // A null value passes through a plain projection as a null value.
@@ -955,6 +954,7 @@ fn stream_update(
             Vec::new()
         });
     };
+    let window = record.window.filter(|_| from.window.is_some());
     let produced = stream_row(query, sink, &row, record.timestamp, window);
     query.spare_row = Some(row);
     produced

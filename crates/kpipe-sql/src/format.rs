@@ -89,14 +89,14 @@ pub(crate) fn decode_reusing(
     if value_into(source, &record.value, &mut row).is_none() {
         return Ok(None);
     }
-    let (partition, offset) = (record.partition, record.offset);
+    let (timestamp, window) = (record.timestamp, record.window);
     meta_into(
         source,
         &mut row,
-        record.timestamp,
-        partition,
-        offset,
-        record.window,
+        timestamp,
+        record.partition,
+        record.offset,
+        window,
     );
     Ok(Some(row))
 }
