@@ -1,7 +1,7 @@
 //! Runs `kpipe broker` as a child process on a free loopback port, with its own
 //! data directory, so tests can restart it, SIGTERM it or kill -9 it.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -261,6 +261,13 @@ impl SeaweedFs {
             let _ = server.child.kill();
             panic!("SeaweedFS's S3 endpoint did not come up within 60 s");
         }
+        if !eventually(Duration::from_secs(60), || places_writes(ports[0])) {
+            let _ = server.child.kill();
+            panic!(
+                "SeaweedFS could not place a write within 60 s: no writable volume \
+                 (it keeps 1% of the disk free; is the disk nearly full?)"
+            );
+        }
         server
     }
 
@@ -279,6 +286,20 @@ impl Drop for SeaweedFs {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Whether SeaweedFS's master at `port` can assign a file id, i.e. has a
+/// writable volume. Without one, S3 uploads wait without an answer, and a
+/// sink hangs instead of failing (seen on a disk 99% full).
+fn places_writes(port: u16) -> bool {
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut answer = String::new();
+    stream.write_all(b"GET /dir/assign HTTP/1.0\r\n\r\n").is_ok()
+        && stream.read_to_string(&mut answer).is_ok()
+        && answer.contains("\"fid\"")
 }
 
 /// A free loopback port whose +10000 neighbour is free too.
