@@ -1338,38 +1338,20 @@ fn drive(
                     let _ = give_back.send(std::mem::take(&mut used_rows));
                 }
                 for head in batch {
-                    let (record, carried) = match head {
-                        Head::Record(record) => (record, None),
-                        Head::Carried(record, carried) => (record, Some(carried)),
-                        Head::Decoded(decoded) => {
-                            let Some(task) = tasks.get_mut(decoded.partition) else {
-                                continue;
-                            };
-                            counts.read += 1;
-                            next.insert(decoded.partition, decoded.offset + 1);
-                            // Rows are decoded ahead only by read_merged, whose
-                            // records all come from `topic`.
-                            let outcome = task.process_row(topic, &decoded);
-                            let (partition, offset) = (decoded.partition, decoded.offset);
-                            used_rows.push(decoded.row);
-                            if !emit_all(sink, task, outcome, partition, offset, &mut counts)? {
-                                return Ok(());
-                            }
-                            continue;
-                        }
+                    let (partition, offset) = (head.partition(), head.offset());
+                    let Some(task) = tasks.get_mut(partition) else {
+                        continue;
+                    };
+                    counts.read += 1;
+                    next.insert(partition, offset + 1);
+                    let outcome = match head {
                         Head::Bad {
                             error,
                             key,
                             payload,
-                            partition,
-                            offset,
+                            ..
                         } => {
-                            if tasks.get_mut(partition).is_none() {
-                                continue;
-                            }
-                            counts.read += 1;
                             counts.skipped += 1;
-                            next.insert(partition, offset + 1);
                             let origin = Origin {
                                 topic,
                                 partition,
@@ -1381,23 +1363,28 @@ fn drive(
                             dead_letters.send(&origin, &error)?;
                             continue;
                         }
-                    };
-                    let Some(task) = tasks.get_mut(record.partition) else {
-                        continue;
-                    };
-                    counts.read += 1;
-                    next.insert(record.partition, record.offset + 1);
-                    let origin = carried.as_ref().and_then(|c| c.origin);
-                    if origin.is_some_and(|origin| !sink.admit(record.partition, origin)) {
-                        continue;
-                    }
-                    let outcome = match &carried {
-                        Some(carried) if sink.forwards() => {
-                            sink.forward(task, &record, carried).map(|()| Vec::new())
+                        // Rows are decoded ahead only by read_merged, whose
+                        // records all come from `topic`.
+                        Head::Decoded(decoded) => {
+                            let outcome = task.process_row(topic, &decoded);
+                            used_rows.push(decoded.row);
+                            outcome
                         }
-                        _ => task.process(&record),
+                        Head::Record(record) => task.process(&record),
+                        Head::Carried(record, carried) => {
+                            if carried
+                                .origin
+                                .is_some_and(|origin| !sink.admit(partition, origin))
+                            {
+                                continue;
+                            }
+                            if sink.forwards() {
+                                sink.forward(task, &record, &carried).map(|()| Vec::new())
+                            } else {
+                                task.process(&record)
+                            }
+                        }
                     };
-                    let (partition, offset) = (record.partition, record.offset);
                     if !emit_all(sink, task, outcome, partition, offset, &mut counts)? {
                         return Ok(());
                     }

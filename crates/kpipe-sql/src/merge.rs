@@ -37,7 +37,15 @@ impl Head {
         }
     }
 
-    fn offset(&self) -> i64 {
+    pub(crate) fn partition(&self) -> i32 {
+        match self {
+            Head::Record(r) | Head::Carried(r, _) => r.partition,
+            Head::Decoded(r) => r.partition,
+            Head::Bad { partition, .. } => *partition,
+        }
+    }
+
+    pub(crate) fn offset(&self) -> i64 {
         match self {
             Head::Record(r) | Head::Carried(r, _) => r.offset,
             Head::Decoded(r) => r.offset,

@@ -297,7 +297,9 @@ fn places_writes(port: u16) -> bool {
     };
     let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
     let mut answer = String::new();
-    stream.write_all(b"GET /dir/assign HTTP/1.0\r\n\r\n").is_ok()
+    stream
+        .write_all(b"GET /dir/assign HTTP/1.0\r\n\r\n")
+        .is_ok()
         && stream.read_to_string(&mut answer).is_ok()
         && answer.contains("\"fid\"")
 }
