@@ -402,6 +402,9 @@ fn the_shell_runs_a_session_through_a_terminal() {
         "SHOW QUERIES;",
         // A push query streams until Ctrl-C, which stops it and not the shell.
         "SELECT name, amount, 'seen' AS tag FROM payments EMIT CHANGES;\n!interrupt-after |seen",
+        // The table's own changes, so the query has written before it ends
+        // (it joins its group after the push query has seen rows).
+        "SELECT name, n, 'counted' AS tag FROM counts EMIT CHANGES;\n!interrupt-after |counted",
         "TERMINATE CTAS_COUNTS_0;",
         "SHOW QUERIES;",
     ];
@@ -417,6 +420,7 @@ fn the_shell_runs_a_session_through_a_terminal() {
             "Created query with ID CTAS_COUNTS_0",
             "CTAS_COUNTS_0 ┆ RUNNING",
             "|seen",
+            "|counted",
             "Query terminated.",
             "(0 rows)",
             "exit=0",
