@@ -12,16 +12,16 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::{anyhow, bail, Result};
 use bytes::Bytes;
 use kpipe_records::{Header, RecordSpan};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::{ClientConfig, Offset};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use crate::client::{ClientOptions, QuietContext, CONNECT_TIMEOUT};
-use crate::fetch::{FetchControl, FetchSettings, Fetcher};
+use crate::fetch::{resets_to_earliest, FetchControl, FetchSettings, Fetcher};
 use crate::sink::{header_pairs, is_transient};
 
 /// Messages copied out of librdkafka into one block before it is handed on.
@@ -181,6 +181,7 @@ impl Feed {
                 if let Some(Err(e)) = consumer.poll(Duration::ZERO) {
                     check(e)?;
                 }
+                consumer.context().check_failure()?;
                 let revoked = consumer.context().take_revoked();
                 let block = fetcher.next(timeout)?;
                 Ok(Polled { revoked, block })
@@ -190,6 +191,7 @@ impl Feed {
                 let message = consumer
                     .poll(Duration::ZERO)
                     .or_else(|| consumer.poll(timeout));
+                consumer.context().check_failure()?;
                 let revoked = consumer.context().take_revoked();
                 for p in &revoked {
                     copying.remove(p);
@@ -244,35 +246,117 @@ fn check(e: KafkaError) -> Result<()> {
 /// What a member does with partitions before they leave.
 type OnRevoke = dyn Fn(&[i32]) + Send + Sync;
 
+/// What a member does with partitions before it reads them: each comes with
+/// the offset reading starts at.
+type OnAssign = dyn Fn(&[(i32, i64)]) -> Result<()> + Send + Sync;
+
 /// The context of a group member reading through a [`Feed`]: before a
 /// partition leaves, `on_revoke` runs (a sink drops or finishes what it holds
-/// of it) and the own fetcher stops reading it; a partition that arrives is
-/// paused in librdkafka and fetched by the own fetcher from the group's
-/// committed offset.
+/// of it) and the own fetcher stops reading it; when partitions arrive, the
+/// offsets reading starts at are settled (the group's committed offset, else
+/// where `auto.offset.reset` points), `on_assign` runs, and only then are they
+/// read: by the own fetcher, with librdkafka's fetching paused, or by librdkafka.
+/// A failure in between stops the member at its next read: reading from
+/// anywhere else could skip or repeat data.
 pub struct MemberContext {
     quiet: QuietContext,
     fetch: Option<FetchControl>,
+    reset_to_earliest: bool,
     on_revoke: Box<OnRevoke>,
+    on_assign: Box<OnAssign>,
     revoked: Mutex<Vec<i32>>,
+    failure: Mutex<Option<String>>,
 }
 
 crate::quiet_client_context!(MemberContext, quiet);
 
 impl MemberContext {
     pub fn new(
+        config: &ClientConfig,
         fetch: Option<FetchControl>,
         on_revoke: impl Fn(&[i32]) + Send + Sync + 'static,
+        on_assign: impl Fn(&[(i32, i64)]) -> Result<()> + Send + Sync + 'static,
     ) -> Self {
         MemberContext {
             quiet: QuietContext::default(),
             fetch,
+            reset_to_earliest: resets_to_earliest(config),
             on_revoke: Box::new(on_revoke),
+            on_assign: Box::new(on_assign),
             revoked: Mutex::default(),
+            failure: Mutex::default(),
         }
     }
 
     fn take_revoked(&self) -> Vec<i32> {
         std::mem::take(&mut *self.revoked.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Fails the member's next read.
+    fn fail(&self, error: String) {
+        self.failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert(error);
+    }
+
+    fn check_failure(&self) -> Result<()> {
+        match self
+            .failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            Some(failure) => bail!("{failure}"),
+            None => Ok(()),
+        }
+    }
+
+    /// Where each assigned partition's reading starts.
+    fn starts(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        partitions: &TopicPartitionList,
+    ) -> Result<Vec<(i32, i64)>> {
+        let committed = consumer
+            .committed_offsets(partitions.clone(), CONNECT_TIMEOUT)
+            .map_err(|e| anyhow!("cannot read the group's committed offsets: {e}"))?;
+        committed
+            .elements()
+            .iter()
+            .map(|e| {
+                if let Offset::Offset(o) = e.offset() {
+                    return Ok((e.partition(), o));
+                }
+                let (low, high) = consumer
+                    .fetch_watermarks(e.topic(), e.partition(), CONNECT_TIMEOUT)
+                    .map_err(|err| {
+                        anyhow!(
+                            "cannot read where {}[{}] starts: {err}",
+                            e.topic(),
+                            e.partition()
+                        )
+                    })?;
+                let start = if self.reset_to_earliest { low } else { high };
+                Ok((e.partition(), start))
+            })
+            .collect()
+    }
+
+    fn assign(&self, consumer: &BaseConsumer<Self>, partitions: &TopicPartitionList) -> Result<()> {
+        if self.fetch.is_some() {
+            consumer
+                .pause(partitions)
+                .map_err(|e| anyhow!("cannot pause librdkafka's own fetching: {e}"))?;
+        }
+        let starts = self.starts(consumer, partitions)?;
+        (self.on_assign)(&starts)?;
+        if let Some(fetch) = &self.fetch {
+            let starts: Vec<(i32, Option<i64>)> =
+                starts.iter().map(|&(p, o)| (p, Some(o))).collect();
+            fetch.assign(&starts);
+        }
+        Ok(())
     }
 }
 
@@ -296,27 +380,10 @@ impl ConsumerContext for MemberContext {
     }
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let (Rebalance::Assign(partitions), Some(fetch)) = (rebalance, &self.fetch) else {
-            return;
-        };
-        if let Err(e) = consumer.pause(partitions) {
-            fetch.fail(format!("cannot pause librdkafka's own fetching: {e}"));
-            return;
-        }
-        match consumer.committed_offsets((*partitions).clone(), CONNECT_TIMEOUT) {
-            Ok(committed) => {
-                let starts: Vec<(i32, Option<i64>)> = committed
-                    .elements()
-                    .iter()
-                    .map(|e| match e.offset() {
-                        Offset::Offset(o) => (e.partition(), Some(o)),
-                        _ => (e.partition(), None),
-                    })
-                    .collect();
-                fetch.assign(&starts);
+        if let Rebalance::Assign(partitions) = rebalance {
+            if let Err(e) = self.assign(consumer, partitions) {
+                self.fail(format!("{e:#}"));
             }
-            // Starting anywhere else could skip data: stop instead, and a restart resumes.
-            Err(e) => fetch.fail(format!("cannot read the group's committed offsets: {e}")),
         }
     }
 }

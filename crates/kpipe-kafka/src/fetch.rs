@@ -94,11 +94,16 @@ impl FetchSettings {
             read_committed: !config
                 .get("isolation.level")
                 .is_some_and(|v| v.eq_ignore_ascii_case("read_uncommitted")),
-            reset_to_earliest: config
-                .get("auto.offset.reset")
-                .is_some_and(|v| matches!(v, "earliest" | "smallest" | "beginning")),
+            reset_to_earliest: resets_to_earliest(config),
         })
     }
+}
+
+/// `auto.offset.reset` sends a partition without a usable offset to its start.
+pub(crate) fn resets_to_earliest(config: &ClientConfig) -> bool {
+    config
+        .get("auto.offset.reset")
+        .is_some_and(|v| matches!(v, "earliest" | "smallest" | "beginning"))
 }
 
 /// Where an assigned partition's fetching stands.
@@ -113,8 +118,6 @@ struct Fetching {
 struct State {
     partitions: BTreeMap<i32, Fetching>,
     generations: u64,
-    /// A failure the group's thread reports on its next read.
-    failure: Option<String>,
 }
 
 struct Shared {
@@ -157,11 +160,6 @@ impl FetchControl {
         for p in partitions {
             state.partitions.remove(p);
         }
-    }
-
-    /// Makes the next read fail with `error` (the group's offsets could not be read).
-    pub fn fail(&self, error: String) {
-        self.0.state().failure.get_or_insert(error);
     }
 }
 
@@ -208,18 +206,15 @@ impl Fetcher {
     /// The next block of a currently assigned partition, waiting up to `timeout`.
     pub fn next(&self, timeout: Duration) -> Result<Option<MessageBlock>> {
         let received = self.blocks.recv_timeout(timeout);
-        // One lock per block: the failure check and the generation check share it.
-        let mut state = self.shared.state();
-        if let Some(failure) = state.failure.take() {
-            bail!("{failure}");
-        }
         let block = match received {
             Ok(Ok(block)) => block,
             Ok(Err(e)) => bail!("fetching failed: {e}"),
             Err(RecvTimeoutError::Timeout) => return Ok(None),
             Err(RecvTimeoutError::Disconnected) => bail!("the fetch thread stopped"),
         };
-        let current = state
+        let current = self
+            .shared
+            .state()
             .partitions
             .get(&block.partition)
             .is_some_and(|f| f.generation == block.generation);

@@ -4,12 +4,20 @@
 //! Exactly once, because: a file's name is `<topic>+<partition>+<first offset>` of
 //! its rows, so writing the same rows again replaces the file instead of adding
 //! one; offsets are committed only after every file of a flush (and every
-//! dead-lettered message) is durable; after a crash or a rebalance, reading
-//! resumes at the committed offset and rewrites the same names. A later batch that
-//! starts at a different offset can only cover rows whose earlier files it
-//! overwrites, because each day's file is named after that day's first row.
-//! Rows buffered for a partition that is revoked are dropped, never written: its
-//! new owner reads them again from the committed offset.
+//! dead-lettered message) is durable; and before a partition is read, at start
+//! and after every rebalance, its files that begin at or past the offset
+//! reading starts at are deleted (`discard_unacknowledged`). Those were written
+//! by flushes whose commit never happened: the sink was killed, the broker lost
+//! the group or refused the commit. Reading again from the committed offset
+//! writes their rows anew, perhaps cut at other offsets, so without the delete
+//! two files could hold the same row. Rows buffered for a partition that is
+//! revoked are dropped, never written: its new owner reads them again from the
+//! committed offset.
+//!
+//! Not covered: a member that lost the group without noticing (a zombie) may
+//! still write a file after the new owner deleted it, and offsets reset by hand
+//! into the middle of a file leave that file's tail twice. `kpipe lake check`
+//! reports both.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -131,9 +139,19 @@ pub fn run(
     // Before a partition leaves, the workers drop its rows and finish any flush
     // that holds them, so its next owner never races a file of ours.
     let revoking = workers.clone();
-    let context = MemberContext::new(feed.control(), move |partitions| {
-        revoking.revoke(partitions)
-    });
+    let (lake_of_assign, topic, runtime_of_assign) = (
+        lake.clone(),
+        options.topic.clone(),
+        runtime.handle().clone(),
+    );
+    let context = MemberContext::new(
+        &config,
+        feed.control(),
+        move |partitions| revoking.revoke(partitions),
+        move |starts| {
+            runtime_of_assign.block_on(discard_unacknowledged(&lake_of_assign, &topic, starts))
+        },
+    );
     let consumer: BaseConsumer<MemberContext> = config
         .create_with_context(context)
         .map_err(|e| kafka.config_error(e))?;
@@ -216,10 +234,8 @@ pub fn run(
             || pending.rows >= options.flush_rows
             || pending.bytes >= options.flush_bytes;
         if (due || stopping || caught_up) && !pending.offsets.is_empty() {
-            // One flush writes while the next fills, never two: exactly once needs at
-            // most one uncommitted flush, because a restart resumes at the committed
-            // offset and must rewrite the same first file name (with two, a file
-            // starting past the committed offset could outlive the rewrite).
+            // One flush writes while the next fills, never two: commits must come in
+            // order, and a second flush's rows would double the memory held.
             while in_flight.is_some() {
                 if let Some(done) = collect(&workers, &mut in_flight, Duration::from_secs(1))? {
                     commit(done, &mut report)?;
@@ -249,6 +265,30 @@ pub fn run(
     }
     consumer.unsubscribe();
     Ok(report)
+}
+
+/// Deletes the files of each assigned partition that begin at or past the
+/// offset its reading starts at: a flush wrote them and its offsets were never
+/// committed. Reading again from there writes those rows anew, maybe cut at
+/// other offsets, so a file left behind would hold them twice.
+async fn discard_unacknowledged(lake: &Lake, topic: &str, starts: &[(i32, i64)]) -> Result<()> {
+    let starts: HashMap<i32, i64> = starts.iter().copied().collect();
+    let mut discarded = 0;
+    for (file, _) in lake.list(Some(topic)).await? {
+        if starts
+            .get(&file.partition)
+            .is_some_and(|s| file.first_offset >= *s)
+        {
+            lake.remove(&file.relative()).await?;
+            discarded += 1;
+        }
+    }
+    if discarded > 0 {
+        tracing::info!(
+            "deleted {discarded} files written past the committed offsets; they are written again"
+        );
+    }
+    Ok(())
 }
 
 /// Gathers the workers' answers to the flush in flight; returns it once all are in.

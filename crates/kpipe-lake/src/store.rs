@@ -197,6 +197,24 @@ impl Lake {
         }
     }
 
+    /// Deletes a file durably; a file already gone is no error.
+    pub async fn remove(&self, relative: &str) -> Result<()> {
+        let cannot =
+            |e: &dyn std::fmt::Display| anyhow!("cannot delete {relative} in {}: {e}", self.url);
+        match &self.backend {
+            Backend::Local(dir) => {
+                let target = dir.join(relative);
+                tokio::task::spawn_blocking(move || remove_durably(&target))
+                    .await?
+                    .map_err(|e| cannot(&e))
+            }
+            Backend::S3 { .. } => match self.store.delete(&self.object_path(relative)).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                Err(e) => Err(cannot(&e)),
+            },
+        }
+    }
+
     /// Reads a whole file.
     pub async fn get(&self, relative: &str) -> Result<Bytes> {
         let result = self.store.get(&self.object_path(relative)).await?;
@@ -306,6 +324,16 @@ fn write_durably(target: &FsPath, contents: &[u8]) -> std::io::Result<()> {
     fs::File::open(dir)?.sync_all()
 }
 
+fn remove_durably(target: &FsPath) -> std::io::Result<()> {
+    match fs::remove_file(target) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    let dir = target.parent().expect("lake files live in a directory");
+    fs::File::open(dir)?.sync_all()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -335,7 +363,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn local_put_replaces_whole_files_and_lists_them() {
+    async fn local_files_are_replaced_whole_listed_and_removed() {
         let dir = tempfile::tempdir().unwrap();
         let lake = Lake::open(dir.path().to_str().unwrap()).unwrap();
         let name = FileName {
@@ -356,7 +384,10 @@ mod tests {
         );
         std::fs::write(dir.path().join("t/notes.txt"), "not a lake file").unwrap();
         let listed = lake.list(Some("t")).await.unwrap();
-        assert_eq!(listed, vec![(name, 6)]);
+        assert_eq!(listed, vec![(name.clone(), 6)]);
+        lake.remove(&name.relative()).await.unwrap();
+        lake.remove(&name.relative()).await.unwrap();
+        assert_eq!(lake.list(Some("t")).await.unwrap(), vec![]);
         assert!(Lake::open("ftp://x").is_err());
     }
 }

@@ -214,6 +214,79 @@ fn exactly_once_through_sigkills(fetch: &[&str]) {
 }
 
 #[test]
+fn rewound_offsets_rewrite_the_lake_in_other_cuts_without_doubles() {
+    rewound_offsets_rewrite_the_lake(&[]);
+}
+
+#[test]
+fn rewound_offsets_rewrite_the_lake_with_librdkafka_fetching() {
+    rewound_offsets_rewrite_the_lake(&["--librdkafka-fetch"]);
+}
+
+/// Files written past the committed offsets, the way flushes whose commits the
+/// broker lost or refused leave them, then a drain that cuts its flushes elsewhere.
+fn rewound_offsets_rewrite_the_lake(fetch: &[&str]) {
+    let broker = BrokerProcess::start();
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().to_str().unwrap();
+    let drain = || {
+        let mut args = sink_args("music_events", lake);
+        args.push("--until-end");
+        args.extend(fetch);
+        let sunk = broker.kpipe(&args, "");
+        assert!(sunk.ok, "{}", sunk.stderr);
+    };
+    let files = || {
+        walk(dir.path())
+            .into_iter()
+            .filter(|f| f.ends_with(".parquet"))
+            .count()
+    };
+    // Three rounds of 1000 events, each drained into files of its own.
+    for seed in ["5", "6", "7"] {
+        broker
+            .kpipe(&["gen", "music", "--count", "1000", "--seed", seed], "")
+            .out();
+        drain();
+    }
+    let in_rounds = files();
+    rewind_the_sink(&broker);
+    drain();
+    assert!(
+        files() < in_rounds,
+        "one drain of everything left the {in_rounds} files of three rounds in place"
+    );
+    let checked = broker.kpipe(&["lake", "check", lake, "--topic", "music_events"], "");
+    assert!(checked.ok, "{}\n{}", checked.stdout, checked.stderr);
+    assert_eq!(duckdb_counts(lake, "music_events"), (3000, 3000));
+}
+
+/// Moves the music sink's committed offsets back to the start, as a broker
+/// that lost them would.
+fn rewind_the_sink(broker: &BrokerProcess) {
+    let group = "kpipe-lake-music_events";
+    let args = ["group", "reset-offsets", group, "--topic", "music_events"];
+    let mut args = args.to_vec();
+    args.extend(["--to-earliest", "--execute"]);
+    broker.kpipe(&args, "").out();
+}
+
+/// Every file under `dir`, recursively.
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flat_map(|entry| {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(&path)
+            } else {
+                vec![path.to_string_lossy().into_owned()]
+            }
+        })
+        .collect()
+}
+
+#[test]
 fn compressed_batches_of_every_codec_reach_the_lake() {
     let broker = BrokerProcess::start();
     broker
@@ -475,17 +548,27 @@ fn two_sinks_in_one_group_share_partitions_without_duplicates() {
 fn s3_lake_on_seaweedfs() {
     let broker = BrokerProcess::start();
     let s3 = SeaweedFs::start();
-    broker
-        .kpipe(&["gen", "music", "--count", "3000", "--seed", "9"], "")
-        .out();
     let lake = "s3://lake-bucket/prod-python";
-    let mut args = sink_args("music_events", lake);
-    args.extend(["--until-end", "--create-bucket", "--compression", "snappy"]);
-    let mut sink = broker.command(&args);
-    s3.env(&mut sink);
-    let sunk = broker.run(sink, "");
-    assert!(sunk.ok, "{}", sunk.stderr);
-    assert!(sunk.stderr.contains("wrote 3000 rows"), "{}", sunk.stderr);
+    let drain = || {
+        let mut args = sink_args("music_events", lake);
+        args.extend(["--until-end", "--create-bucket", "--compression", "snappy"]);
+        let mut sink = broker.command(&args);
+        s3.env(&mut sink);
+        let sunk = broker.run(sink, "");
+        assert!(sunk.ok, "{}", sunk.stderr);
+        sunk.stderr
+    };
+    // Files of three drains, then all of them rewritten in one, with other cuts.
+    for seed in ["9", "10", "11"] {
+        broker
+            .kpipe(&["gen", "music", "--count", "1000", "--seed", seed], "")
+            .out();
+        let said = drain();
+        assert!(said.contains("wrote 1000 rows"), "{said}");
+    }
+    rewind_the_sink(&broker);
+    let said = drain();
+    assert!(said.contains("wrote 3000 rows"), "{said}");
 
     let mut check = broker.command(&["lake", "check", lake, "--topic", "music_events"]);
     s3.env(&mut check);
