@@ -913,8 +913,10 @@ impl Engine {
         let Some(group) = grouping(&query.select, &row)? else {
             return Ok(None);
         };
+        let mut text = String::new();
+        group.write_json(&mut text);
         Ok(Some(
-            (fnv1a(group.to_string().as_bytes()) % partitions.max(1) as u64) as i32,
+            (fnv1a(text.as_bytes()) % partitions.max(1) as u64) as i32,
         ))
     }
 }
@@ -1025,13 +1027,14 @@ fn stream_row(
         sink,
     };
     if let Some(w) = select.window.filter(|w| w.session) {
-        return session_update(aggregation, &query, row, &group, w, timestamp);
+        return session_update(aggregation, &query, row, &group.to_value(), w, timestamp);
     }
     let mut produced = Vec::new();
     let final_only = select.emit == Some(EmitMode::Final);
     // The group-and-window id is written into one buffer per query and
     // allocated only when a window opens.
     let mut id = std::mem::take(&mut aggregation.id_buffer);
+    let mut group_value = None;
     for window in windows_of(select.window, timestamp, aggregation.stream_time) {
         let suffix = match &mut aggregation.window_suffix {
             Some((last, text)) if *last == window => text,
@@ -1071,7 +1074,7 @@ fn stream_row(
                 Some(pending) => pending.timestamp = timestamp,
                 None => {
                     let pending = Pending {
-                        group: group.clone(),
+                        group: group.to_value(),
                         window,
                         row: row.clone(),
                         timestamp,
@@ -1083,7 +1086,7 @@ fn stream_row(
         }
         let (values, timestamp) = (state.values.clone(), state.timestamp);
         let target = Emit {
-            group: &group,
+            group: group_value.get_or_insert_with(|| group.to_value()),
             id: &id,
             window,
             timestamp,
@@ -1099,10 +1102,9 @@ fn stream_row(
 /// stays as it was), written without the formatting machinery, which cost
 /// more than the aggregating (bench/sql.sh's profile): the group as JSON,
 /// then the window's part, made once per window by [`window_suffix`].
-fn write_group_id(id: &mut String, group: &Value, suffix: &str) {
+fn write_group_id(id: &mut String, group: &Grouping<'_>, suffix: &str) {
     id.clear();
-    // serde_json writes valid UTF-8 in whole pieces, and a String takes any.
-    let _ = serde_json::to_writer(TextWriter(id), group);
+    group.write_json(id);
     id.push_str(suffix);
 }
 
@@ -1132,9 +1134,12 @@ struct QueryParts<'a> {
     sink: &'a Source,
 }
 
-/// The values of the GROUP BY expressions for `row` (as a JSON array), or
-/// None when one is null: ksqlDB drops such rows.
-fn grouping(select: &Select, row: &Row) -> Result<Option<Value>> {
+/// The values of the GROUP BY expressions for `row`, or None when one is
+/// null: ksqlDB drops such rows.
+fn grouping<'r>(select: &Select, row: &'r Row) -> Result<Option<Grouping<'r>>> {
+    if let [Expr::Column(name)] = select.group_by.as_slice() {
+        return Ok(row.get(name).filter(|v| !v.is_null()).map(Grouping::Column));
+    }
     let mut values = Vec::new();
     for expr in &select.group_by {
         // A grouping expression that fails drops the row, as in ksqlDB.
@@ -1143,7 +1148,46 @@ fn grouping(select: &Select, row: &Row) -> Result<Option<Value>> {
             Ok(value) => values.push(value),
         }
     }
-    Ok(Some(Value::Array(values)))
+    Ok(Some(Grouping::Values(values)))
+}
+
+/// A row's group. A lone grouping column is borrowed from the row: most rows
+/// join a group that exists, which needs only the group's text, not a copy.
+enum Grouping<'r> {
+    Column(&'r Value),
+    Values(Vec<Value>),
+}
+
+impl Grouping<'_> {
+    /// The group as its JSON array.
+    fn to_value(&self) -> Value {
+        match self {
+            Grouping::Column(value) => Value::Array(vec![(*value).clone()]),
+            Grouping::Values(values) => Value::Array(values.clone()),
+        }
+    }
+
+    fn into_value(self) -> Value {
+        match self {
+            Grouping::Values(values) => Value::Array(values),
+            column => column.to_value(),
+        }
+    }
+
+    /// Appends the group's JSON array text, as `to_value().to_string()` has it.
+    fn write_json(&self, out: &mut String) {
+        // serde_json writes valid UTF-8 in whole pieces, and a String takes any.
+        match self {
+            Grouping::Column(value) => {
+                out.push('[');
+                let _ = serde_json::to_writer(TextWriter(out), value);
+                out.push(']');
+            }
+            Grouping::Values(values) => {
+                let _ = serde_json::to_writer(TextWriter(out), values);
+            }
+        }
+    }
 }
 
 /// A group's key as the sink writes it.
@@ -1306,6 +1350,7 @@ fn table_update(
         let Some(group) = grouping(&query.select, &row)? else {
             continue;
         };
+        let group = group.into_value();
         match changes.first_mut() {
             Some((first, steps)) if *first == group => steps.push((row, retract)),
             _ => changes.push((group, vec![(row, retract)])),
@@ -1748,6 +1793,7 @@ pub(crate) fn engine_with(script: &str) -> Engine {
 mod tests {
     use super::*;
     use crate::parser::parse;
+    use serde_json::json;
 
     /// A record as a test feeds it: partition 0, offset 0, no window.
     fn input(topic: &str, key: Value, value: Value, timestamp: i64) -> Record {
@@ -1764,16 +1810,24 @@ mod tests {
 
     #[test]
     fn group_ids_read_as_their_formatted_text() {
-        let group = serde_json::json!(["Rupert \"R\" Ünal", 7, null]);
-        for window in [
-            None,
-            Some((0, 10_000)),
-            Some((-5, i64::MAX)),
-            Some((i64::MIN, 1)),
-        ] {
-            let mut id = "stale".to_string();
-            write_group_id(&mut id, &group, &window_suffix(window));
-            assert_eq!(id, format!("{group}@{window:?}"));
+        let values = vec![json!("Rupert \"R\" Ünal"), json!(7), json!(null)];
+        let lone = json!("Zoë \\ \u{1}");
+        let groupings = [
+            (Grouping::Values(values.clone()), Value::Array(values)),
+            (Grouping::Column(&lone), json!([lone.clone()])),
+        ];
+        for (grouping, group) in &groupings {
+            assert_eq!(&grouping.to_value(), group);
+            for window in [
+                None,
+                Some((0, 10_000)),
+                Some((-5, i64::MAX)),
+                Some((i64::MIN, 1)),
+            ] {
+                let mut id = "stale".to_string();
+                write_group_id(&mut id, grouping, &window_suffix(window));
+                assert_eq!(id, format!("{group}@{window:?}"));
+            }
         }
     }
 

@@ -45,7 +45,7 @@ use crate::catalog::SourceInfo;
 use crate::durable::{self, Durability, DurableSink, Member, Repartitioner, Stage};
 use crate::engine::{Engine, Executed, Record, Source};
 use crate::eval::Row;
-use crate::merge::{merge, Bounds, Carried, Head, Partitions, Polled};
+use crate::merge::{merge, Bounds, Carried, Head, Partitions, Polled, Unreadable};
 use crate::parser::{parse, ColumnDef, Listing, Select, SourceKind, SqlType, Statement};
 use crate::pull::{partition_for, PullSettings, View};
 use crate::rest;
@@ -718,14 +718,14 @@ impl Session {
             });
             for head in batches.flatten() {
                 match head {
-                    Head::Record(record) | Head::Carried(record, _) => records.push(record),
+                    Head::Record(record) | Head::Carried(record, _) => records.push(*record),
                     Head::Decoded(_) => unreachable!("read without rows to decode into"),
-                    Head::Bad {
-                        error,
-                        partition,
-                        offset,
-                        ..
-                    } => tracing::warn!(partition, offset, "skipping a record: {error}"),
+                    Head::Bad(bad) => tracing::warn!(
+                        partition = bad.partition,
+                        offset = bad.offset,
+                        "skipping a record: {}",
+                        bad.error
+                    ),
                 }
             }
             reader
@@ -1085,7 +1085,7 @@ fn follow(
                         record.partition = m.partition();
                         view.write()
                             .map_err(|_| anyhow!("the view of {topic} was poisoned"))?
-                            .apply(key, record);
+                            .apply(key, *record);
                     }
                 }
                 behind
@@ -1160,14 +1160,14 @@ fn read(engine: &Engine, topic: &str, m: &BorrowedMessage<'_>) -> Head {
 
 fn decode(engine: &Engine, message: &Message<'_>) -> Head {
     match engine.decode_message(message) {
-        Ok(record) => Head::Record(record),
-        Err(e) => Head::Bad {
+        Ok(record) => Head::Record(Box::new(record)),
+        Err(e) => Head::Bad(Box::new(Unreadable {
             error: format!("{e:#}"),
             key: message.key.map(<[u8]>::to_vec),
             payload: message.value.unwrap_or_default().to_vec(),
             partition: message.partition,
             offset: message.offset,
-        },
+        })),
     }
 }
 
@@ -1345,22 +1345,17 @@ fn drive(
                     counts.read += 1;
                     next.insert(partition, offset + 1);
                     let outcome = match head {
-                        Head::Bad {
-                            error,
-                            key,
-                            payload,
-                            ..
-                        } => {
+                        Head::Bad(bad) => {
                             counts.skipped += 1;
                             let origin = Origin {
                                 topic,
                                 partition,
                                 offset,
-                                key: key.as_deref(),
-                                payload: &payload,
+                                key: bad.key.as_deref(),
+                                payload: &bad.payload,
                                 headers: Vec::new(),
                             };
-                            dead_letters.send(&origin, &error)?;
+                            dead_letters.send(&origin, &bad.error)?;
                             continue;
                         }
                         // Rows are decoded ahead only by read_merged, whose
