@@ -176,14 +176,23 @@ impl Feed {
     ) -> Result<Polled> {
         match self {
             Feed::Own(fetcher) => {
+                // Until partitions are assigned there is nothing to fetch: the
+                // wait is in librdkafka's poll, whose callback assigns them,
+                // so reading starts at once (waiting beside it cost ~50 ms).
+                let assigned = fetcher.assigned();
+                let wait = if assigned { Duration::ZERO } else { timeout };
                 // The partitions are paused: a message here was fetched before
                 // the pause took hold, and the own fetcher reads it anyway.
-                if let Some(Err(e)) = consumer.poll(Duration::ZERO) {
+                if let Some(Err(e)) = consumer.poll(wait) {
                     check(e)?;
                 }
                 consumer.context().check_failure()?;
                 let revoked = consumer.context().take_revoked();
-                let block = fetcher.next(timeout)?;
+                let block = if assigned || fetcher.assigned() {
+                    fetcher.next(timeout)?
+                } else {
+                    None
+                };
                 Ok(Polled { revoked, block })
             }
             Feed::Librdkafka(copying) => loop {

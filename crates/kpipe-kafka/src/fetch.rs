@@ -203,6 +203,11 @@ impl Fetcher {
         FetchControl(self.shared.clone())
     }
 
+    /// Some partition is assigned to be fetched.
+    pub fn assigned(&self) -> bool {
+        !self.shared.state().partitions.is_empty()
+    }
+
     /// The next block of a currently assigned partition, waiting up to `timeout`.
     pub fn next(&self, timeout: Duration) -> Result<Option<MessageBlock>> {
         let received = self.blocks.recv_timeout(timeout);
