@@ -19,7 +19,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Result};
-use kpipe_kafka::client::{ClientOptions, QuietContext};
+use kpipe_kafka::client::{close_consumer, ClientOptions, QuietContext};
 use kpipe_kafka::sink::{
     commit_written, end_offsets, header_pairs, is_transient, reached, DeadLetters, Origin,
 };
@@ -771,6 +771,6 @@ pub fn run(
             break;
         }
     }
-    consumer.unsubscribe();
+    close_consumer(&consumer);
     Ok(report)
 }

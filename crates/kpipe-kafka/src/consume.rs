@@ -16,7 +16,7 @@ use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 
-use crate::client::{ClientOptions, QuietContext};
+use crate::client::{close_consumer, ClientOptions, QuietContext};
 
 #[derive(Debug, Clone)]
 pub struct ConsumeOptions {
@@ -189,8 +189,8 @@ pub fn consume(
             )) => {}
             Err(e) => return Err(anyhow!("cannot commit consumed offsets for group: {e}")),
         }
-        consumer.unsubscribe();
     }
+    close_consumer(&consumer);
     result?;
     Ok(report)
 }

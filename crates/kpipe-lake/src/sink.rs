@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Result};
-use kpipe_kafka::client::ClientOptions;
+use kpipe_kafka::client::{close_consumer, ClientOptions};
 use kpipe_kafka::feed::{Feed, MemberContext};
 use kpipe_kafka::sink::{commit_written, end_offsets, reached, DeadLetters};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -263,7 +263,7 @@ pub fn run(
             break;
         }
     }
-    consumer.unsubscribe();
+    close_consumer(&consumer);
     Ok(report)
 }
 
