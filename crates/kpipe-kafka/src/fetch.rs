@@ -112,12 +112,32 @@ struct Fetching {
     /// The next offset to fetch, or None until `auto.offset.reset` decides.
     next: Option<i64>,
     generation: u64,
+    /// The reader holds enough of it for now.
+    paused: bool,
 }
 
 #[derive(Default)]
 struct State {
     partitions: BTreeMap<i32, Fetching>,
     generations: u64,
+}
+
+impl State {
+    /// What the next round asks for: every partition with a known offset
+    /// that is not paused.
+    fn asked(&self) -> Vec<Asked> {
+        self.partitions
+            .iter()
+            .filter(|(_, f)| !f.paused)
+            .filter_map(|(p, f)| {
+                Some(Asked {
+                    partition: *p,
+                    offset: f.next?,
+                    generation: f.generation,
+                })
+            })
+            .collect()
+    }
 }
 
 struct Shared {
@@ -147,9 +167,20 @@ impl FetchControl {
         state.generations += 1;
         let generation = state.generations;
         for &(partition, next) in partitions {
-            state
-                .partitions
-                .insert(partition, Fetching { next, generation });
+            let fetching = Fetching {
+                next,
+                generation,
+                paused: false,
+            };
+            state.partitions.insert(partition, fetching);
+        }
+        self.0.changed.notify_all();
+    }
+
+    /// Stops fetching `partition` for now (`paused`), or goes on with it.
+    pub fn pause(&self, partition: i32, paused: bool) {
+        if let Some(f) = self.0.state().partitions.get_mut(&partition) {
+            f.paused = paused;
         }
         self.0.changed.notify_all();
     }
@@ -278,18 +309,11 @@ impl Round {
         Ok(())
     }
 
-    /// The assigned partitions and their offsets, once there are any; resolves
-    /// partitions waiting for `auto.offset.reset` first.
+    /// The partitions to fetch and their offsets, once there are any;
+    /// resolves partitions waiting for `auto.offset.reset` first.
     fn wanted(&mut self) -> Option<Vec<Asked>> {
         let unresolved: Vec<(i32, u64)> = {
             let state = self.shared.state();
-            if state.partitions.is_empty() {
-                let _ = self
-                    .shared
-                    .changed
-                    .wait_timeout(state, Duration::from_millis(100));
-                return None;
-            }
             let unresolved: Vec<_> = state
                 .partitions
                 .iter()
@@ -297,17 +321,16 @@ impl Round {
                 .map(|(p, f)| (*p, f.generation))
                 .collect();
             if unresolved.is_empty() {
-                return Some(
-                    state
-                        .partitions
-                        .iter()
-                        .map(|(p, f)| Asked {
-                            partition: *p,
-                            offset: f.next.unwrap_or_default(),
-                            generation: f.generation,
-                        })
-                        .collect(),
-                );
+                let asked = state.asked();
+                if asked.is_empty() {
+                    // Nothing assigned, or all of it paused: wait for a change.
+                    let _ = self
+                        .shared
+                        .changed
+                        .wait_timeout(state, Duration::from_millis(100));
+                    return None;
+                }
+                return Some(asked);
             }
             unresolved
         };
@@ -746,6 +769,35 @@ mod tests {
                     .map(|m| String::from_utf8(b.payload(m).to_vec()).unwrap())
             })
             .collect()
+    }
+
+    #[test]
+    fn paused_and_unplaced_partitions_are_left_out_of_a_round() {
+        let control = FetchControl(Arc::new(Shared {
+            state: Mutex::default(),
+            changed: Condvar::new(),
+            stopped: AtomicBool::new(false),
+            sockets: Mutex::default(),
+        }));
+        control.assign(&[(0, Some(5)), (1, Some(7)), (2, None)]);
+        let asked = |control: &FetchControl| -> Vec<(i32, i64)> {
+            let state = control.0.state();
+            state
+                .asked()
+                .iter()
+                .map(|a| (a.partition, a.offset))
+                .collect()
+        };
+        assert_eq!(asked(&control), [(0, 5), (1, 7)]);
+        control.pause(1, true);
+        assert_eq!(asked(&control), [(0, 5)]);
+        control.pause(0, true);
+        assert_eq!(asked(&control), []);
+        control.pause(1, false);
+        assert_eq!(asked(&control), [(1, 7)]);
+        control.revoke(&[1]);
+        control.pause(1, false);
+        assert_eq!(asked(&control), []);
     }
 
     #[test]

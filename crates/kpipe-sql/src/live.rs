@@ -31,7 +31,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use kpipe_kafka::admin::{Admin, IfExists, TopicSpec, TopicSummary};
 use kpipe_kafka::client::{ClientOptions, QuietContext, CONNECT_TIMEOUT};
 use kpipe_kafka::feed::MessageBlock;
-use kpipe_kafka::fetch::{FetchSettings, Fetcher};
+use kpipe_kafka::fetch::{FetchControl, FetchSettings, Fetcher};
 use kpipe_kafka::produce::Producer;
 use kpipe_kafka::sink::{DeadLetters, Origin};
 use rdkafka::consumer::base_consumer::PartitionQueue;
@@ -1638,9 +1638,11 @@ fn read_merged(
             })
         });
         let mut fetched = FetchedPartitions {
+            control: fetcher.control(),
             fetcher,
             rows,
             queued: (0..partitions).map(|_| VecDeque::new()).collect(),
+            paused: vec![false; partitions as usize],
             next: vec![0; partitions as usize],
             reading: &reading,
             failed: &failed,
@@ -1674,12 +1676,21 @@ fn read_merged(
     Ok(())
 }
 
+/// Blocks (of up to `max.partition.fetch.bytes`, 128 KB here) a partition
+/// may have waiting before its fetching pauses: the reader holds at most
+/// this many per partition, however far apart their timestamps are.
+const QUEUED_PER_PARTITION: usize = 8;
+
 /// A topic's partitions read by kpipe's own fetcher (plaintext connections):
 /// blocks of every partition queue here until the merge asks for them, and
 /// their messages are decoded one by one as it does.
 struct FetchedPartitions<'a> {
     fetcher: Fetcher,
+    control: FetchControl,
     queued: Vec<VecDeque<MessageBlock>>,
+    /// Partitions not fetched while their queue is full: the merge may
+    /// wait long on another partition whose records are older.
+    paused: Vec<bool>,
     /// The next message of each partition's first queued block.
     next: Vec<usize>,
     reading: &'a Reading<'a>,
@@ -1715,6 +1726,10 @@ impl Partitions for FetchedPartitions<'_> {
                 let at_end = block.at_end;
                 self.queued[p].pop_front();
                 self.next[p] = 0;
+                if self.paused[p] && self.queued[p].len() <= QUEUED_PER_PARTITION / 2 {
+                    self.paused[p] = false;
+                    self.control.pause(p as i32, false);
+                }
                 if at_end && self.queued[p].is_empty() {
                     return Polled::End;
                 }
@@ -1726,6 +1741,10 @@ impl Partitions for FetchedPartitions<'_> {
                     let q = block.partition as usize;
                     if let Some(queue) = self.queued.get_mut(q) {
                         queue.push_back(block);
+                        if queue.len() >= QUEUED_PER_PARTITION && !self.paused[q] {
+                            self.paused[q] = true;
+                            self.control.pause(q as i32, true);
+                        }
                     }
                     if q != p {
                         return Polled::Nothing;
