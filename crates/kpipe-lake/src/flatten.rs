@@ -320,17 +320,19 @@ pub fn append_row(
     let json = simdutf8::basic::from_utf8(json)
         .map_err(|_| RowError("message is not valid UTF-8".to_string()))?;
     let width = columns.values.len();
-    let mut captured = None;
     let mut scan = Scan {
         text: json,
         bytes: json.as_bytes(),
         at: 0,
     };
-    let mut path = String::new();
-    if scan
-        .row(columns, &mut path, capture, &mut captured)
-        .is_some()
-    {
+    let mut leaves = Leaves {
+        columns,
+        path: String::new(),
+        capture,
+        captured: None,
+    };
+    if scan.row(&mut leaves).is_some() {
+        let captured = leaves.captured;
         columns.end_row();
         return Ok(captured);
     }
@@ -404,17 +406,20 @@ struct Scan<'j> {
 /// serde_json's own nesting limit.
 const MAX_DEPTH: usize = 128;
 
+/// Where a scanned row's leaves go.
+struct Leaves<'a> {
+    columns: &'a mut Columns,
+    /// The dotted path of the leaf being read.
+    path: String,
+    capture: Option<&'a str>,
+    captured: Option<Scalar<'static>>,
+}
+
 impl<'j> Scan<'j> {
-    fn row(
-        &mut self,
-        columns: &mut Columns,
-        path: &mut String,
-        capture: Option<&str>,
-        captured: &mut Option<Scalar<'static>>,
-    ) -> Option<()> {
+    fn row(&mut self, leaves: &mut Leaves<'_>) -> Option<()> {
         self.whitespace();
         self.expect(b'{')?;
-        self.object(columns, path, capture, captured, 1)?;
+        self.object(leaves, 1)?;
         self.whitespace();
         (self.at == self.bytes.len()).then_some(())
     }
@@ -430,34 +435,27 @@ impl<'j> Scan<'j> {
     }
 
     /// The members of an object whose `{` is read.
-    fn object(
-        &mut self,
-        columns: &mut Columns,
-        path: &mut String,
-        capture: Option<&str>,
-        captured: &mut Option<Scalar<'static>>,
-        depth: usize,
-    ) -> Option<()> {
+    fn object(&mut self, leaves: &mut Leaves<'_>, depth: usize) -> Option<()> {
         self.whitespace();
         if self.expect(b'}').is_some() {
             return Some(());
         }
-        let parent = path.len();
+        let parent = leaves.path.len();
         loop {
             self.whitespace();
             self.expect(b'"')?;
             let key = self.string()?;
             if parent > 0 {
-                path.push('.');
+                leaves.path.push('.');
             }
-            path.push_str(key);
+            leaves.path.push_str(key);
             self.whitespace();
             self.expect(b':')?;
             self.whitespace();
             let value = match *self.bytes.get(self.at)? {
                 b'{' if depth < MAX_DEPTH => {
                     self.at += 1;
-                    self.object(columns, path, capture, captured, depth + 1)?;
+                    self.object(leaves, depth + 1)?;
                     None
                 }
                 b'"' => {
@@ -472,9 +470,15 @@ impl<'j> Scan<'j> {
                 _ => return None,
             };
             if let Some(value) = value {
-                put_leaf(columns, path, value, capture, captured);
+                let Leaves {
+                    columns,
+                    path,
+                    capture,
+                    captured,
+                } = leaves;
+                put_leaf(columns, path, value, *capture, captured);
             }
-            path.truncate(parent);
+            leaves.path.truncate(parent);
             self.whitespace();
             if self.expect(b',').is_none() {
                 return self.expect(b'}');
@@ -832,8 +836,13 @@ mod tests {
                 at: 0,
             };
             let mut columns = Columns::default();
-            scan.row(&mut columns, &mut String::new(), None, &mut None)
-                .is_some()
+            let mut leaves = Leaves {
+                columns: &mut columns,
+                path: String::new(),
+                capture: None,
+                captured: None,
+            };
+            scan.row(&mut leaves).is_some()
         };
         let by_hand: Vec<usize> = (0..lines.len()).filter(|&i| scans(lines[i])).collect();
         assert_eq!(
