@@ -219,6 +219,7 @@ impl Fetcher {
             addresses: HashMap::new(),
             correlation: 0,
             ended: HashMap::new(),
+            answered: HashMap::new(),
         };
         std::thread::Builder::new()
             .name("kpipe-fetch".into())
@@ -285,6 +286,23 @@ struct Round {
     correlation: i32,
     /// Partitions last said to be read to their end, by assignment generation.
     ended: HashMap<i32, u64>,
+    /// Partitions answered at least once, by assignment generation.
+    answered: HashMap<i32, u64>,
+}
+
+/// How long the broker may hold a request for data. Not at all while a
+/// partition asked for has not been answered since it was assigned: an empty
+/// one then says at once where its end is, and a bounded read of an empty
+/// topic ends without waiting out `fetch.wait.max.ms`.
+fn max_wait_ms(settings: &FetchSettings, answered: &HashMap<i32, u64>, asked: &[Asked]) -> i32 {
+    let first = asked
+        .iter()
+        .any(|a| answered.get(&a.partition) != Some(&a.generation));
+    if first {
+        0
+    } else {
+        settings.max_wait_ms
+    }
 }
 
 /// A partition of one request, as it stood when the request was sent.
@@ -441,7 +459,9 @@ impl Round {
         tx: &SyncSender<Result<MessageBlock, String>>,
     ) -> Result<bool> {
         match ResponseError::try_from_code(data.error_code) {
-            None => {}
+            None => {
+                self.answered.insert(asked.partition, asked.generation);
+            }
             Some(ResponseError::OffsetOutOfRange) => {
                 tracing::warn!(
                     partition = asked.partition,
@@ -567,7 +587,7 @@ impl Round {
             .collect();
         let request = FetchRequest::default()
             .with_replica_id(BrokerId(-1))
-            .with_max_wait_ms(settings.max_wait_ms)
+            .with_max_wait_ms(max_wait_ms(settings, &self.answered, asked))
             .with_min_bytes(settings.min_bytes)
             .with_max_bytes(settings.max_bytes)
             .with_isolation_level(i8::from(settings.read_committed))
@@ -769,6 +789,36 @@ mod tests {
                     .map(|m| String::from_utf8(b.payload(m).to_vec()).unwrap())
             })
             .collect()
+    }
+
+    #[test]
+    fn a_round_waits_for_data_only_once_every_partition_was_answered() {
+        let settings = FetchSettings {
+            topic: "t".into(),
+            client_id: "kpipe".into(),
+            max_wait_ms: 500,
+            min_bytes: 1,
+            max_bytes: 1 << 20,
+            partition_max_bytes: 1 << 20,
+            read_committed: true,
+            reset_to_earliest: true,
+        };
+        let at = |partition, generation| Asked {
+            partition,
+            offset: 0,
+            generation,
+        };
+        let mut answered = HashMap::new();
+        assert_eq!(max_wait_ms(&settings, &answered, &[at(0, 1), at(1, 1)]), 0);
+        answered.insert(0, 1);
+        assert_eq!(max_wait_ms(&settings, &answered, &[at(0, 1), at(1, 1)]), 0);
+        answered.insert(1, 1);
+        assert_eq!(
+            max_wait_ms(&settings, &answered, &[at(0, 1), at(1, 1)]),
+            500
+        );
+        // Assigned again: a new generation is a first answer again.
+        assert_eq!(max_wait_ms(&settings, &answered, &[at(0, 2), at(1, 1)]), 0);
     }
 
     #[test]
