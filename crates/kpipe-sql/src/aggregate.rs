@@ -388,7 +388,8 @@ pub(crate) fn result(call: &Expr, state: &Value) -> Value {
 /// What an aggregate's state is before its first row.
 pub(crate) fn initial(call: &Expr) -> Value {
     match call {
-        Expr::Function { name, .. } if name == "COUNT" => Value::from(0),
+        // ksqlDB's SUM starts at 0 and passes over nulls: a group of nulls sums to 0.
+        Expr::Function { name, .. } if name == "COUNT" || name == "SUM" => Value::from(0),
         Expr::Function { name, .. } if name == "COUNT_DISTINCT" => Value::Array(Vec::new()),
         _ => Value::Null,
     }
