@@ -1829,6 +1829,12 @@ mod tests {
         }
     }
 
+    /// What one record at time 0 makes the engine write, as (key, value).
+    fn fed(engine: &mut Engine, topic: &str, key: Value, value: Value) -> Vec<(Value, Value)> {
+        let out = engine.process(&input(topic, key, value, 0)).unwrap();
+        out.into_iter().map(|r| (r.key, r.value)).collect()
+    }
+
     #[test]
     fn group_ids_read_as_their_formatted_text() {
         let values = vec![json!("Rupert \"R\" Ünal"), json!(7), json!(null)];
@@ -2340,14 +2346,7 @@ mod tests {
              CREATE TABLE T (ID STRING PRIMARY KEY, NAME STRING) WITH (kafka_topic='t', value_format='JSON');
              CREATE STREAM J AS SELECT * FROM S LEFT JOIN T ON S.T = T.ID;",
         );
-        let mut feed = |topic: &str, key: &str, value: Value| {
-            engine
-                .process(&input(topic, Value::from(key), value, 0))
-                .unwrap()
-                .into_iter()
-                .map(|r| (r.key, r.value))
-                .collect::<Vec<_>>()
-        };
+        let mut feed = |topic: &str, key: &str, value| fed(&mut engine, topic, key.into(), value);
         assert!(feed("t", "1", serde_json::json!({"NAME": "one"})).is_empty());
         assert_eq!(
             feed("s", "k", serde_json::json!({"T": "1"})),
@@ -2373,14 +2372,7 @@ mod tests {
              CREATE TABLE OUTPUT AS SELECT T1.ID, SUM(T2.TOTAL) AS SUM, COUNT(*) AS N
                FROM T1 LEFT JOIN T2 ON T1.ID = T2.ID GROUP BY T1.ID;",
         );
-        let mut feed = |topic: &str, key: i64, value: Value| {
-            engine
-                .process(&input(topic, Value::from(key), value, 0))
-                .unwrap()
-                .into_iter()
-                .map(|r| (r.key, r.value))
-                .collect::<Vec<_>>()
-        };
+        let mut feed = |topic: &str, key: i64, value| fed(&mut engine, topic, key.into(), value);
         let sum = |key: i64, sum: i64| (json!(key), json!({"SUM": sum, "N": 1}));
         // No match yet: the left row alone, whose SUM of nulls is 0.
         assert_eq!(feed("t1", 0, json!({"TOTAL": 100})), [sum(0, 0)]);
