@@ -325,12 +325,7 @@ pub fn append_row(
         bytes: json.as_bytes(),
         at: 0,
     };
-    let mut leaves = Leaves {
-        columns,
-        path: String::new(),
-        capture,
-        captured: None,
-    };
+    let mut leaves = Leaves::new(columns, capture);
     if scan.row(&mut leaves).is_some() {
         let captured = leaves.captured;
         columns.end_row();
@@ -346,21 +341,18 @@ fn append_parsed_row(
     json: &str,
     capture: Option<&str>,
 ) -> Result<Option<Scalar<'static>>, RowError> {
-    let mut path = String::new();
-    let mut captured = None;
     let width = columns.values.len();
+    let mut leaves = Leaves::new(columns, capture);
     let mut de = serde_json::Deserializer::from_str(json);
     let result = RowSeed {
-        columns,
-        path: &mut path,
-        capture,
-        captured: &mut captured,
+        leaves: &mut leaves,
         top: true,
     }
     .deserialize(&mut de)
     .and_then(|()| de.end());
     match result {
         Ok(()) => {
+            let captured = leaves.captured;
             columns.end_row();
             Ok(captured)
         }
@@ -375,19 +367,35 @@ fn append_parsed_row(
     }
 }
 
-/// Sets a leaf of the row being built, and captures it when it is the field asked for.
-fn put_leaf(
-    columns: &mut Columns,
-    path: &str,
-    value: Scalar<'_>,
-    capture: Option<&str>,
-    captured: &mut Option<Scalar<'static>>,
-) {
-    let i = columns.column(path, &value, capture);
-    if columns.capture_column == Some(i) {
-        *captured = Some(value.clone().into_owned());
+/// Where a row's leaves go, whichever way the message is read.
+struct Leaves<'a> {
+    columns: &'a mut Columns,
+    /// The dotted path of the leaf being read.
+    path: String,
+    /// The field whose value is captured (the event's time field).
+    capture: Option<&'a str>,
+    captured: Option<Scalar<'static>>,
+}
+
+impl<'a> Leaves<'a> {
+    fn new(columns: &'a mut Columns, capture: Option<&'a str>) -> Self {
+        Leaves {
+            columns,
+            path: String::new(),
+            capture,
+            captured: None,
+        }
     }
-    columns.set(i, value);
+
+    /// Sets the leaf at `path` in the row being built, and captures it when
+    /// it is the field asked for.
+    fn put(&mut self, value: Scalar<'_>) {
+        let i = self.columns.column(&self.path, &value, self.capture);
+        if self.columns.capture_column == Some(i) {
+            self.captured = Some(value.clone().into_owned());
+        }
+        self.columns.set(i, value);
+    }
 }
 
 /// The common message scanned by hand, for a third of the sink's CPU that
@@ -405,15 +413,6 @@ struct Scan<'j> {
 
 /// serde_json's own nesting limit.
 const MAX_DEPTH: usize = 128;
-
-/// Where a scanned row's leaves go.
-struct Leaves<'a> {
-    columns: &'a mut Columns,
-    /// The dotted path of the leaf being read.
-    path: String,
-    capture: Option<&'a str>,
-    captured: Option<Scalar<'static>>,
-}
 
 impl<'j> Scan<'j> {
     fn row(&mut self, leaves: &mut Leaves<'_>) -> Option<()> {
@@ -470,13 +469,7 @@ impl<'j> Scan<'j> {
                 _ => return None,
             };
             if let Some(value) = value {
-                let Leaves {
-                    columns,
-                    path,
-                    capture,
-                    captured,
-                } = leaves;
-                put_leaf(columns, path, value, *capture, captured);
+                leaves.put(value);
             }
             leaves.path.truncate(parent);
             self.whitespace();
@@ -578,10 +571,7 @@ impl<'j> Scan<'j> {
 }
 
 struct RowSeed<'a, 'b> {
-    columns: &'a mut Columns,
-    path: &'b mut String,
-    capture: Option<&'b str>,
-    captured: &'b mut Option<Scalar<'static>>,
+    leaves: &'a mut Leaves<'b>,
     /// The message itself, which must be an object (values inside may be anything).
     top: bool,
 }
@@ -589,32 +579,21 @@ struct RowSeed<'a, 'b> {
 impl<'de> DeserializeSeed<'de> for RowSeed<'_, '_> {
     type Value = ();
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
-        let top = self.top;
-        deserializer.deserialize_any(ObjectVisitor { seed: self, top })
+        deserializer.deserialize_any(ObjectVisitor(self))
     }
 }
 
-struct ObjectVisitor<'a, 'b> {
-    seed: RowSeed<'a, 'b>,
-    top: bool,
-}
+struct ObjectVisitor<'a, 'b>(RowSeed<'a, 'b>);
 
 impl ObjectVisitor<'_, '_> {
     fn leaf<E>(self, value: Scalar<'_>) -> Result<(), E>
     where
         E: serde::de::Error,
     {
-        if self.top {
+        if self.0.top {
             return Err(E::custom("not a JSON object"));
         }
-        let RowSeed {
-            columns,
-            path,
-            capture,
-            captured,
-            ..
-        } = self.seed;
-        put_leaf(columns, path, value, capture, captured);
+        self.0.leaves.put(value);
         Ok(())
     }
 }
@@ -627,29 +606,20 @@ impl<'de> Visitor<'de> for ObjectVisitor<'_, '_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let RowSeed {
-            columns,
-            path,
-            capture,
-            captured,
-            ..
-        } = self.seed;
-        let parent = path.len();
+        let leaves = self.0.leaves;
+        let parent = leaves.path.len();
         while map
             .next_key_seed(KeySeed {
-                path: &mut *path,
+                path: &mut leaves.path,
                 dot: parent > 0,
             })?
             .is_some()
         {
             map.next_value_seed(RowSeed {
-                columns: &mut *columns,
-                path: &mut *path,
-                capture,
-                captured: &mut *captured,
+                leaves: &mut *leaves,
                 top: false,
             })?;
-            path.truncate(parent);
+            leaves.path.truncate(parent);
         }
         Ok(())
     }
@@ -687,7 +657,7 @@ impl<'de> Visitor<'de> for ObjectVisitor<'_, '_> {
     }
     /// A null leaves the cell empty (the column, if new, waits for a real value).
     fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
-        if self.top {
+        if self.0.top {
             return Err(E::custom("not a JSON object"));
         }
         Ok(())
@@ -836,13 +806,7 @@ mod tests {
                 at: 0,
             };
             let mut columns = Columns::default();
-            let mut leaves = Leaves {
-                columns: &mut columns,
-                path: String::new(),
-                capture: None,
-                captured: None,
-            };
-            scan.row(&mut leaves).is_some()
+            scan.row(&mut Leaves::new(&mut columns, None)).is_some()
         };
         let by_hand: Vec<usize> = (0..lines.len()).filter(|&i| scans(lines[i])).collect();
         assert_eq!(
