@@ -67,15 +67,33 @@ enum Command {
     Demo(cmd::demo::DemoArgs),
 }
 
+/// Logs to stderr at the level `filter` asks for (an `EnvFilter` directive).
+fn init_logging(filter: &str) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| "info".into());
+    // `kpipe_kafka::client::close_consumer` leaves the group in small steps;
+    // rust-rdkafka's drop then closes again and reports, as its only error,
+    // that the group is already closed.
+    let second_close = tracing_subscriber::filter::filter_fn(|meta| {
+        !(meta.target() == "rdkafka::consumer::base_consumer"
+            && *meta.level() == tracing::Level::ERROR)
+    });
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_filter(filter)
+                .with_filter(second_close),
+        )
+        .init();
+}
+
 fn main() -> ExitCode {
     end_quietly_when_stdout_closes();
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging(&cli.log);
     let result = match cli.command {
         Command::Broker(args) => cmd::broker::run(args),
         Command::Topic(args) => cmd::topic::run(args, &cli.kafka),
