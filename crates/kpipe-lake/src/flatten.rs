@@ -1,8 +1,12 @@
 //! JSON messages → columns, flattened the way `pandas.json_normalize` does
 //! (`{"event_param":{"user_id":…}}` becomes the column `event_param.user_id`).
 //!
-//! Messages are streamed straight into typed column builders by a serde
-//! visitor, without building a `serde_json::Value` per message. Types are inferred
+//! Messages go straight into typed column builders, without a
+//! `serde_json::Value` per message, by the fastest of three readers that can
+//! read them: a [`Shape`] learned from the messages before (one comparison per
+//! run of keys), a hand [`Scan`] of the common JSON, or serde_json, which reads
+//! everything else and words the errors. A test holds the three to the same
+//! rows, columns and errors. Types are inferred
 //! from the rows of one file and widen on conflict: Int64 + Float64 → Float64;
 //! anything mixed with text or booleans → Utf8 (the JSON text of the value).
 //! Arrays are kept as their JSON text. Nothing is rejected for its type, so a
@@ -38,16 +42,16 @@ struct TextValues {
 
 impl Default for TextValues {
     fn default() -> Self {
-        TextValues::with_capacity(0)
+        TextValues::with_capacity(0, 0)
     }
 }
 
 impl TextValues {
-    fn with_capacity(rows: usize) -> Self {
+    fn with_capacity(rows: usize, bytes: usize) -> Self {
         let mut ends = Vec::with_capacity(rows + 1);
         ends.push(0);
         TextValues {
-            data: String::new(),
+            data: String::with_capacity(bytes),
             ends,
             valid: Vec::with_capacity(rows),
         }
@@ -94,6 +98,15 @@ impl TextValues {
 }
 
 impl Values {
+    fn len(&self) -> usize {
+        match self {
+            Values::Int(v) => v.len(),
+            Values::Float(v) => v.len(),
+            Values::Bool(v) => v.len(),
+            Values::Text(v) => v.len(),
+        }
+    }
+
     fn pad(&mut self, len: usize) {
         match self {
             Values::Int(v) => v.resize(len, None),
@@ -173,6 +186,11 @@ pub struct Columns {
     capture_column: Option<usize>,
     /// Rows a new column makes room for at once (growing a column copies it).
     capacity: usize,
+    /// The layout of recent messages, for reading the next ones without paths.
+    shape: Shape,
+    /// Columns the last message widened, as they were before it, so that a
+    /// message rejected after all leaves the column types as it found them.
+    widened: Vec<(usize, Values)>,
 }
 
 impl Columns {
@@ -205,7 +223,11 @@ impl Columns {
                     Scalar::Int(_) => Values::Int(Vec::with_capacity(rows)),
                     Scalar::Float(_) => Values::Float(Vec::with_capacity(rows)),
                     Scalar::Bool(_) => Values::Bool(Vec::with_capacity(rows)),
-                    Scalar::Text(_) => Values::Text(TextValues::with_capacity(rows)),
+                    // Room for values as long as this one (and a little more),
+                    // so that filling the column seldom copies it.
+                    Scalar::Text(t) => {
+                        Values::Text(TextValues::with_capacity(rows, rows * (t.len() + 8)))
+                    }
                 });
                 self.index.insert(name.to_string(), i);
                 if capture == Some(name) {
@@ -222,9 +244,11 @@ impl Columns {
     fn set(&mut self, i: usize, value: Scalar<'_>) {
         let row = self.rows;
         let column = &mut self.values[i];
-        // A repeated key in one object: the last value wins, as in json_normalize.
-        column.truncate(row);
-        column.pad(row);
+        if column.len() != row {
+            // A repeated key in one object: the last value wins, as in json_normalize.
+            column.truncate(row);
+            column.pad(row);
+        }
         match (&mut *column, value) {
             (Values::Int(v), Scalar::Int(n)) => v.push(Some(n)),
             (Values::Float(v), Scalar::Float(f)) => v.push(Some(f)),
@@ -233,14 +257,30 @@ impl Columns {
             (Values::Int(v), Scalar::Float(f)) => {
                 let mut widened: Vec<Option<f64>> = v.iter().map(|x| x.map(|n| n as f64)).collect();
                 widened.push(Some(f));
-                *column = Values::Float(widened);
+                let before = std::mem::replace(column, Values::Float(widened));
+                self.widened.push((i, before));
             }
             (Values::Text(v), Scalar::Text(t)) => v.push(Some(&t)),
             (Values::Text(v), other) => v.push(Some(&scalar_text(other))),
             (current, other) => {
                 let mut widened = current.to_text();
                 widened.push(Some(&scalar_text(other)));
-                *column = Values::Text(widened);
+                let before = std::mem::replace(column, Values::Text(widened));
+                self.widened.push((i, before));
+            }
+        }
+    }
+
+    /// Called before a message is read: forgets what the last one widened.
+    fn start_row(&mut self) {
+        self.widened.clear();
+    }
+
+    /// Puts back the columns the current message widened (its values go with them).
+    fn unwiden(&mut self) {
+        for (i, before) in self.widened.drain(..).rev() {
+            if let Some(column) = self.values.get_mut(i) {
+                *column = before;
             }
         }
     }
@@ -253,6 +293,7 @@ impl Columns {
     /// Forgets the half-built row of a message that turned out to be malformed,
     /// including columns that only it had started (`width` = columns before it).
     fn discard_row(&mut self, width: usize) {
+        self.unwiden();
         for name in self.names.drain(width..) {
             self.index.remove(&name);
         }
@@ -270,6 +311,7 @@ impl Columns {
     /// Columns only it had stay, empty, and are dropped when the file is written.
     pub fn remove_last_row(&mut self) {
         self.rows -= 1;
+        self.unwiden();
         for column in &mut self.values {
             column.truncate(self.rows);
         }
@@ -286,6 +328,149 @@ impl Columns {
                 (name, values.into_array())
             })
             .collect()
+    }
+}
+
+/// The layout most messages of a topic share (one producer writes the same
+/// keys in the same order with the same spacing), learned from a scanned
+/// message: the text between its scalars ("gaps": keys, punctuation, nested
+/// braces) and the column each scalar went to. A message that matches every
+/// gap byte for byte, with a scalar between each two, is valid JSON of the
+/// same structure, so its values go to the same columns: reading it costs a
+/// comparison per gap instead of building and looking up each dotted path.
+#[derive(Debug, Default)]
+struct Shape {
+    /// Gap `k` ends at `gap_ends[k]` and starts where gap `k - 1` ends; there
+    /// is one gap more than scalars.
+    gaps: Vec<u8>,
+    gap_ends: Vec<usize>,
+    /// Each scalar's column; None where the learned message had a null.
+    columns: Vec<Option<usize>>,
+    /// A message's values, kept until all of it has matched (reused).
+    cells: Vec<Cell>,
+    /// The scan's notes, reused.
+    marks: Vec<Mark>,
+    /// Messages to scan before the shape is tried again: misses back off, so
+    /// a topic of mixed layouts costs few failed tries.
+    skip: u32,
+    penalty: u32,
+}
+
+/// Where a scanned message had a scalar, and its column (none for a null).
+#[derive(Debug, Clone, Copy)]
+struct Mark {
+    start: usize,
+    end: usize,
+    column: Option<usize>,
+}
+
+/// A scalar read against a [`Shape`] (text as its place in the message).
+#[derive(Debug, Clone, Copy)]
+enum Cell {
+    Null,
+    Text(usize, usize),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+}
+
+impl Shape {
+    fn ready(&self) -> bool {
+        self.skip == 0 && !self.gap_ends.is_empty()
+    }
+
+    /// Reads `json`'s scalars into `cells` if it has this shape.
+    fn read(&mut self, json: &str) -> Option<()> {
+        let mut scan = Scan::new(json, Vec::new());
+        self.cells.clear();
+        let mut gap_start = 0;
+        for (k, &gap_end) in self.gap_ends.iter().enumerate() {
+            let gap = &self.gaps[gap_start..gap_end];
+            gap_start = gap_end;
+            let end = scan.at + gap.len();
+            if scan.bytes.get(scan.at..end)? != gap {
+                return None;
+            }
+            scan.at = end;
+            let Some(&column) = self.columns.get(k) else {
+                break;
+            };
+            let start = scan.at + 1;
+            let cell = match scan.scalar()? {
+                None => Cell::Null,
+                Some(_) if column.is_none() => return None,
+                Some(Scalar::Text(_)) => Cell::Text(start, scan.at - 1),
+                Some(Scalar::Int(n)) => Cell::Int(n),
+                Some(Scalar::Float(f)) => Cell::Float(f),
+                Some(Scalar::Bool(b)) => Cell::Bool(b),
+            };
+            self.cells.push(cell);
+        }
+        (scan.at == json.len()).then_some(())
+    }
+
+    fn missed(&mut self) {
+        self.penalty = (self.penalty * 2).clamp(1, 64);
+        // One more, so the message that missed is not the one learned.
+        self.skip = self.penalty + 1;
+    }
+
+    /// After the scan read a message: learns its shape when the next one is
+    /// to be tried.
+    fn scanned(&mut self, json: &[u8], marks: Vec<Mark>) {
+        self.skip = self.skip.saturating_sub(1);
+        if self.skip == 0 {
+            self.gaps.clear();
+            self.gap_ends.clear();
+            self.columns.clear();
+            let mut from = 0;
+            for mark in &marks {
+                self.gaps.extend_from_slice(&json[from..mark.start]);
+                self.gap_ends.push(self.gaps.len());
+                self.columns.push(mark.column);
+                from = mark.end;
+            }
+            self.gaps.extend_from_slice(&json[from..]);
+            self.gap_ends.push(self.gaps.len());
+        }
+        self.marks = marks;
+    }
+}
+
+impl Columns {
+    /// Appends `json` as a row if it has the [`Shape`] of the messages before
+    /// it, returning the captured field's value; None leaves it to the scan.
+    fn append_shaped_row(&mut self, json: &str) -> Option<Option<Scalar<'static>>> {
+        if !self.shape.ready() {
+            return None;
+        }
+        if self.shape.read(json).is_none() {
+            self.shape.missed();
+            return None;
+        }
+        self.shape.penalty = 0;
+        // Taken out while `set` borrows the columns; put back below.
+        let shape = std::mem::take(&mut self.shape);
+        let mut captured = None;
+        for (&cell, &column) in shape.cells.iter().zip(&shape.columns) {
+            let Some(column) = column else {
+                continue;
+            };
+            let value = match cell {
+                Cell::Null => continue,
+                Cell::Text(start, end) => Scalar::Text(Cow::Borrowed(&json[start..end])),
+                Cell::Int(n) => Scalar::Int(n),
+                Cell::Float(f) => Scalar::Float(f),
+                Cell::Bool(b) => Scalar::Bool(b),
+            };
+            if self.capture_column == Some(column) {
+                captured = Some(value.clone().into_owned());
+            }
+            self.set(column, value);
+        }
+        self.shape = shape;
+        self.end_row();
+        Some(captured)
     }
 }
 
@@ -319,18 +504,21 @@ pub fn append_row(
     // check of each string in it.
     let json = simdutf8::basic::from_utf8(json)
         .map_err(|_| RowError("message is not valid UTF-8".to_string()))?;
-    let width = columns.values.len();
-    let mut scan = Scan {
-        text: json,
-        bytes: json.as_bytes(),
-        at: 0,
-    };
-    let mut leaves = Leaves::new(columns, capture);
-    if scan.row(&mut leaves).is_some() {
-        let captured = leaves.captured;
-        columns.end_row();
+    columns.start_row();
+    if let Some(captured) = columns.append_shaped_row(json) {
         return Ok(captured);
     }
+    let width = columns.values.len();
+    let mut scan = Scan::new(json, std::mem::take(&mut columns.shape.marks));
+    let mut leaves = Leaves::new(columns, capture);
+    let scanned = scan.row(&mut leaves).is_some();
+    let captured = leaves.captured;
+    if scanned {
+        columns.end_row();
+        columns.shape.scanned(json.as_bytes(), scan.marks);
+        return Ok(captured);
+    }
+    columns.shape.marks = scan.marks;
     columns.discard_row(width);
     append_parsed_row(columns, json, capture)
 }
@@ -341,6 +529,7 @@ fn append_parsed_row(
     json: &str,
     capture: Option<&str>,
 ) -> Result<Option<Scalar<'static>>, RowError> {
+    columns.start_row();
     let width = columns.values.len();
     let mut leaves = Leaves::new(columns, capture);
     let mut de = serde_json::Deserializer::from_str(json);
@@ -389,12 +578,13 @@ impl<'a> Leaves<'a> {
 
     /// Sets the leaf at `path` in the row being built, and captures it when
     /// it is the field asked for.
-    fn put(&mut self, value: Scalar<'_>) {
+    fn put(&mut self, value: Scalar<'_>) -> usize {
         let i = self.columns.column(&self.path, &value, self.capture);
         if self.columns.capture_column == Some(i) {
             self.captured = Some(value.clone().into_owned());
         }
         self.columns.set(i, value);
+        i
     }
 }
 
@@ -409,12 +599,25 @@ struct Scan<'j> {
     text: &'j str,
     bytes: &'j [u8],
     at: usize,
+    /// Where each scalar was, for learning the message's [`Shape`].
+    marks: Vec<Mark>,
 }
 
 /// serde_json's own nesting limit.
 const MAX_DEPTH: usize = 128;
 
 impl<'j> Scan<'j> {
+    /// A scan of `text` that notes its scalars in `marks` (emptied first).
+    fn new(text: &'j str, mut marks: Vec<Mark>) -> Self {
+        marks.clear();
+        Scan {
+            text,
+            bytes: text.as_bytes(),
+            at: 0,
+            marks,
+        }
+    }
+
     fn row(&mut self, leaves: &mut Leaves<'_>) -> Option<()> {
         self.whitespace();
         self.expect(b'{')?;
@@ -451,25 +654,18 @@ impl<'j> Scan<'j> {
             self.whitespace();
             self.expect(b':')?;
             self.whitespace();
-            let value = match *self.bytes.get(self.at)? {
-                b'{' if depth < MAX_DEPTH => {
-                    self.at += 1;
-                    self.object(leaves, depth + 1)?;
-                    None
-                }
-                b'"' => {
-                    self.at += 1;
-                    Some(Scalar::Text(Cow::Borrowed(self.string()?)))
-                }
-                b't' => Some(self.literal("true", Scalar::Bool(true))?),
-                b'f' => Some(self.literal("false", Scalar::Bool(false))?),
+            let start = self.at;
+            if self.bytes.get(self.at) == Some(&b'{') && depth < MAX_DEPTH {
+                self.at += 1;
+                self.object(leaves, depth + 1)?;
+            } else {
                 // A null leaves the cell empty, as on serde_json's path.
-                b'n' => self.literal("null", None)?,
-                b'-' | b'0'..=b'9' => Some(self.number()?),
-                _ => return None,
-            };
-            if let Some(value) = value {
-                leaves.put(value);
+                let column = self.scalar()?.map(|value| leaves.put(value));
+                self.marks.push(Mark {
+                    start,
+                    end: self.at,
+                    column,
+                });
             }
             leaves.path.truncate(parent);
             self.whitespace();
@@ -477,6 +673,23 @@ impl<'j> Scan<'j> {
                 return self.expect(b'}');
             }
         }
+    }
+
+    /// The scalar at the cursor, Some(None) for a null; None for anything
+    /// else, or what the scan does not read.
+    fn scalar(&mut self) -> Option<Option<Scalar<'j>>> {
+        let value = match *self.bytes.get(self.at)? {
+            b'"' => {
+                self.at += 1;
+                Scalar::Text(Cow::Borrowed(self.string()?))
+            }
+            b't' => self.literal("true", Scalar::Bool(true))?,
+            b'f' => self.literal("false", Scalar::Bool(false))?,
+            b'n' => return self.literal("null", None),
+            b'-' | b'0'..=b'9' => self.number()?,
+            _ => return None,
+        };
+        Some(Some(value))
     }
 
     /// A string whose `"` is read, up to its closing quote; None at an escape
@@ -800,11 +1013,7 @@ mod tests {
             &deep,
         ];
         let scans = |line: &str| {
-            let mut scan = Scan {
-                text: line,
-                bytes: line.as_bytes(),
-                at: 0,
-            };
+            let mut scan = Scan::new(line, Vec::new());
             let mut columns = Columns::default();
             scan.row(&mut Leaves::new(&mut columns, None)).is_some()
         };
@@ -842,9 +1051,128 @@ mod tests {
     }
 
     #[test]
+    fn messages_read_by_shape_are_read_as_the_scan_reads_them() {
+        // Layouts with slots ($) for values; each line puts one odd value in
+        // one slot and reads it right after a line of defaults taught the shape.
+        let layouts = [
+            (
+                r#"{"event_param":{"id":$,"name":$,"flag":$,"score":$,"gone":$},"ts":{"ms":$}}"#,
+                ["1", r#""a""#, "true", "1.5", "null", "1795385150638"].as_slice(),
+            ),
+            (
+                r#" { "a" : $ , "a" : $ , "e" : { } } "#,
+                ["1", r#""x""#].as_slice(),
+            ),
+            (r#"{"a":$}"#, ["null"].as_slice()),
+        ];
+        let odd = [
+            "7",
+            "-3",
+            "-0",
+            "0.5e3",
+            "1e400",
+            "01",
+            "1.",
+            "18446744073709551615",
+            r#""text""#,
+            r#""""#,
+            r#""Zoë 😀""#,
+            r#""esc\"aped""#,
+            "\"tab\there\"",
+            r#""open"#,
+            "true",
+            "false",
+            "null",
+            "nul",
+            "{}",
+            r#"{"x":1}"#,
+            "[1]",
+            "",
+            " 1",
+            "1 ",
+            "1,\"b\":2",
+        ];
+        let fill = |layout: &str, values: &[&str]| {
+            let mut parts = layout.split('$');
+            let mut line = parts.next().unwrap_or_default().to_string();
+            for (part, value) in parts.zip(values) {
+                line.push_str(value);
+                line.push_str(part);
+            }
+            line
+        };
+        let capture = Some("ts.ms");
+        let mut shaped = 0;
+        for (layout, defaults) in layouts {
+            let base = fill(layout, defaults);
+            let mut lines: Vec<String> = Vec::new();
+            for slot in 0..defaults.len() {
+                for value in odd {
+                    let mut values = defaults.to_vec();
+                    values[slot] = value;
+                    lines.push(fill(layout, &values));
+                }
+            }
+            lines.extend([
+                format!("{base} "),
+                base.replace(':', ": "),
+                base[1..].to_string(),
+            ]);
+            for line in &lines {
+                let mut scanned = Columns::default();
+                let mut parsed = Columns::default();
+                for message in [&base, line] {
+                    assert_eq!(
+                        append_row(&mut scanned, message.as_bytes(), capture),
+                        append_parsed_row(&mut parsed, message, capture),
+                        "{message} after {base}"
+                    );
+                }
+                shaped += usize::from(scanned.shape.penalty == 0);
+                assert_eq!(scanned.finish(), parsed.finish(), "{line} after {base}");
+            }
+        }
+        // Nine odd values are scalars the shape accepts (7, -3, 0.5e3, three
+        // plain strings, true, false, null), in any of the seven slots learned
+        // from a scalar; the two slots learned from a null take only null.
+        let expected = 7 * 9 + 2;
+        assert_eq!(shaped, expected);
+    }
+
+    #[test]
+    fn a_shape_reads_messages_that_repeat_it_and_backs_off_when_they_do_not() {
+        let mut columns = Columns::default();
+        let line = |n: usize| format!(r#"{{"a":{n},"b":{{"c":"{n}"}}}}"#);
+        append_row(&mut columns, line(0).as_bytes(), None).unwrap();
+        assert!(columns.append_shaped_row(&line(1)).is_some());
+        assert!(columns
+            .append_shaped_row(r#"{"b":{"c":"x"},"a":1}"#)
+            .is_none());
+        assert!(!columns.shape.ready(), "a miss waits before trying again");
+        for n in 2..5 {
+            append_row(&mut columns, line(n).as_bytes(), None).unwrap();
+        }
+        assert!(columns.append_shaped_row(&line(5)).is_some());
+        let rows = columns.rows();
+        let finished = columns.finish();
+        assert_eq!(rows, 6);
+        assert_eq!(
+            finished[0].1.as_primitive::<Int64Type>().values(),
+            &[0, 1, 2, 3, 4, 5]
+        );
+    }
+
+    #[test]
     fn bad_messages_leave_no_trace() {
-        let (columns, results) =
-            build(&[r#"{"a":1}"#, r#"{"a":2,"b":"#, "[1,2]", "42", r#"{"a":3}"#]);
+        // The second and the last but one would have widened a to text.
+        let (columns, results) = build(&[
+            r#"{"a":1}"#,
+            r#"{"a":"two","b":"#,
+            "[1,2]",
+            "42",
+            r#"{"a":2.5,"b":01}"#,
+            r#"{"a":3}"#,
+        ]);
         assert!(results[1]
             .as_ref()
             .unwrap_err()
@@ -858,6 +1186,7 @@ mod tests {
             results[3].as_ref().unwrap_err().0,
             "message is not a JSON object"
         );
+        assert!(results[4].is_err());
         assert_eq!(columns.len(), 1, "the torn row's column b must not survive");
         let mut more = Columns::default();
         assert_eq!(
