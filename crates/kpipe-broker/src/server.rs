@@ -12,11 +12,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tokio_util::codec::{Framed, LengthDelimitedCodec};
+use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
 
 use crate::api::Reply;
 use crate::config::{BrokerConfig, FsyncPolicy};
@@ -208,7 +209,8 @@ async fn serve(
     let codec = LengthDelimitedCodec::builder()
         .max_frame_length(MAX_REQUEST_BYTES)
         .new_codec();
-    let mut framed = Framed::new(stream, codec);
+    let (requests, mut replies) = stream.into_split();
+    let mut framed = FramedRead::new(requests, codec);
     let client_host = format!("/{}", peer.ip());
     loop {
         let frame = tokio::select! {
@@ -224,8 +226,8 @@ async fn serve(
             None => break,
         };
         match crate::api::handle(&shared, frame, &client_host).await {
-            Reply::Send(response) => {
-                if let Err(e) = framed.send(response).await {
+            Reply::Send(mut response) => {
+                if let Err(e) = replies.write_all_buf(&mut response).await {
                     tracing::debug!(%peer, "closing connection: {e}");
                     break;
                 }

@@ -8,6 +8,7 @@
 
 mod admin;
 mod fetch;
+mod frame;
 mod groups;
 mod metadata;
 mod produce;
@@ -21,6 +22,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
 use crate::server::Shared;
+pub use frame::Frame;
 
 /// APIs and version ranges this broker implements.
 pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
@@ -75,7 +77,7 @@ fn api_versions(error: i16) -> ApiVersionsResponse {
 
 /// What to do after a request.
 pub enum Reply {
-    Send(Bytes),
+    Send(Frame),
     /// acks=0 produce: Kafka sends nothing back.
     Silent,
     /// A frame that is not a Kafka request at all.
@@ -185,13 +187,18 @@ async fn dispatch(ctx: &Context<'_>, request: RequestKind) -> Option<ResponseKin
 }
 
 fn encode(correlation_id: i32, key: ApiKey, version: i16, response: &ResponseKind) -> Reply {
+    if let ResponseKind::Fetch(fetched) = response {
+        if let Some(frame) = frame::fetch_frame(correlation_id, version, fetched) {
+            return Reply::Send(frame);
+        }
+    }
     let mut out = BytesMut::new();
     let header = ResponseHeader::default().with_correlation_id(correlation_id);
     match header
         .encode(&mut out, key.response_header_version(version))
         .and_then(|_| response.encode(&mut out, version))
     {
-        Ok(()) => Reply::Send(out.freeze()),
+        Ok(()) => Reply::Send(Frame::whole(out.freeze())),
         Err(e) => {
             tracing::error!(?key, version, "cannot encode response: {e}");
             Reply::Close
