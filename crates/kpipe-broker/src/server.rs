@@ -1,9 +1,11 @@
 //! The running broker: listener, connections, and background housekeeping.
 //!
 //! Each connection handles its requests one at a time, in order, as Kafka does
-//! (a client pipelines; the broker answers in sequence). Frames are split by
-//! `tokio_util`'s length-delimited codec; everything inside a frame is decoded and
-//! encoded by `kafka-protocol`.
+//! (a client pipelines; the broker answers in sequence). Requests are split by
+//! `tokio_util`'s length-delimited codec and decoded by `kafka-protocol`, which
+//! also encodes the answers, except fetch answers: those are written by hand
+//! around the record sets read from the log and sent with vectored writes
+//! (`api::frame`).
 
 use std::fs::{self, File};
 use std::net::SocketAddr;
