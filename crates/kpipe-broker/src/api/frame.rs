@@ -93,23 +93,22 @@ impl FrameWriter {
         self.head.put_u8(n as u8);
     }
 
-    /// An array's or a string's length; `None` for null.
-    fn length(&mut self, len: Option<usize>, classic: impl FnOnce(&mut BytesMut, usize)) {
-        match (self.flexible, len) {
-            (true, Some(n)) => self.unsigned_varint(n as u32 + 1),
-            (true, None) => self.unsigned_varint(0),
-            (false, Some(n)) => classic(&mut self.head, n),
-            (false, None) => classic(&mut self.head, usize::MAX),
+    /// An array's or a byte string's length, `None` for null: compact
+    /// (length + 1, 0 for null) in flexible versions, else an i32 (-1 for null).
+    fn array_len(&mut self, len: Option<usize>) {
+        if self.flexible {
+            self.unsigned_varint(len.map_or(0, |n| n as u32 + 1));
+        } else {
+            self.head.put_i32(len.map_or(-1, |n| n as i32));
         }
     }
 
-    fn array_len(&mut self, len: Option<usize>) {
-        // Classic arrays and byte strings: an i32 size, -1 for null.
-        self.length(len, |h, n| h.put_i32(i32::try_from(n).unwrap_or(-1)));
-    }
-
     fn string(&mut self, s: &str) {
-        self.length(Some(s.len()), |h, n| h.put_i16(n as i16));
+        if self.flexible {
+            self.unsigned_varint(s.len() as u32 + 1);
+        } else {
+            self.head.put_i16(s.len() as i16);
+        }
         self.head.put_slice(s.as_bytes());
     }
 
